@@ -1,0 +1,1 @@
+"""Agents built on memory cores."""

@@ -1,0 +1,41 @@
+"""memory-cores: recurrent memory cores behind one small API.
+
+>>> import torch, memory_cores
+>>> core = memory_cores.make_core("ntm", input_size=10)
+>>> state = core.initial_state(batch_size=4)
+>>> y, state = core(torch.randn(4, 10), state)                       # one step
+>>> ys, state = core.unroll(torch.randn(7, 4, 10), state)            # time-major [T, B, ...]
+
+See :class:`memory_cores.base.Core` for the contract every core follows.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from .base import Core, select_rows, stack_states, tree_leaves, tree_map
+from .rnn import GRUCore, LSTMCore
+
+CORES: dict[str, type[Core]] = {
+    "lstm": LSTMCore,
+    "gru": GRUCore,
+}
+
+
+def make_core(name: str, input_size: int, **kwargs) -> Core:
+    """Build the core registered as ``name`` (a key of :data:`CORES`) for inputs of width ``input_size``.
+
+    Raises ``ValueError`` for an unknown name or keyword, listing what is valid.
+    """
+    if name not in CORES:
+        raise ValueError(f"unknown core {name!r}; valid names: {', '.join(sorted(CORES))}")
+    cls = CORES[name]
+    params = inspect.signature(cls.__init__).parameters
+    valid = [p for p in params if p not in ("self", "input_size") and params[p].kind != inspect.Parameter.VAR_KEYWORD]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown keyword(s) {unknown} for core {name!r}; valid keywords: {', '.join(valid)}")
+    return cls(input_size, **kwargs)
+
+
+__all__ = ["CORES", "Core", "make_core", "select_rows", "stack_states", "tree_leaves", "tree_map"]

@@ -1,0 +1,147 @@
+"""Addressing math shared by the NTM and the DNC, in the papers' notation.
+
+Shapes: ``B`` batch, ``H`` heads, ``N`` memory slots, ``W`` word width. Every function is batched over ``B`` and
+``H`` (no Python loop over either) and safe at the numerical traps listed in REFERENCE.md: epsilon inside square
+roots, clamps before fractional powers, epsilons in normalising denominators.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-6
+
+
+def cosine_similarity(memory: Tensor, keys: Tensor, eps: float = EPS) -> Tensor:
+    """K[k, M(i)] = k . M(i) / (|k| |M(i)|) with |x| = sqrt(sum x^2 + eps).
+
+    The epsilon sits inside the square root: a plain sqrt has an infinite derivative at a zero row (zero memory),
+    and ``dot / (|a||b| + eps)`` gives gradients around 1e6 there.
+
+    Args:
+        memory: ``[B, N, W]``.
+        keys: ``[B, H, W]``.
+    Returns:
+        ``[B, H, N]`` similarities in [-1, 1].
+    """
+    k_norm = torch.sqrt(keys.pow(2).sum(-1, keepdim=True) + eps)  # [B, H, 1]
+    m_norm = torch.sqrt(memory.pow(2).sum(-1, keepdim=True) + eps)  # [B, N, 1]
+    return torch.bmm(keys / k_norm, (memory / m_norm).transpose(1, 2))
+
+
+def content_weighting(
+    memory: Tensor, keys: Tensor, strengths: Tensor, mask: Tensor | None = None, eps: float = EPS
+) -> Tensor:
+    """Content addressing: w^c(i) = softmax_i(beta * K[k, M(i)]) (NTM eq. 5, DNC "content-based addressing").
+
+    Args:
+        memory: ``[B, N, W]``.
+        keys: ``[B, H, W]`` k.
+        strengths: ``[B, H]`` beta >= 0 (the caller applies e.g. softplus / oneplus).
+        mask: optional ``[B, H, W]`` in [0, 1]: masked content addressing (Csordas and Schmidhuber 2019), the
+            similarity compares ``k * mask`` with ``M(i) * mask``.
+    Returns:
+        ``[B, H, N]`` weightings, each row summing to one.
+    """
+    if mask is not None:
+        keys = keys * mask
+        # M(i) * mask_h for every head: [B, H, N, W]; compared row by row
+        masked_mem = memory.unsqueeze(1) * mask.unsqueeze(2)
+        k_norm = torch.sqrt(keys.pow(2).sum(-1, keepdim=True) + eps)  # [B, H, 1]
+        m_norm = torch.sqrt(masked_mem.pow(2).sum(-1) + eps)  # [B, H, N]
+        sim = (masked_mem * (keys / k_norm).unsqueeze(2)).sum(-1) / m_norm
+    else:
+        sim = cosine_similarity(memory, keys, eps)
+    return torch.softmax(strengths.unsqueeze(-1) * sim, dim=-1)
+
+
+def interpolate(w_content: Tensor, w_prev: Tensor, gate: Tensor) -> Tensor:
+    """NTM eq. 7: w^g = g w^c + (1 - g) w_{t-1}. ``gate``: ``[B, H]`` in (0, 1); weights ``[B, H, N]``."""
+    g = gate.unsqueeze(-1)
+    return g * w_content + (1.0 - g) * w_prev
+
+
+def shift_offsets(max_shift: int) -> list[int]:
+    """The allowed integer shifts ``-max_shift .. +max_shift`` in the order of the shift distribution's entries."""
+    return list(range(-max_shift, max_shift + 1))
+
+
+def circular_shift(w: Tensor, shift: Tensor) -> Tensor:
+    """NTM eq. 8: w~(i) = sum_j w^g(j) s(i - j), circular over the N slots, batched.
+
+    Args:
+        w: ``[B, H, N]`` weightings.
+        shift: ``[B, H, 2K+1]`` distribution over shifts ``-K..K`` (entry ``j`` is shift ``j - K``).
+    Returns:
+        ``[B, H, N]``.
+    """
+    B, H, N = w.shape
+    K2 = shift.shape[-1]
+    K = K2 // 2
+    if K2 % 2 != 1:
+        raise ValueError(f"the shift distribution must have an odd size 2K+1, got {K2}")
+    if K2 > N:
+        raise ValueError(f"shift range 2K+1={K2} exceeds the number of slots N={N}")
+    # Circular padding then a sliding window: windows[i, j] = w[(i - K + j) mod N] for j = 0..2K.
+    # w~(i) = sum_d s(d) w(i - d), d = j' - K; with j = 2K - j' this is sum_j w[i - K + j] s(2K - j).
+    padded = torch.cat([w[..., N - K :], w, w[..., :K]], dim=-1) if K > 0 else w  # [B, H, N + 2K]
+    windows = padded.unfold(-1, K2, 1)  # [B, H, N, 2K+1]
+    return (windows * shift.flip(-1).unsqueeze(2)).sum(-1)
+
+
+def sharpen(w: Tensor, gamma: Tensor, eps: float = EPS) -> Tensor:
+    """NTM eq. 9: w(i) = w~(i)^gamma / sum_j w~(j)^gamma, gamma >= 1.
+
+    The clamp before the fractional power keeps tiny negative rounding errors from giving NaN, and the epsilon
+    inside the base keeps the gradient of ``x^gamma`` finite at zero.
+
+    Args:
+        w: ``[B, H, N]``; gamma: ``[B, H]``.
+    """
+    powered = (w.clamp(min=0.0) + eps).pow(gamma.unsqueeze(-1))
+    return powered / (powered.sum(-1, keepdim=True) + eps)
+
+
+def allocation_weighting(usage: Tensor, eps: float = EPS) -> Tensor:
+    """DNC allocation: sort usage ascending (free list phi), a[phi_j] = (1 - u[phi_j]) prod_{i<j} u[phi_i].
+
+    Usage is first mapped to ``eps + (1 - eps) u`` so that the product never collapses to exactly zero. Gradients
+    flow through the sorted values, not through the permutation.
+
+    Args:
+        usage: ``[B, N]`` in [0, 1].
+    Returns:
+        ``[B, N]`` allocation weighting, summing to at most one.
+    """
+    u = eps + (1.0 - eps) * usage
+    sorted_u, phi = torch.sort(u, dim=-1)  # ascending: the least used slot first
+    # exclusive cumulative product prod_{i<j} u[phi_i]
+    excl = torch.cumprod(F.pad(sorted_u[..., :-1], (1, 0), value=1.0), dim=-1)
+    sorted_a = (1.0 - sorted_u) * excl
+    return torch.zeros_like(sorted_a).scatter(-1, phi, sorted_a)  # back to slot order (inverse permutation)
+
+
+def read_memory(memory: Tensor, weights: Tensor) -> Tensor:
+    """r = sum_i w(i) M(i). ``memory``: ``[B, N, W]``, ``weights``: ``[B, R, N]`` -> ``[B, R, W]``."""
+    return torch.bmm(weights, memory)
+
+
+def erase_and_add(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) -> Tensor:
+    """NTM eqs. 3-4 / DNC write, for H write heads applied together:
+    M(i) <- M(i) * prod_h (1 - w_h(i) e_h) + sum_h w_h(i) a_h.
+
+    Args:
+        memory: ``[B, N, W]``; weights: ``[B, H, N]``; erase: ``[B, H, W]`` in [0, 1]; add: ``[B, H, W]``.
+    """
+    if weights.shape[1] == 1:
+        keep = 1.0 - weights.transpose(1, 2) * erase  # [B, N, 1] * [B, 1, W]
+    else:
+        keep = torch.prod(1.0 - weights.unsqueeze(-1) * erase.unsqueeze(2), dim=1)  # [B, N, W]
+    return memory * keep + torch.bmm(weights.transpose(1, 2), add)
+
+
+def oneplus(x: Tensor) -> Tensor:
+    """1 + softplus(x): the DNC's map to [1, inf) (key strengths, sharpening exponents)."""
+    return 1.0 + F.softplus(x)
