@@ -163,6 +163,8 @@ class RLAccessCore(Core):
         usage_decay: lambda in (0, 1), the per-step decay of the usage of slots not written.
 
     ``output_size == hidden_size + slot_size`` (``y = [h, r]``). ``num_choices == len(processes)`` (P).
+    ``pre_choice_size == hidden_size``: ``y[..., :pre_choice_size]`` (= h_t) is computed before the choice a_t,
+    so it is a valid input for a REINFORCE baseline of a_t; the read part ``r_t`` is not (it depends on a_t).
     """
 
     has_discrete_choices = True
@@ -199,6 +201,7 @@ class RLAccessCore(Core):
         self.num_choices = len(processes)
         self.usage_decay = float(usage_decay)
         self.output_size = hidden_size + slot_size
+        self.pre_choice_size = hidden_size
 
         P, W = self.num_choices, slot_size
         # controller input: [x_t, r_{t-1}, onehot(a_{t-1})]
