@@ -1,0 +1,314 @@
+"""Supervised training and evaluation of a memory core on the NTM paper's algorithmic tasks.
+
+The model is ``core -> linear readout``; the loss is binary cross-entropy with logits on the output phase only (the
+task's mask); bit errors threshold the sigmoid at 0.5 (``logit > 0``) and count wrong bits per sequence, as in the
+NTM paper. A batch is one time-major tensor ``[T, B, input_size]`` padded to its longest row and run through
+``core.unroll`` once; one optimiser step per batch.
+
+>>> from envs.sequence_data import CopyTask
+>>> from memory_cores import make_core
+>>> task = CopyTask(max_length=5)
+>>> model = SequenceModel(make_core("lstm", task.input_size, hidden_size=32), task.target_size)
+>>> result = train(model, task, TrainConfig(max_sequences=640, batch_size=32))
+>>> errors = evaluate(model, task, sizes=[5, 10], num_sequences=64)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from envs.sequence_data import SequenceBatch
+from memory_cores import Core
+
+__all__ = [
+    "SequenceModel",
+    "TrainConfig",
+    "masked_bce",
+    "bit_errors",
+    "train",
+    "evaluate",
+    "record_weightings",
+    "count_parameters",
+]
+
+
+class SequenceModel(nn.Module):
+    """A core followed by a linear readout to ``target_size`` logits.
+
+    Args:
+        core: any :class:`memory_cores.Core` whose ``input_size`` is the task's input width.
+        target_size: bits predicted per step.
+    """
+
+    def __init__(self, core: Core, target_size: int) -> None:
+        super().__init__()
+        self.core = core
+        self.readout = nn.Linear(core.output_size, target_size)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """``inputs`` ``[T, B, input_size]`` -> logits ``[T, B, target_size]``; every row starts from the core's
+        initial state."""
+        T, B, _ = inputs.shape
+        state = self.core.initial_state(B, device=inputs.device)
+        ys, _ = self.core.unroll(inputs, state)  # [T, B, output_size]
+        return self.readout(ys)
+
+    def forward_with_states(self, inputs: Tensor) -> tuple[Tensor, list[Any]]:
+        """Like :meth:`forward` but step by step, also returning the core state after every step (for plots)."""
+        T, B, _ = inputs.shape
+        state = self.core.initial_state(B, device=inputs.device)
+        ys, states = [], []
+        for t in range(T):
+            y, state = self.core(inputs[t], state)
+            ys.append(y)
+            states.append(state)
+        return self.readout(torch.stack(ys)), states
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def masked_bce(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Binary cross-entropy with logits on the scored steps only.
+
+    Args:
+        logits, targets: ``[T, B, C]``.
+        mask: ``[T, B]``, 1 where the step is scored.
+    Returns:
+        ``(mean, per_sequence_bits)``: the mean over scored bits (the training loss) and the summed cost per
+        sequence in bits ``[B]`` (the NTM paper's "cost per sequence").
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # [T, B, C]
+    bce = bce * mask.unsqueeze(-1)
+    C = logits.shape[-1]
+    mean = bce.sum() / (mask.sum() * C).clamp(min=1.0)
+    per_seq_bits = bce.sum(dim=(0, 2)) / math.log(2.0)  # [B]
+    return mean, per_seq_bits
+
+
+def bit_errors(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """Wrong bits per sequence ``[B]``: prediction ``sigmoid(logit) > 0.5`` (i.e. ``logit > 0``) against
+    ``targets > 0.5``, counted on the scored steps (``mask`` ``[T, B]``) only."""
+    wrong = (logits > 0) != (targets > 0.5)  # [T, B, C]
+    return (wrong.float() * mask.unsqueeze(-1)).sum(dim=(0, 2))
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`train` (the CLI's ``--help`` repeats them)."""
+
+    batch_size: int = 32
+    """Sequences per optimiser step."""
+    max_sequences: int = 200_000
+    """Stop after this many training sequences."""
+    max_minutes: float = 60.0
+    """Stop after this much wall time (minutes)."""
+    optimizer: str = "adam"
+    """``adam`` or ``rmsprop`` (the paper: RMSProp with momentum 0.9)."""
+    lr: float = 1e-3
+    """Learning rate (the paper: 1e-4 with RMSProp; 3e-4..1e-3 with Adam converges faster here)."""
+    momentum: float = 0.9
+    """RMSProp momentum."""
+    clip_value: float | None = 10.0
+    """Element-wise gradient clip to (-v, v) as in the paper; None disables it."""
+    clip_norm: float | None = None
+    """Global gradient-norm clip; None disables it."""
+    log_every: int = 50
+    """Log one learning-curve point every this many batches."""
+    early_stop_errors: float | None = 0.01
+    """Stop when the mean training bit errors per sequence over the last ``window`` batches (at the full size
+    range) is at most this; None disables early stopping."""
+    window: int = 50
+    """Batches averaged for early stopping and the curriculum."""
+    curriculum: bool = False
+    """Grow the largest training size from ``curriculum_start`` by ``curriculum_step`` each time the windowed
+    bit errors per sequence fall below ``curriculum_threshold``."""
+    curriculum_start: int = 4
+    curriculum_step: int = 2
+    curriculum_threshold: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+
+
+def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, alpha=0.95, eps=1e-6)
+    raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {cfg.optimizer!r}")
+
+
+def train(
+    model: SequenceModel,
+    task,
+    cfg: TrainConfig,
+    log: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train ``model`` on batches of ``task`` (see :mod:`envs.sequence_data`).
+
+    Returns a dict with ``history`` (one point per ``log_every`` batches: sequences seen, wall seconds, mean loss
+    per bit, cost in bits per sequence, bit errors per sequence, current largest size), ``sequences``, ``batches``,
+    ``wall_s``, ``stopped`` (``early``, ``max_sequences`` or ``max_minutes``).
+    """
+    if cfg.batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
+    device = torch.device(cfg.device)
+    model.to(device).train()
+    opt = _make_optimizer(model.parameters(), cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    size_now = min(cfg.curriculum_start, task.max_size) if cfg.curriculum else task.max_size
+    size_now = max(size_now, task.min_size)
+    recent_err: deque[float] = deque(maxlen=cfg.window)
+    acc = {"loss": 0.0, "bits": 0.0, "err": 0.0, "n": 0}
+    history: list[dict] = []
+    sequences = batches = 0
+    t0 = time.perf_counter()
+    stopped = "max_sequences"
+    while sequences < cfg.max_sequences:
+        batch: SequenceBatch = task.sample(cfg.batch_size, max_size=size_now, generator=gen, device=device)
+        logits = model(batch.inputs)  # [T, B, C]
+        loss, seq_bits = masked_bce(logits, batch.targets, batch.mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_value)
+        if cfg.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        opt.step()
+        sequences += cfg.batch_size
+        batches += 1
+        with torch.no_grad():
+            err = bit_errors(logits, batch.targets, batch.mask).mean().item()
+        if not math.isfinite(loss.item()):
+            stopped = "non_finite_loss"
+            break
+        recent_err.append(err)
+        acc["loss"] += loss.item()
+        acc["bits"] += seq_bits.mean().item()
+        acc["err"] += err
+        acc["n"] += 1
+        if batches % cfg.log_every == 0:
+            n = acc["n"]
+            point = {
+                "sequences": sequences,
+                "wall_s": round(time.perf_counter() - t0, 2),
+                "loss": acc["loss"] / n,
+                "cost_bits_per_seq": acc["bits"] / n,
+                "bit_errors_per_seq": acc["err"] / n,
+                "max_size": size_now,
+            }
+            history.append(point)
+            acc = {"loss": 0.0, "bits": 0.0, "err": 0.0, "n": 0}
+            if log is not None:
+                log(point)
+        windowed = sum(recent_err) / len(recent_err)
+        if len(recent_err) == cfg.window:
+            if size_now < task.max_size:
+                if windowed < cfg.curriculum_threshold:
+                    size_now = min(task.max_size, size_now + cfg.curriculum_step)
+                    recent_err.clear()
+            elif cfg.early_stop_errors is not None and windowed <= cfg.early_stop_errors:
+                stopped = "early"
+                break
+        if time.perf_counter() - t0 > 60.0 * cfg.max_minutes:
+            stopped = "max_minutes"
+            break
+    return {
+        "history": history,
+        "sequences": sequences,
+        "batches": batches,
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "stopped": stopped,
+        "final_max_size": size_now,
+        "config": asdict(cfg),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: SequenceModel,
+    task,
+    sizes: Sequence[int],
+    num_sequences: int = 256,
+    batch_size: int = 128,
+    seed: int = 12345,
+    device: str | torch.device = "cpu",
+) -> dict[int, dict[str, float]]:
+    """Bit errors per sequence at fixed sizes (length generalisation).
+
+    Returns ``{size: {"mean": ..., "median": ..., "max": ..., "perfect_fraction": ...}}`` over ``num_sequences``
+    fresh sequences per size (a fixed ``seed``, so every model sees the same test sequences).
+    """
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[int, dict[str, float]] = {}
+    for size in sizes:
+        errs = []
+        left = num_sequences
+        while left > 0:
+            b = min(batch_size, left)
+            batch = task.sample(b, size=int(size), generator=gen, device=device)
+            errs.append(bit_errors(model(batch.inputs), batch.targets, batch.mask).cpu())
+            left -= b
+        e = torch.cat(errs)
+        out[int(size)] = {
+            "mean": e.mean().item(),
+            "median": e.median().item(),
+            "max": e.max().item(),
+            "perfect_fraction": (e == 0).float().mean().item(),
+        }
+    model.train(was_training)
+    return out
+
+
+def _named_fields(tree: Any, prefix: str = "") -> list[tuple[str, Tensor]]:
+    """(dotted field name, tensor) for every leaf of a nested NamedTuple state."""
+    if isinstance(tree, Tensor):
+        return [(prefix, tree)]
+    out: list[tuple[str, Tensor]] = []
+    if isinstance(tree, tuple):
+        names = getattr(tree, "_fields", None) or [str(i) for i in range(len(tree))]
+        for name, sub in zip(names, tree):
+            out.extend(_named_fields(sub, f"{prefix}.{name}" if prefix else name))
+    return out
+
+
+@torch.no_grad()
+def record_weightings(model: SequenceModel, batch: SequenceBatch, row: int = 0) -> dict[str, Any]:
+    """Read and write weightings over one sequence, read from the core state after every step.
+
+    Looks for state fields whose name contains ``weight`` (e.g. ``read_weights`` ``[B, H, N]``,
+    ``write_weights`` ``[B, N]`` or ``[B, H, N]``); returns ``{"fields": {name: [T][H][N] lists}, "inputs":
+    [T][C], "targets": ..., "outputs": sigmoid outputs, "mask": [T]}`` for batch row ``row``.
+    """
+    model.eval()
+    logits, states = model.forward_with_states(batch.inputs)
+    fields: dict[str, list] = {}
+    for name, _ in _named_fields(states[0]):
+        if "weight" in name.split(".")[-1]:
+            fields[name] = []
+    for s in states:
+        for name, leaf in _named_fields(s):
+            if name in fields:
+                w = leaf[row].float()
+                if w.dim() == 1:
+                    w = w.unsqueeze(0)  # one head: [1, N]
+                fields[name].append(w.reshape(-1, w.shape[-1]).tolist())
+    return {
+        "fields": fields,
+        "inputs": batch.inputs[:, row].tolist(),
+        "targets": batch.targets[:, row].tolist(),
+        "outputs": torch.sigmoid(logits[:, row]).tolist(),
+        "mask": batch.mask[:, row].tolist(),
+    }
