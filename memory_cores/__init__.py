@@ -15,10 +15,12 @@ import inspect
 
 from .base import Core, select_rows, stack_states, tree_leaves, tree_map
 from .rnn import GRUCore, LSTMCore
+from .rl_access import RLAccessCore
 
 CORES: dict[str, type[Core]] = {
     "lstm": LSTMCore,
     "gru": GRUCore,
+    "rl_access": RLAccessCore,
 }
 
 
