@@ -14,12 +14,16 @@ from __future__ import annotations
 import inspect
 
 from .base import Core, select_rows, stack_states, tree_leaves, tree_map
+from .alstm import AssociativeLSTMCore
+from .ntm import NTMCore
 from .rnn import GRUCore, LSTMCore
 from .rl_access import RLAccessCore
 
 CORES: dict[str, type[Core]] = {
     "lstm": LSTMCore,
     "gru": GRUCore,
+    "ntm": NTMCore,
+    "alstm": AssociativeLSTMCore,
     "rl_access": RLAccessCore,
 }
 
