@@ -12,7 +12,9 @@ unbiased gradient estimator used here is::
 
 with ``G_t = sum_{s >= t} gamma^{s-t} r_s`` the reward-to-go (rewards before ``t`` do not depend on ``a_t``, so
 dropping them keeps the estimator unbiased) and ``b_t`` any baseline that does not depend on ``a_t`` or later
-choices. As a loss to minimise::
+choices. For the ``rl_access`` core, ``y_t[..., :core.pre_choice_size]`` (the controller output h_t) is computed
+before ``a_t`` and may feed a baseline; the read part of ``y_t`` may not (the test shows the bias it causes).
+As a loss to minimise::
 
     loss = reinforce_loss(log_probs, returns, baseline, reduction="sequence_mean") - rewards.sum(0).mean()
 

@@ -9,32 +9,25 @@ One step (``x``: ``[B, I]``)::
 
     h_t, c_t = LSTMCell([x_t, r_{t-1}, onehot(a_{t-1})], (h_{t-1}, c_{t-1}))     # controller, H units
     xi_t     = Linear(h_t) = [ z_t | k_t | beta^_t | e^_t | v_t ]               # the network output
-        z_t  : [B, P]  RL portion: logits of pi(a_t | history) over the P access processes
-        k_t  : [B, W]  content key                     \
-        beta_t = oneplus(beta^_t) : [B]  key strength    |  differentiable portion
-        e_t  = sigmoid(e^_t) : [B, W]  erase vector      |
-        v_t  : [B, W]  write (add) vector               /
+        RL portion:             z_t : [B, P]  logits of pi(a_t | history) over the P access processes
+        differentiable portion: k_t : [B, W]  content key;  beta_t = oneplus(beta^_t) : [B]  key strength;
+                                e_t = sigmoid(e^_t) : [B, W]  erase vector;  v_t : [B, W]  write (add) vector
     a_t ~ Categorical(softmax(z_t))      (train mode)    or    a_t = argmax z_t    (eval mode / greedy)
-    memory M_t, head p_t, usage u_t, read r_t  <-  access process a_t  (table below)
+    memory M_t, head p_t, usage u_t, read r_t  <-  access process a_t  (list below)
     y_t = [h_t, r_t]                                                             # [B, H + W]
 
 The predetermined set of access processes (``ACCESS_PROCESSES``; the constructor's ``processes`` picks a subset
 and fixes the order, which is the meaning of the choice index ``a_t``). ``p`` is a one-hot head pointer
 ``[B, N]`` over the N slots; ``M[p] = sum_i p(i) M(i)``:
 
-==================  ==================================================================  ====================
-name                effect                                                              read r_t
-==================  ==================================================================  ====================
-``no_op``           nothing                                                             r_{t-1}
-``read_head``       nothing                                                             M[p]
-``write_head``      M(i) <- M(i) (1 - p(i) e) + p(i) v   (NTM eqs. 3-4 at the head)      r_{t-1}
-``move_left``       p <- p shifted by -1 (circular)                                     M[p] (new p)
-``move_right``      p <- p shifted by +1 (circular)                                     M[p] (new p)
-``content_read``    nothing (the head stays)                                            sum_i w^c(i) M(i),
-                                                                                        w^c = softmax(beta
-                                                                                        K[k, M(i)]) (NTM 5)
-``write_least_used``  erase/add as ``write_head`` at the one-hot slot argmin_i u(i)      r_{t-1}
-==================  ==================================================================  ====================
+* ``no_op``: nothing changes; r_t = r_{t-1}.
+* ``read_head``: r_t = M[p].
+* ``write_head``: M(i) <- M(i) (1 - p(i) e_t) + p(i) v_t (NTM eqs. 3-4 at the head); r_t = r_{t-1}.
+* ``move_left``: p <- p shifted by -1 slot (circular; NTM eq. 8 with a one-hot shift); r_t = M[p] at the new p.
+* ``move_right``: p <- p shifted by +1 slot (circular); r_t = M[p] at the new p.
+* ``content_read``: r_t = sum_i w^c(i) M(i), w^c(i) = softmax_i(beta_t K[k_t, M(i)]) (NTM eq. 5); the head stays.
+* ``write_least_used``: erase/add as ``write_head`` but at the one-hot slot argmin_i u(i); the head stays;
+  r_t = r_{t-1}.
 
 Usage ``u``: ``[B, N]`` in [0, 1]. Every step ``u <- lambda u (1 - w) + w`` with ``w`` the one-hot write
 weighting (zero when the process does not write) and ``lambda = usage_decay`` in (0, 1): a written slot gets
@@ -62,6 +55,16 @@ Design notes:
   initial values: controller ``h_0``, ``c_0``, memory ``M_0`` (a small constant 1e-6 at init, Collier and Beel
   2018) and the read ``r_0``; the head starts at slot 0, usage at zero, the previous choice at zero.
 * Memory math runs in fp32 with autocast disabled (fp64 when the module is double).
+
+A learner's rollout and update (CleanRL style; see :mod:`memory_cores.reinforce` for the loss)::
+
+    init = state                                                     # saved once per rollout
+    with torch.no_grad():
+        for t in range(T):                                           # rollout: sample a_t
+            y, state, info = core.step_with_choice(x[t], state, reset[t])
+            choices[t] = info.choice
+    ys, _, info = core.unroll_with_choices(xs, init, resets, choices=choices)   # update: exact replay
+    loss = reinforce_loss(info.log_prob, returns, baseline) - entropy_coef * entropy_bonus(info.entropy) + ...
 """
 
 from __future__ import annotations

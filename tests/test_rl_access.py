@@ -324,3 +324,21 @@ def test_autocast_keeps_memory_in_fp32():
     assert s.memory.dtype == torch.float32 and s.h.dtype == torch.float32
     assert ys.dtype == torch.float32 and info.log_prob.dtype == torch.float32
     assert all(torch.isfinite(leaf).all() for leaf in tree_leaves(s))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sampling_and_reevaluation_on_cuda():
+    core = make().cuda().train()
+    T, B = 6, 4
+    xs = torch.randn(T, B, I, device="cuda")
+    resets = torch.zeros(T, B, dtype=torch.bool, device="cuda")
+    resets[3, 1] = True
+    init = core.initial_state(B)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():
+        ys, final, info = core.unroll_with_choices(xs, init, resets, generator=gen)
+    assert info.choice.is_cuda and all(leaf.is_cuda for leaf in tree_leaves(final))
+    ys2, final2, info2 = core.unroll_with_choices(xs, init, resets, choices=info.choice)
+    assert torch.equal(ys, ys2) and torch.equal(final.memory, final2.memory)
+    torch.testing.assert_close(info.log_prob, info2.log_prob)
