@@ -1,0 +1,586 @@
+"""Differentiable Neural Computer (Graves et al. 2016, "Hybrid computing using a neural network with dynamic
+external memory", Nature 538:471), with the Csordas and Schmidhuber 2019 fixes as options.
+
+One step, in the order of the paper's Methods section (notation of the paper; ``t-1`` is the incoming state)::
+
+    controller  h_t = LSTM([x_t; r_{t-1}^1..r_{t-1}^R], h_{t-1})          (previous reads fed back)
+    interface   xi_t = W_xi h_t  -> k^r, beta^r, k^w, beta^w, e, v, f, g^a, g^w, pi   (+ masks, sharpness)
+    usage       psi_t = prod_i (1 - f^i w^{r,i}_{t-1})
+                u_t   = (u_{t-1} + w^w_{t-1} - u_{t-1} o w^w_{t-1}) o psi_t      (w^w_{t-1} a constant)
+    allocation  a_t[phi_j] = (1 - u_t[phi_j]) prod_{i<j} u_t[phi_i],  phi = usage sorted ascending
+    write       c^w_t = C(M_{t-1}, k^w, beta^w);  w^w_t = g^w (g^a a_t + (1 - g^a) c^w_t)
+                M_t = M_{t-1} o (E - w^w_t e^T) + w^w_t v^T
+    links       L_t[i,j] = (1 - w^w_t[i] - w^w_t[j]) L_{t-1}[i,j] + w^w_t[i] p_{t-1}[j],  L_t[i,i] = 0
+                p_t = (1 - sum_i w^w_t[i]) p_{t-1} + w^w_t
+    read        f^i_t = L_t w^{r,i}_{t-1};  b^i_t = L_t^T w^{r,i}_{t-1};  c^{r,i}_t = C(M_t, k^{r,i}, beta^{r,i})
+                w^{r,i}_t = pi^i[1] b^i_t + pi^i[2] c^{r,i}_t + pi^i[3] f^i_t
+                r^i_t = M_t^T w^{r,i}_t
+    output      y_t = [h_t; r_t^1..r_t^R]   (or W_y [h_t; r_t] with ``output_size``)
+
+Options from Csordas and Schmidhuber 2019 ("Improving Differentiable Neural Computers Through Memory Masking,
+De-allocation, and Link Distribution Sharpness Control", ICLR), all off by default (= the paper):
+
+* ``erase_freed``: de-allocation erases content: ``M_t = M_{t-1} o psi_t 1^T o (E - w^w e^T) + w^w v^T``, so a
+  freed cell is zeroed and content look-up no longer finds stale data.
+* ``masked_content``: every head emits a mask ``m`` in [0, 1]^W (sigmoid) and content look-up compares
+  ``k o m`` with ``M(i) o m`` (key/value separation).
+* ``link_sharpness``: forward and backward weightings are sharpened per head before mixing:
+  ``S(d, s)_i = d_i^s / sum_j d_j^s`` with ``s = oneplus(.)`` in [1, inf) (a separate ``s`` for f and b).
+
+Shapes: ``B`` batch, ``N`` slots, ``W`` word width, ``R`` read heads, ``H`` controller units. One write head.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .addressing import allocation_weighting, content_weighting, oneplus, sharpen
+from .base import Core, LearnedInit
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class DNCControllerState(NamedTuple):
+    """LSTM controller state: ``h``: ``[B, H]`` output, ``c``: ``[B, H]`` cell."""
+
+    h: Tensor
+    c: Tensor
+
+
+class NoControllerState(NamedTuple):
+    """The feed-forward controller keeps no state."""
+
+
+class DNCAccessState(NamedTuple):
+    """Memory access state (all batch first).
+
+    memory:        ``[B, N, W]`` M_t.
+    usage:         ``[B, N]`` u_t in [0, 1].
+    link:          ``[B, N, N]`` L_t temporal link matrix, ``L[i, j]``: degree to which slot i was written right
+                   after slot j; zero diagonal, entries in [0, 1].
+    precedence:    ``[B, N]`` p_t, degree to which each slot was the last written; sums to at most one.
+    read_weights:  ``[B, R, N]`` w^r_t.
+    write_weights: ``[B, 1, N]`` w^w_t.
+    read_vectors:  ``[B, R, W]`` r_t (fed to the controller at the next step).
+    """
+
+    memory: Tensor
+    usage: Tensor
+    link: Tensor
+    precedence: Tensor
+    read_weights: Tensor
+    write_weights: Tensor
+    read_vectors: Tensor
+
+
+class DNCState(NamedTuple):
+    """``controller``: :class:`DNCControllerState` (LSTM) or :class:`NoControllerState` (feed-forward);
+    ``access``: :class:`DNCAccessState`."""
+
+    controller: DNCControllerState | NoControllerState
+    access: DNCAccessState
+
+
+class DNCInterface(NamedTuple):
+    """The controller's interface vector xi_t split and squashed (paper, Methods "Interface parameters").
+
+    read_keys:        ``[B, R, W]`` k^{r,i}.
+    read_strengths:   ``[B, R]`` beta^{r,i} in [1, inf) (oneplus).
+    write_key:        ``[B, 1, W]`` k^w.
+    write_strength:   ``[B, 1]`` beta^w in [1, inf).
+    erase:            ``[B, 1, W]`` e in [0, 1].
+    write_vector:     ``[B, 1, W]`` v.
+    free_gates:       ``[B, R]`` f^i in [0, 1].
+    allocation_gate:  ``[B, 1]`` g^a in [0, 1].
+    write_gate:       ``[B, 1]`` g^w in [0, 1].
+    read_modes:       ``[B, R, 3]`` pi^i, softmax over (backward, content, forward).
+    read_masks:       ``[B, R, W]`` in [0, 1] or None (masked content addressing).
+    write_mask:       ``[B, 1, W]`` in [0, 1] or None.
+    forward_sharpness:  ``[B, R]`` in [1, inf) or None (link sharpness).
+    backward_sharpness: ``[B, R]`` in [1, inf) or None.
+    """
+
+    read_keys: Tensor
+    read_strengths: Tensor
+    write_key: Tensor
+    write_strength: Tensor
+    erase: Tensor
+    write_vector: Tensor
+    free_gates: Tensor
+    allocation_gate: Tensor
+    write_gate: Tensor
+    read_modes: Tensor
+    read_masks: Tensor | None = None
+    write_mask: Tensor | None = None
+    forward_sharpness: Tensor | None = None
+    backward_sharpness: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------- DNC addressing
+# Pure functions, batched over B and heads, used by DNCCore and tested one by one in tests/test_dnc.py.
+
+
+def retention(free_gates: Tensor, prev_read_weights: Tensor) -> Tensor:
+    """Memory retention vector psi_t = prod_i (1 - f^i_t w^{r,i}_{t-1}).
+
+    Args:
+        free_gates: ``[B, R]`` f^i in [0, 1].
+        prev_read_weights: ``[B, R, N]`` w^{r,i}_{t-1}.
+    Returns:
+        ``[B, N]`` psi_t in [0, 1].
+    """
+    return torch.prod(1.0 - free_gates.unsqueeze(-1) * prev_read_weights, dim=1)
+
+
+def update_usage(prev_usage: Tensor, prev_write_weights: Tensor, psi: Tensor) -> Tensor:
+    """u_t = (u_{t-1} + w^w_{t-1} - u_{t-1} o w^w_{t-1}) o psi_t.
+
+    The previous write weights are treated as constants (no gradient through them), as in the paper's reference
+    implementation.
+
+    Args:
+        prev_usage: ``[B, N]`` u_{t-1}; prev_write_weights: ``[B, 1, N]`` w^w_{t-1}; psi: ``[B, N]``.
+    Returns:
+        ``[B, N]`` u_t in [0, 1].
+    """
+    w = prev_write_weights.detach().squeeze(1)  # [B, N]
+    return (prev_usage + w - prev_usage * w) * psi
+
+
+def write_weighting(
+    memory: Tensor,
+    usage: Tensor,
+    write_key: Tensor,
+    write_strength: Tensor,
+    allocation_gate: Tensor,
+    write_gate: Tensor,
+    write_mask: Tensor | None = None,
+) -> Tensor:
+    """w^w_t = g^w (g^a a_t + (1 - g^a) c^w_t), c^w_t = C(M_{t-1}, k^w, beta^w), a_t = allocation(u_t).
+
+    Args:
+        memory: ``[B, N, W]`` M_{t-1}; usage: ``[B, N]`` u_t; write_key: ``[B, 1, W]``; write_strength: ``[B, 1]``;
+        allocation_gate, write_gate: ``[B, 1]``; write_mask: ``[B, 1, W]`` or None.
+    Returns:
+        ``[B, 1, N]`` w^w_t, summing to at most one.
+    """
+    c_w = content_weighting(memory, write_key, write_strength, mask=write_mask)  # [B, 1, N]
+    a = allocation_weighting(usage).unsqueeze(1)  # [B, 1, N]
+    g_a = allocation_gate.unsqueeze(-1)  # [B, 1, 1]
+    g_w = write_gate.unsqueeze(-1)
+    return g_w * (c_w + g_a * (a - c_w))  # = g^w (g^a a + (1 - g^a) c^w)
+
+
+def write_memory(
+    memory: Tensor, write_weights: Tensor, erase: Tensor, write_vector: Tensor, psi: Tensor | None = None
+) -> Tensor:
+    """M_t = M_{t-1} o (E - w^w e^T) + w^w v^T; with ``psi`` (erase_freed) the kept part is also scaled by psi_t.
+
+    Args:
+        memory: ``[B, N, W]``; write_weights: ``[B, 1, N]``; erase: ``[B, 1, W]`` in [0, 1];
+        write_vector: ``[B, 1, W]``; psi: ``[B, N]`` or None.
+    Returns:
+        ``[B, N, W]``.
+    """
+    w_col = write_weights.transpose(1, 2)  # [B, N, 1]
+    keep = 1.0 - w_col * erase  # E - w e^T: [B, N, W]
+    if psi is not None:
+        keep = keep * psi.unsqueeze(-1)  # Csordas & Schmidhuber 2019: psi_t 1^T o (E - w e^T)
+    return torch.baddbmm(memory * keep, w_col, write_vector)  # + w v^T
+
+
+def update_link(prev_link: Tensor, write_weights: Tensor, prev_precedence: Tensor) -> Tensor:
+    """L_t[i, j] = (1 - w[i] - w[j]) L_{t-1}[i, j] + w[i] p_{t-1}[j] for i != j, and L_t[i, i] = 0.
+
+    The plain autograd version (the reference for :func:`link_update_and_read`, which the core uses).
+
+    Args:
+        prev_link: ``[B, N, N]``; write_weights: ``[B, 1, N]`` w^w_t; prev_precedence: ``[B, N]`` p_{t-1}.
+    Returns:
+        ``[B, N, N]`` with entries in [0, 1] and a zero diagonal.
+    """
+    N = prev_link.shape[-1]
+    off_diagonal = 1.0 - torch.eye(N, device=prev_link.device, dtype=prev_link.dtype)  # 1 - I
+    w_row = write_weights  # [B, 1, N]: w[j]
+    w_col = write_weights.transpose(1, 2)  # [B, N, 1]: w[i]
+    scale = (1.0 - w_col) - w_row  # [B, N, N]: 1 - w[i] - w[j]
+    outer = w_col * prev_precedence.unsqueeze(1)  # [B, N, N]: w[i] p[j]
+    return (scale * prev_link + outer) * off_diagonal
+
+
+class _LinkUpdateAndRead(torch.autograd.Function):
+    """Fused link update and temporal reads, with a hand-written backward.
+
+    Forward: L_t = (1 - I) o ((1 - w 1^T - 1 w^T) o L_{t-1} + w p_{t-1}^T);  F = W_r L_t^T;  Bk = W_r L_t.
+
+    Why fused: on a CPU the ``[B, N, N]`` link matrix is the largest tensor of the step and every elementwise op
+    on it is a pass through memory. Autograd on the plain formula keeps an extra ``[B, N, N]`` tensor per step
+    (the scale) and spends about three times as many passes in the backward as this function, which saves only
+    L_{t-1} (the previous state, alive anyway), L_t (the output) and the small vectors. Checked against
+    :func:`update_link` / :func:`temporal_weightings` and with ``gradcheck`` in tests/test_dnc.py.
+    """
+
+    @staticmethod
+    def forward(ctx, prev_link: Tensor, write_weights: Tensor, prev_precedence: Tensor, prev_read_weights: Tensor):
+        w_row = write_weights  # [B, 1, N]
+        w_col = write_weights.transpose(1, 2)  # [B, N, 1]
+        p_row = prev_precedence.unsqueeze(1)  # [B, 1, N]
+        link = torch.sub(1.0 - w_col, w_row)  # 1 - w[i] - w[j]: [B, N, N]
+        link.mul_(prev_link).addcmul_(w_col, p_row)  # ... * L[i, j] + w[i] p[j]
+        link.diagonal(dim1=1, dim2=2).zero_()  # L[i, i] = 0
+        forward = torch.bmm(prev_read_weights, link.transpose(1, 2))  # f^i = L w^i: [B, R, N]
+        backward = torch.bmm(prev_read_weights, link)  # b^i = L^T w^i: [B, R, N]
+        ctx.save_for_backward(prev_link, write_weights, prev_precedence, prev_read_weights, link)
+        ctx.set_materialize_grads(False)
+        return link, forward, backward
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_link: Tensor | None, g_forward: Tensor | None, g_backward: Tensor | None):
+        prev_link, w_row, p, w_r, link = ctx.saved_tensors
+        need_l, need_w, need_p, need_r = ctx.needs_input_grad
+        B, N = p.shape
+        # dL_t = G_L + G_f^T W_r + W_r^T G_b: [B, N, N]
+        g = g_link.clone() if g_link is not None else torch.zeros_like(link)
+        if g_forward is not None:
+            g.baddbmm_(g_forward.transpose(1, 2), w_r)
+        if g_backward is not None:
+            g.baddbmm_(w_r.transpose(1, 2), g_backward)
+        g.diagonal(dim1=1, dim2=2).zero_()  # the (1 - I) mask
+        d_link = d_w = d_p = d_r = None
+        if need_r:
+            d_r = torch.zeros_like(w_r)
+            if g_forward is not None:
+                d_r.baddbmm_(g_forward, link)  # F = W_r L^T -> dW_r = G_f L
+            if g_backward is not None:
+                d_r.baddbmm_(g_backward, link.transpose(1, 2))  # Bk = W_r L -> dW_r = G_b L^T
+        w_col = w_row.transpose(1, 2)
+        if need_l:
+            d_link = torch.sub(1.0 - w_col, w_row).mul_(g)  # (1 - w[i] - w[j]) G[i, j]
+        if need_w:
+            gl = g * prev_link  # G[i, j] L[i, j]
+            # dw[k] = sum_j G[k, j] (p[j] - L[k, j]) - sum_i G[i, k] L[i, k]
+            d_w = torch.bmm(g, p.unsqueeze(-1)).squeeze(-1) - gl.sum(2) - gl.sum(1)
+            d_w = d_w.unsqueeze(1)
+        if need_p:
+            d_p = torch.bmm(w_row, g).squeeze(1)  # dp[j] = sum_i w[i] G[i, j]
+        return d_link, d_w, d_p, d_r
+
+
+def link_update_and_read(
+    prev_link: Tensor, write_weights: Tensor, prev_precedence: Tensor, prev_read_weights: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """L_t (as :func:`update_link`) and the temporal weightings f = L_t w^r_{t-1}, b = L_t^T w^r_{t-1} (as
+    :func:`temporal_weightings`), fused with a hand-written backward.
+
+    Args:
+        prev_link: ``[B, N, N]`` L_{t-1} (zero diagonal); write_weights: ``[B, 1, N]`` w^w_t;
+        prev_precedence: ``[B, N]`` p_{t-1}; prev_read_weights: ``[B, R, N]`` w^r_{t-1}.
+    Returns:
+        ``(link [B, N, N], forward [B, R, N], backward [B, R, N])``.
+    """
+    return _LinkUpdateAndRead.apply(prev_link, write_weights, prev_precedence, prev_read_weights)
+
+
+def update_precedence(prev_precedence: Tensor, write_weights: Tensor) -> Tensor:
+    """p_t = (1 - sum_i w^w_t[i]) p_{t-1} + w^w_t. ``prev_precedence``: ``[B, N]``; ``write_weights``: ``[B, 1, N]``."""
+    w = write_weights.squeeze(1)
+    return (1.0 - w.sum(-1, keepdim=True)) * prev_precedence + w
+
+
+def temporal_weightings(link: Tensor, prev_read_weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Forward f^i_t = L_t w^{r,i}_{t-1} and backward b^i_t = L_t^T w^{r,i}_{t-1}, all heads with one bmm each.
+
+    Args:
+        link: ``[B, N, N]``; prev_read_weights: ``[B, R, N]``.
+    Returns:
+        ``(forward, backward)``, each ``[B, R, N]``.
+    """
+    # row form: f^i[k] = sum_j L[k, j] w^i[j]  ->  F = W_r L^T;  b^i[k] = sum_j L[j, k] w^i[j]  ->  B = W_r L
+    forward = torch.bmm(prev_read_weights, link.transpose(1, 2))
+    backward = torch.bmm(prev_read_weights, link)
+    return forward, backward
+
+
+def sharpen_link_weights(weights: Tensor, sharpness: Tensor) -> Tensor:
+    """Csordas and Schmidhuber 2019 link sharpness: S(d, s)_i = d_i^s / sum_j d_j^s per head.
+
+    ``d`` is divided by its (detached) maximum first: S is scale invariant, so this changes neither the value nor
+    the gradient, only keeps ``d^s`` from underflowing.
+
+    Args:
+        weights: ``[B, R, N]`` forward or backward weightings; sharpness: ``[B, R]`` s >= 1.
+    Returns:
+        ``[B, R, N]`` summing to one per head (a zero input gives the uniform distribution).
+    """
+    scale = weights.detach().amax(-1, keepdim=True).clamp(min=1e-6)
+    return sharpen(weights / scale, sharpness)
+
+
+def read_weighting(
+    memory: Tensor,
+    forward: Tensor,
+    backward: Tensor,
+    read_keys: Tensor,
+    read_strengths: Tensor,
+    read_modes: Tensor,
+    read_masks: Tensor | None = None,
+    forward_sharpness: Tensor | None = None,
+    backward_sharpness: Tensor | None = None,
+) -> Tensor:
+    """w^{r,i}_t = pi^i[1] b^i_t + pi^i[2] c^{r,i}_t + pi^i[3] f^i_t, c^{r,i}_t = C(M_t, k^{r,i}, beta^{r,i}).
+
+    Args:
+        memory: ``[B, N, W]`` M_t; forward, backward: ``[B, R, N]`` f_t, b_t (:func:`temporal_weightings`);
+        read_keys: ``[B, R, W]``; read_strengths: ``[B, R]``; read_modes: ``[B, R, 3]`` (backward, content,
+        forward), rows summing to one; read_masks: ``[B, R, W]`` or None; forward/backward_sharpness: ``[B, R]``
+        or None (link sharpness).
+    Returns:
+        ``[B, R, N]``.
+    """
+    if forward_sharpness is not None:
+        forward = sharpen_link_weights(forward, forward_sharpness)
+    if backward_sharpness is not None:
+        backward = sharpen_link_weights(backward, backward_sharpness)
+    content = content_weighting(memory, read_keys, read_strengths, mask=read_masks)  # [B, R, N]
+    modes = torch.stack((backward, content, forward), dim=2)  # [B, R, 3, N]
+    return torch.matmul(read_modes.unsqueeze(2), modes).squeeze(2)  # sum over the 3 modes: [B, R, N]
+
+
+def access_step(state: DNCAccessState, xi: DNCInterface, erase_freed: bool = False, fused: bool = True) -> DNCAccessState:
+    """One memory access step of the DNC (everything after the controller), in the paper's order: usage, write
+    weights, write, links and precedence, read weights, read.
+
+    Args:
+        state: the access state at t-1; xi: the squashed interface at t.
+        erase_freed: Csordas & Schmidhuber de-allocation (scale memory rows by psi_t).
+        fused: use :func:`link_update_and_read` (hand-written backward); False uses the plain autograd
+            :func:`update_link` and :func:`temporal_weightings` (same values, slower).
+    Returns:
+        the access state at t (its ``read_vectors`` ``[B, R, W]`` are this step's reads).
+    """
+    psi = retention(xi.free_gates, state.read_weights)  # psi_t: [B, N]
+    usage = update_usage(state.usage, state.write_weights, psi)  # u_t: [B, N]
+    w_w = write_weighting(
+        state.memory, usage, xi.write_key, xi.write_strength, xi.allocation_gate, xi.write_gate, xi.write_mask
+    )  # w^w_t: [B, 1, N]
+    memory = write_memory(state.memory, w_w, xi.erase, xi.write_vector, psi if erase_freed else None)  # M_t
+    if fused:
+        link, forward, backward = link_update_and_read(state.link, w_w, state.precedence, state.read_weights)
+    else:
+        link = update_link(state.link, w_w, state.precedence)  # L_t: [B, N, N]
+        forward, backward = temporal_weightings(link, state.read_weights)  # f_t, b_t: [B, R, N]
+    precedence = update_precedence(state.precedence, w_w)  # p_t: [B, N]
+    w_r = read_weighting(
+        memory,
+        forward,
+        backward,
+        xi.read_keys,
+        xi.read_strengths,
+        xi.read_modes,
+        xi.read_masks,
+        xi.forward_sharpness,
+        xi.backward_sharpness,
+    )  # w^r_t: [B, R, N]
+    reads = torch.bmm(w_r, memory)  # r^i_t = M_t^T w^{r,i}_t: [B, R, W]
+    return DNCAccessState(memory, usage, link, precedence, w_r, w_w, reads)
+
+
+# ---------------------------------------------------------------------------------------------- the core
+
+
+class DNCCore(Core):
+    """Differentiable Neural Computer core: a controller (LSTM or feed-forward) with one write head and R read
+    heads on an ``N x W`` memory with dynamic allocation and temporal links.
+
+    Args:
+        input_size: width of ``x``.
+        hidden_size: H, controller units.
+        num_slots: N, memory locations.
+        slot_size: W, word width.
+        num_read_heads: R, read heads.
+        controller: ``"lstm"`` (the paper) or ``"feedforward"`` (``h = tanh(W [x; r_{t-1}] + b)``, stateless).
+        erase_freed: Csordas & Schmidhuber 2019 de-allocation: freed cells are erased (scaled by psi_t).
+        masked_content: Csordas & Schmidhuber 2019 masked content addressing (a learned mask per head).
+        link_sharpness: Csordas & Schmidhuber 2019 sharpness control of the forward/backward weightings.
+        output_size: None (default) gives ``y = [h_t; r_t]`` of width ``H + R*W``; an int gives the paper's
+            ``y = W_y [h_t; r_t]`` (a learned linear map) of that width.
+        learn_initial_state: learn the controller's initial ``h, c`` and the initial read vectors ``r_0``
+            (default zeros). Memory, usage, links, precedence and weightings always start at zero.
+
+    ``output_size`` (attribute): ``H + R*W`` or the given ``output_size``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int = 128,
+        num_slots: int = 64,
+        slot_size: int = 32,
+        num_read_heads: int = 4,
+        controller: str = "lstm",
+        erase_freed: bool = False,
+        masked_content: bool = False,
+        link_sharpness: bool = False,
+        output_size: int | None = None,
+        learn_initial_state: bool = False,
+    ) -> None:
+        super().__init__(input_size)
+        for name, value, low in (
+            ("hidden_size", hidden_size, 1),
+            ("num_slots", num_slots, 1),
+            ("slot_size", slot_size, 1),
+            ("num_read_heads", num_read_heads, 1),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if controller not in ("lstm", "feedforward"):
+            raise ValueError(f"controller must be 'lstm' or 'feedforward', got {controller!r}")
+        if output_size is not None and (not isinstance(output_size, int) or output_size < 1):
+            raise ValueError(f"output_size must be None or an int >= 1, got {output_size!r}")
+        self.hidden_size = H = hidden_size
+        self.num_slots = N = num_slots
+        self.slot_size = W = slot_size
+        self.num_read_heads = R = num_read_heads
+        self.controller_kind = controller
+        self.erase_freed = bool(erase_freed)
+        self.masked_content = bool(masked_content)
+        self.link_sharpness = bool(link_sharpness)
+        self.learn_initial_state = bool(learn_initial_state)
+
+        # controller input [x_t; r_{t-1}]
+        ctrl_in = input_size + R * W
+        if controller == "lstm":
+            self.controller = nn.LSTMCell(ctrl_in, H)
+        else:
+            self.controller = nn.Linear(ctrl_in, H)
+
+        # Interface vector xi_t, one fused Linear. Layout (widths):
+        #   read keys R*W | write key W | write vector W                         (no squashing)
+        #   oneplus:  read strengths R | write strength 1 | [sharpness f R | b R]
+        #   sigmoid:  erase W | free gates R | allocation gate 1 | write gate 1 | [read masks R*W | write mask W]
+        #   read modes 3R                                                          (softmax per head)
+        self._n_linear = [R * W, W, W]
+        self._n_oneplus = [R, 1] + ([R, R] if self.link_sharpness else [])
+        self._n_sigmoid = [W, R, 1, 1] + ([R * W, W] if self.masked_content else [])
+        self._n_blocks = [sum(self._n_linear), sum(self._n_oneplus), sum(self._n_sigmoid), 3 * R]
+        self.interface_size = sum(self._n_blocks)
+        self.interface = nn.Linear(H, self.interface_size)
+
+        if output_size is None:
+            self.output_projection = None
+            self.output_size = H + R * W
+        else:
+            self.output_projection = nn.Linear(H + R * W, output_size)
+            self.output_size = output_size
+
+        if self.learn_initial_state:
+            if controller == "lstm":
+                self.h0 = LearnedInit(H)
+                self.c0 = LearnedInit(H)
+            self.r0 = LearnedInit(R, W)
+
+    # ------------------------------------------------------------------ state
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> DNCState:
+        """Zero memory, usage, links, precedence and weightings; zero (or learned) controller state and reads."""
+        device = self._device(device)
+        dtype = self._param_dtype()
+        B, N, W, R, H = batch_size, self.num_slots, self.slot_size, self.num_read_heads, self.hidden_size
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(shape, device=device, dtype=dtype)
+
+        if self.controller_kind == "lstm":
+            if self.learn_initial_state:
+                ctrl = DNCControllerState(self.h0.expand(B, device), self.c0.expand(B, device))
+            else:
+                ctrl = DNCControllerState(zeros(B, H), zeros(B, H))
+        else:
+            ctrl = NoControllerState()
+        reads = self.r0.expand(B, device) if self.learn_initial_state else zeros(B, R, W)
+        access = DNCAccessState(
+            memory=zeros(B, N, W),
+            usage=zeros(B, N),
+            link=zeros(B, N, N),
+            precedence=zeros(B, N),
+            read_weights=zeros(B, R, N),
+            write_weights=zeros(B, 1, N),
+            read_vectors=reads,
+        )
+        return DNCState(ctrl, access)
+
+    # ------------------------------------------------------------------ step
+    def split_interface(self, interface: Tensor) -> DNCInterface:
+        """Split the raw interface vector ``[B, interface_size]`` into its squashed parts (:class:`DNCInterface`)."""
+        B = interface.shape[0]
+        R, W = self.num_read_heads, self.slot_size
+        raw, plus, sig, modes = torch.split(interface, self._n_blocks, dim=-1)
+        read_keys, write_key, write_vector = torch.split(raw, self._n_linear, dim=-1)
+        plus = torch.split(oneplus(plus), self._n_oneplus, dim=-1)
+        sig = torch.split(torch.sigmoid(sig), self._n_sigmoid, dim=-1)
+        xi = DNCInterface(
+            read_keys=read_keys.reshape(B, R, W),
+            read_strengths=plus[0],
+            write_key=write_key.unsqueeze(1),
+            write_strength=plus[1],
+            erase=sig[0].unsqueeze(1),
+            write_vector=write_vector.unsqueeze(1),
+            free_gates=sig[1],
+            allocation_gate=sig[2],
+            write_gate=sig[3],
+            read_modes=torch.softmax(modes.reshape(B, R, 3), dim=-1),
+            read_masks=sig[4].reshape(B, R, W) if self.masked_content else None,
+            write_mask=sig[5].unsqueeze(1) if self.masked_content else None,
+            forward_sharpness=plus[2] if self.link_sharpness else None,
+            backward_sharpness=plus[3] if self.link_sharpness else None,
+        )
+        return xi
+
+    def step(self, x: Tensor, state: DNCState) -> tuple[Tensor, DNCState]:
+        """One DNC step. ``x``: ``[B, input_size]`` -> ``y``: ``[B, output_size]``, new :class:`DNCState`."""
+        B = x.shape[0]
+        ctrl_state, access = state
+        # controller on [x_t; r_{t-1}]: [B, input_size + R*W]
+        ctrl_in = torch.cat((x, access.read_vectors.reshape(B, -1).to(x.dtype)), dim=-1)
+        if self.controller_kind == "lstm":
+            h, c = self.controller(ctrl_in, (ctrl_state.h, ctrl_state.c))
+            new_ctrl: DNCControllerState | NoControllerState = DNCControllerState(h, c)
+        else:
+            h = torch.tanh(self.controller(ctrl_in))
+            new_ctrl = NoControllerState()
+        interface = self.interface(h)  # xi_t: [B, interface_size]
+
+        device_type = x.device.type
+        low = interface.dtype in _LOW_PRECISION or access.memory.dtype in _LOW_PRECISION
+        if low or torch.is_autocast_enabled(device_type):
+            # memory math in fp32, outside autocast; the state keeps its dtype
+            with torch.autocast(device_type=device_type, enabled=False):
+                f32 = torch.float32 if low else access.memory.dtype
+                xi = self.split_interface(interface.to(f32))
+                new_access = access_step(DNCAccessState(*(t.to(f32) for t in access)), xi, self.erase_freed)
+                new_access = DNCAccessState(*(t.to(s.dtype) for t, s in zip(new_access, access)))
+        else:
+            new_access = access_step(access, self.split_interface(interface), self.erase_freed)
+
+        # y_t = [h_t; r_t] (or W_y [h_t; r_t])
+        y = torch.cat((h, new_access.read_vectors.reshape(B, -1).to(h.dtype)), dim=-1)
+        if self.output_projection is not None:
+            y = self.output_projection(y)
+        return y, DNCState(new_ctrl, new_access)
+
+    def extra_repr(self) -> str:
+        opts = [
+            f"input_size={self.input_size}",
+            f"hidden_size={self.hidden_size}",
+            f"num_slots={self.num_slots}",
+            f"slot_size={self.slot_size}",
+            f"num_read_heads={self.num_read_heads}",
+            f"controller={self.controller_kind!r}",
+            f"output_size={self.output_size}",
+        ]
+        opts += [n for n in ("erase_freed", "masked_content", "link_sharpness") if getattr(self, n)]
+        return ", ".join(opts)
