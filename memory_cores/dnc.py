@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .addressing import allocation_weighting, content_weighting, oneplus, sharpen
+from .addressing import EPS, allocation_weighting, content_weighting, oneplus, sharpen
 from .base import Core, LearnedInit
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -159,16 +159,19 @@ def write_weighting(
     allocation_gate: Tensor,
     write_gate: Tensor,
     write_mask: Tensor | None = None,
+    fused: bool = False,
 ) -> Tensor:
     """w^w_t = g^w (g^a a_t + (1 - g^a) c^w_t), c^w_t = C(M_{t-1}, k^w, beta^w), a_t = allocation(u_t).
 
     Args:
         memory: ``[B, N, W]`` M_{t-1}; usage: ``[B, N]`` u_t; write_key: ``[B, 1, W]``; write_strength: ``[B, 1]``;
-        allocation_gate, write_gate: ``[B, 1]``; write_mask: ``[B, 1, W]`` or None.
+        allocation_gate, write_gate: ``[B, 1]``; write_mask: ``[B, 1, W]`` or None; fused: use the fused
+        content weighting (same values).
     Returns:
         ``[B, 1, N]`` w^w_t, summing to at most one.
     """
-    c_w = content_weighting(memory, write_key, write_strength, mask=write_mask)  # [B, 1, N]
+    content = content_weighting_fast if fused else content_weighting
+    c_w = content(memory, write_key, write_strength, mask=write_mask)  # [B, 1, N]
     a = allocation_weighting(usage).unsqueeze(1)  # [B, 1, N]
     g_a = allocation_gate.unsqueeze(-1)  # [B, 1, 1]
     g_w = write_gate.unsqueeze(-1)
@@ -176,21 +179,120 @@ def write_weighting(
 
 
 def write_memory(
-    memory: Tensor, write_weights: Tensor, erase: Tensor, write_vector: Tensor, psi: Tensor | None = None
+    memory: Tensor,
+    write_weights: Tensor,
+    erase: Tensor,
+    write_vector: Tensor,
+    psi: Tensor | None = None,
+    fused: bool = False,
 ) -> Tensor:
     """M_t = M_{t-1} o (E - w^w e^T) + w^w v^T; with ``psi`` (erase_freed) the kept part is also scaled by psi_t.
 
     Args:
         memory: ``[B, N, W]``; write_weights: ``[B, 1, N]``; erase: ``[B, 1, W]`` in [0, 1];
-        write_vector: ``[B, 1, W]``; psi: ``[B, N]`` or None.
+        write_vector: ``[B, 1, W]``; psi: ``[B, N]`` or None; fused: the same with a hand-written backward.
     Returns:
         ``[B, N, W]``.
     """
+    if fused:
+        return _WriteMemory.apply(memory, write_weights, erase, write_vector, psi)
     w_col = write_weights.transpose(1, 2)  # [B, N, 1]
     keep = 1.0 - w_col * erase  # E - w e^T: [B, N, W]
     if psi is not None:
         keep = keep * psi.unsqueeze(-1)  # Csordas & Schmidhuber 2019: psi_t 1^T o (E - w e^T)
     return torch.baddbmm(memory * keep, w_col, write_vector)  # + w v^T
+
+
+class _ContentWeighting(torch.autograd.Function):
+    """C(M, k, beta) = softmax_i(beta K[k, M(i)]) with a hand-written backward (no mask; same math as
+    :func:`memory_cores.addressing.content_weighting`, epsilon inside the square roots).
+
+    Saves M (the state, alive anyway) and ``[B, H, N]`` / ``[B, H]`` sized tensors; autograd on the plain formula
+    keeps the normalised memory ``M / |M|`` (``[B, N, W]``) per call and records about a dozen nodes.
+    """
+
+    @staticmethod
+    def forward(ctx, memory: Tensor, keys: Tensor, strengths: Tensor, eps: float):
+        m_norm = torch.sqrt(memory.square().sum(-1) + eps)  # |M(i)|: [B, N]
+        k_norm = torch.sqrt(keys.square().sum(-1) + eps)  # |k|: [B, H]
+        sim = torch.bmm(keys, memory.transpose(1, 2))  # k . M(i): [B, H, N]
+        sim.div_(k_norm.unsqueeze(-1)).div_(m_norm.unsqueeze(1))  # K[k, M(i)]
+        w = torch.softmax(strengths.unsqueeze(-1) * sim, dim=-1)
+        ctx.save_for_backward(memory, keys, strengths, m_norm, k_norm, sim, w)
+        return w
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_w: Tensor):
+        memory, keys, beta, m_norm, k_norm, sim, w = ctx.saved_tensors
+        need_m, need_k, need_b, _ = ctx.needs_input_grad
+        g_z = w * (g_w - (g_w * w).sum(-1, keepdim=True))  # softmax backward: [B, H, N]
+        g_beta = (g_z * sim).sum(-1) if need_b else None
+        g_sim = g_z * beta.unsqueeze(-1)
+        g_sim_sim = g_sim * sim
+        # K = dot / (|k| |M|);  dK/dk = M / (|k||M|) - K k / |k|^2;  dK/dM = k / (|k||M|) - K M / |M|^2
+        g_dot = g_sim / k_norm.unsqueeze(-1) / m_norm.unsqueeze(1)
+        g_k = g_m = None
+        if need_k:
+            g_k = torch.bmm(g_dot, memory) - keys * (g_sim_sim.sum(-1) / k_norm.square()).unsqueeze(-1)
+        if need_m:
+            g_m = torch.bmm(g_dot.transpose(1, 2), keys) - memory * (g_sim_sim.sum(1) / m_norm.square()).unsqueeze(-1)
+        return g_m, g_k, g_beta, None
+
+
+def content_weighting_fast(memory: Tensor, keys: Tensor, strengths: Tensor, mask: Tensor | None = None) -> Tensor:
+    """:func:`memory_cores.addressing.content_weighting` (``[B, N, W]``, ``[B, H, W]``, ``[B, H]`` -> ``[B, H, N]``)
+    with a fused backward when there is no mask; the masked form uses the shared autograd version."""
+    if mask is not None:
+        return content_weighting(memory, keys, strengths, mask=mask)
+    return _ContentWeighting.apply(memory, keys, strengths, EPS)
+
+
+class _WriteMemory(torch.autograd.Function):
+    """M_t = M_{t-1} o psi 1^T o (E - w e^T) + w v^T (``psi`` = 1 without erase_freed), hand-written backward.
+
+    Saves nothing of size ``[B, N, W]`` but M_{t-1} (the state); the erase matrix is recomputed in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, memory: Tensor, write_weights: Tensor, erase: Tensor, write_vector: Tensor, psi: Tensor | None):
+        w_col = write_weights.transpose(1, 2)  # [B, N, 1]
+        keep = torch.mul(w_col, erase).neg_().add_(1.0)  # E - w e^T: [B, N, W]
+        if psi is not None:
+            keep.mul_(psi.unsqueeze(-1))
+        out = keep.mul_(memory).baddbmm_(w_col, write_vector)  # ... o M + w v^T
+        ctx.save_for_backward(memory, write_weights, erase, write_vector, psi)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        memory, w_row, e, v, psi = ctx.saved_tensors
+        need_m, need_w, need_e, need_v, need_psi = ctx.needs_input_grad
+        w_col = w_row.transpose(1, 2)  # [B, N, 1]
+        gm = g * memory  # G o M: [B, N, W]
+        gm_e = torch.bmm(gm, e.transpose(1, 2))  # sum_j G[i,j] M[i,j] e[j]: [B, N, 1]
+        g_mem = g_w = g_e = g_v = g_psi = None
+        if need_m:
+            keep = torch.mul(w_col, e).neg_().add_(1.0)
+            if psi is not None:
+                keep.mul_(psi.unsqueeze(-1))
+            g_mem = keep.mul_(g)
+        psi_col = psi.unsqueeze(-1) if psi is not None else None
+        if need_w:
+            # dM_t[i, j] / dw[i] = v[j] - psi[i] M[i, j] e[j]
+            g_w = torch.bmm(g, v.transpose(1, 2)) - (gm_e * psi_col if psi is not None else gm_e)
+            g_w = g_w.transpose(1, 2)
+        if need_e:
+            # dM_t[i, j] / de[j] = -psi[i] w[i] M[i, j]
+            wp = w_row * psi.unsqueeze(1) if psi is not None else w_row  # [B, 1, N]
+            g_e = torch.bmm(wp, gm).neg_()
+        if need_v:
+            g_v = torch.bmm(w_row, g)  # sum_i w[i] G[i, j]
+        if need_psi:
+            # dM_t[i, j] / dpsi[i] = (1 - w[i] e[j]) M[i, j]
+            g_psi = gm.sum(-1) - w_row.squeeze(1) * gm_e.squeeze(-1)
+        return g_mem, g_w, g_e, g_v, g_psi
 
 
 def update_link(prev_link: Tensor, write_weights: Tensor, prev_precedence: Tensor) -> Tensor:
@@ -331,6 +433,7 @@ def read_weighting(
     read_masks: Tensor | None = None,
     forward_sharpness: Tensor | None = None,
     backward_sharpness: Tensor | None = None,
+    fused: bool = False,
 ) -> Tensor:
     """w^{r,i}_t = pi^i[1] b^i_t + pi^i[2] c^{r,i}_t + pi^i[3] f^i_t, c^{r,i}_t = C(M_t, k^{r,i}, beta^{r,i}).
 
@@ -338,7 +441,7 @@ def read_weighting(
         memory: ``[B, N, W]`` M_t; forward, backward: ``[B, R, N]`` f_t, b_t (:func:`temporal_weightings`);
         read_keys: ``[B, R, W]``; read_strengths: ``[B, R]``; read_modes: ``[B, R, 3]`` (backward, content,
         forward), rows summing to one; read_masks: ``[B, R, W]`` or None; forward/backward_sharpness: ``[B, R]``
-        or None (link sharpness).
+        or None (link sharpness); fused: use the fused content weighting (same values).
     Returns:
         ``[B, R, N]``.
     """
@@ -346,7 +449,8 @@ def read_weighting(
         forward = sharpen_link_weights(forward, forward_sharpness)
     if backward_sharpness is not None:
         backward = sharpen_link_weights(backward, backward_sharpness)
-    content = content_weighting(memory, read_keys, read_strengths, mask=read_masks)  # [B, R, N]
+    content_fn = content_weighting_fast if fused else content_weighting
+    content = content_fn(memory, read_keys, read_strengths, mask=read_masks)  # [B, R, N]
     modes = torch.stack((backward, content, forward), dim=2)  # [B, R, 3, N]
     return torch.matmul(read_modes.unsqueeze(2), modes).squeeze(2)  # sum over the 3 modes: [B, R, N]
 
@@ -358,17 +462,18 @@ def access_step(state: DNCAccessState, xi: DNCInterface, erase_freed: bool = Fal
     Args:
         state: the access state at t-1; xi: the squashed interface at t.
         erase_freed: Csordas & Schmidhuber de-allocation (scale memory rows by psi_t).
-        fused: use :func:`link_update_and_read` (hand-written backward); False uses the plain autograd
-            :func:`update_link` and :func:`temporal_weightings` (same values, slower).
+        fused: use the fused functions with hand-written backwards (:func:`link_update_and_read`,
+            :func:`content_weighting_fast`, ``write_memory(fused=True)``); False: the plain autograd formulas
+            (same values up to rounding, slower). Both are checked against each other in tests/test_dnc.py.
     Returns:
         the access state at t (its ``read_vectors`` ``[B, R, W]`` are this step's reads).
     """
     psi = retention(xi.free_gates, state.read_weights)  # psi_t: [B, N]
     usage = update_usage(state.usage, state.write_weights, psi)  # u_t: [B, N]
     w_w = write_weighting(
-        state.memory, usage, xi.write_key, xi.write_strength, xi.allocation_gate, xi.write_gate, xi.write_mask
+        state.memory, usage, xi.write_key, xi.write_strength, xi.allocation_gate, xi.write_gate, xi.write_mask, fused
     )  # w^w_t: [B, 1, N]
-    memory = write_memory(state.memory, w_w, xi.erase, xi.write_vector, psi if erase_freed else None)  # M_t
+    memory = write_memory(state.memory, w_w, xi.erase, xi.write_vector, psi if erase_freed else None, fused)  # M_t
     if fused:
         link, forward, backward = link_update_and_read(state.link, w_w, state.precedence, state.read_weights)
     else:
@@ -385,6 +490,7 @@ def access_step(state: DNCAccessState, xi: DNCInterface, erase_freed: bool = Fal
         xi.read_masks,
         xi.forward_sharpness,
         xi.backward_sharpness,
+        fused,
     )  # w^r_t: [B, R, N]
     reads = torch.bmm(w_r, memory)  # r^i_t = M_t^T w^{r,i}_t: [B, R, W]
     return DNCAccessState(memory, usage, link, precedence, w_r, w_w, reads)
