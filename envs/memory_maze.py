@@ -1,0 +1,355 @@
+"""MemoryMaze: a random gridworld maze per episode, an egocentric partial view and one goal to find again and again.
+
+Rules:
+- A ``maze_size x maze_size`` grid (odd size, 7 to 31; outer walls). Rooms ("cells") sit at odd coordinates
+  ``(2 cx + 1, 2 cy + 1)``, ``k = (maze_size - 1) // 2`` per side; the walls between neighbouring cells are open
+  along the edges of a random spanning tree of the ``k x k`` cell graph, so the maze is *perfect*: every cell is
+  reachable by exactly one path.
+- A goal cell and a start cell (distinct, uniform over the ``k * k`` cells) and a random start direction.
+- Actions: 0 turn left, 1 turn right, 2 move forward (into a non-wall cell), as in MiniGrid.
+- Entering the goal gives reward 1; the agent is then moved to a uniformly random other cell with a random
+  direction, and must find the goal again. The maze and the goal stay for the whole episode.
+- The episode lasts exactly ``max_steps`` steps (default ``4 * maze_size**2``): it is always truncated, never
+  terminated. An agent that remembers the maze and the goal reaches it more often, so scores more.
+- Observation: the ``view_size x view_size`` cells centred on the agent, rotated so that the agent faces "up"
+  (row 0 is farthest ahead, column 0 is to the agent's left); walls are not see-through-blocking (no occlusion).
+  Encoded as uint8 ``[2, V, V]`` planes (wall, goal), flattened to ``2 * V * V`` values in {0, 1}.
+
+Maze generation (batched, on the env device): at ``reset()`` every env gets two mazes drawn by randomised Prim
+(minimum spanning tree of i.i.d. uniform edge weights, ``k * k - 1`` rounds of tensor ops over the whole batch).
+One maze is played; the other ("next") maze is re-randomised in the background by "origin shift" moves, a Markov
+chain on spanning trees that keeps the maze perfect at every move (the tree is stored as parent pointers towards
+an origin cell; a move walks the origin to a random neighbour cell, opens the wall between old and new origin and
+closes the wall from the new origin to its former parent). ``shuffle_moves`` moves (default 2) are applied per
+step to every env's next maze, about ``2 * max_steps`` moves per episode, many times the cover time of the cell
+graph, so each episode's maze is effectively a fresh random maze (there is no finite bank to memorise). When an
+episode ends, the two buffers swap roles. Everything stays on the device; no per-row Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from .base import GOLDEN32, BatchedEnv, SingleEnv, check_int, hash32
+
+__all__ = ["MemoryMaze", "MemoryMazeEnv"]
+# cell codes of the stored grids
+FLOOR, WALL = 0, 1
+MIN_MAZE, MAX_MAZE = 7, 31
+NUM_ACTIONS = 3
+# DIR_TO_VEC[d] = (dx, dy): 0 right (+x), 1 down (+y), 2 left (-x), 3 up (-y)  (MiniGrid's convention)
+DIR_TO_VEC = ((1, 0), (0, 1), (-1, 0), (0, -1))
+
+
+def cell_graph(k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k x k`` cell graph (cell ``c = cy * k + cx``).
+
+    Returns:
+        edge_u, edge_v: long ``[E]`` endpoints of the ``E = 2 k (k - 1)`` edges (``u < v``).
+        neighbours: long ``[k * k, 4]``, neighbour of a cell in direction ``d`` (DIR_TO_VEC), -1 outside.
+    """
+    us, vs = [], []
+    nb = torch.full((k * k, 4), -1, dtype=torch.long)
+    for cy in range(k):
+        for cx in range(k):
+            c = cy * k + cx
+            if cx + 1 < k:
+                us.append(c), vs.append(c + 1)
+            if cy + 1 < k:
+                us.append(c), vs.append(c + k)
+            for d, (dx, dy) in enumerate(DIR_TO_VEC):
+                x, y = cx + dx, cy + dy
+                if 0 <= x < k and 0 <= y < k:
+                    nb[c, d] = y * k + x
+    return torch.tensor(us, dtype=torch.long), torch.tensor(vs, dtype=torch.long), nb
+
+
+def random_spanning_trees(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Randomised Prim on a batch: the minimum spanning tree of i.i.d. uniform edge weights.
+
+    Args:
+        keys: int64 ``[batch]`` 32-bit random keys; maze ``b`` is a function of ``keys[b]`` only (counter-based).
+
+    Returns:
+        parent: long ``[batch, k * k]``, each cell's neighbour on its path to the root (-1 at the root).
+        root: long ``[batch]``.
+    The tree is grown from the root, so a newly added cell's parent is the tree cell it was joined to.
+    """
+    batch, device = keys.shape[0], keys.device
+    u, v, _ = cell_graph(k)
+    u, v = u.to(device), v.to(device)
+    n, E = k * k, u.numel()
+    edge_ids = torch.arange(1, E + 1, dtype=torch.int64, device=device) * GOLDEN32
+    w = hash32(keys.unsqueeze(1) + edge_ids)  # [batch, E] edge weights, i.i.d. uniform 32-bit
+    root = hash32(keys + 0x51ED27) % n
+    in_tree = torch.zeros(batch, n, dtype=torch.bool, device=device)
+    in_tree.scatter_(1, root[:, None], True)
+    parent = torch.full((batch, n), -1, dtype=torch.long, device=device)
+    big = torch.tensor(1 << 33, device=device)
+    for _ in range(n - 1):
+        tu, tv = in_tree[:, u], in_tree[:, v]  # [batch, E]
+        e = torch.where(tu ^ tv, w, big).argmin(dim=1, keepdim=True)  # cheapest edge leaving the tree
+        eu, ev = u[e], v[e]  # [batch, 1]
+        u_in = tu.gather(1, e)
+        new, old = torch.where(u_in, ev, eu), torch.where(u_in, eu, ev)
+        parent.scatter_(1, new, old)
+        in_tree.scatter_(1, new, True)
+    return parent, root
+
+
+def cell_positions(k: int, padded_size: int, pad: int) -> torch.Tensor:
+    """Flat index of each cell's square in the padded grid: long ``[k * k]``."""
+    c = torch.arange(k * k)
+    x, y = 2 * (c % k) + 1 + pad, 2 * (c // k) + 1 + pad
+    return y * padded_size + x
+
+
+def trees_to_grids(parent: torch.Tensor, k: int, pad: int) -> torch.Tensor:
+    """Parent pointers ``[B, k * k]`` -> padded grids uint8 ``[B, Sp * Sp]`` (WALL / FLOOR), walls outside."""
+    B, n = parent.shape
+    S = 2 * k + 1
+    Sp = S + 2 * pad
+    dev = parent.device
+    grid = torch.full((B, Sp * Sp), WALL, dtype=torch.uint8, device=dev)
+    cpos = cell_positions(k, Sp, pad).to(dev)
+    grid[:, cpos] = FLOOR
+    has = parent >= 0
+    # the wall square between two neighbouring cells is the midpoint of their squares
+    wall = (cpos.expand(B, n) + cpos[parent.clamp(min=0)]) // 2
+    wall = torch.where(has, wall, cpos.expand(B, n))  # root: re-open its own square (a no-op)
+    grid.scatter_(1, wall, FLOOR)
+    return grid
+
+
+def egocentric_offsets(view_size: int, padded_size: int) -> torch.Tensor:
+    """Flat index offsets of the centred, rotated view, per direction: long ``[4, V * V]``.
+
+    View cell ``(row, col)`` (row 0 farthest ahead, col 0 leftmost) is the world cell
+    ``agent + f * (V // 2 - row) + r * (col - V // 2)``, ``f`` the forward and ``r = (-f_y, f_x)`` the right vector.
+    """
+    V, h = view_size, view_size // 2
+    out = torch.empty(4, V * V, dtype=torch.long)
+    for d, (fx, fy) in enumerate(DIR_TO_VEC):
+        rx, ry = -fy, fx
+        for row in range(V):
+            for col in range(V):
+                dx = fx * (h - row) + rx * (col - h)
+                dy = fy * (h - row) + ry * (col - h)
+                out[d, row * V + col] = dy * padded_size + dx
+    return out
+
+
+def origin_shift_(
+    parent: torch.Tensor,
+    origin: torch.Tensor,
+    grid: torch.Tensor,
+    rows: torch.Tensor,
+    neighbours: torch.Tensor,
+    cpos: torch.Tensor,
+    direction: torch.Tensor,
+) -> None:
+    """One origin-shift move on the mazes in ``rows``, in place (the maze stays a spanning tree).
+
+    Args:
+        parent: long ``[R, n]`` parent pointers of all stored mazes (-1 at the origin).
+        origin: long ``[R]`` origin cell of each stored maze.
+        grid: uint8 ``[R, Np]`` padded grids of the stored mazes.
+        rows: long ``[B]`` distinct rows to move (one per env).
+        neighbours: long ``[n, 4]`` from :func:`cell_graph`.  cpos: long ``[n]`` from :func:`cell_positions`.
+        direction: long ``[B]`` in [0, 4), random: where the origin walks.
+    A move takes the given direction; if the origin has a neighbour ``nb`` there, the origin's parent becomes ``nb``,
+    ``nb`` becomes the origin (its old parent link ``nb -> pp`` is dropped: that wall closes) and the wall between
+    the old origin and ``nb`` opens. Toward the outside the move is a no-op (a lazy step).
+    """
+    n, Np = parent.shape[1], grid.shape[1]
+    pf, gf = parent.view(-1), grid.view(-1)
+    o = origin.gather(0, rows)  # [B]
+    nb = neighbours.view(-1).gather(0, o * 4 + direction)
+    valid = nb >= 0
+    nbs = torch.where(valid, nb, o)
+    base = rows * n
+    pp = torch.where(valid, pf.gather(0, base + nbs), o)  # nb's old parent (nb is not the origin, so it has one)
+    pf.scatter_(0, base + o, torch.where(valid, nbs, -1))
+    pf.scatter_(0, base + nbs, torch.full_like(nbs, -1))
+    origin.scatter_(0, rows, nbs)
+    gbase = rows * Np
+    # close nb -> pp, then open o -> nb (if pp == o this re-opens the same wall; a lazy step writes o's own square)
+    cn = cpos.gather(0, nbs)
+    gf.scatter_(0, gbase + (cn + cpos.gather(0, pp)) // 2, torch.full_like(gf[:1], WALL).expand(nbs.shape[0]))
+    gf.scatter_(0, gbase + (cpos.gather(0, o) + cn) // 2, torch.full_like(gf[:1], FLOOR).expand(nbs.shape[0]))
+
+
+# ======================================= Gymnasium API ============================================================
+def _check_odd(name: str, value: Any, low: int, high: int) -> int:
+    valid = f"an odd integer in [{low}, {high}]"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}={value!r} is not valid: expected {valid}")
+    if value % 2 == 0 or not low <= value <= high:
+        raise ValueError(f"{name}={value} is not valid: expected {valid}")
+    return int(value)
+
+
+class MemoryMaze(BatchedEnv):
+    """Random mazes with a goal to find again and again, ``num_envs`` episodes at once on ``device``.
+
+    See the module docstring for the rules and the maze generation.
+
+    Args:
+        num_envs: N, episodes stepped together.
+        maze_size: side of the maze grid, odd, in [7, 31] (``(maze_size - 1) // 2`` cells per side).
+        view_size: side of the egocentric view, odd, in [3, maze_size].
+        max_steps: episode length (the horizon); None for ``4 * maze_size ** 2``.
+        shuffle_moves: origin-shift moves per step applied to each env's next maze, in [0, 7]; 0 replays the
+            ``reset``-time mazes (two per env, alternating), which is only useful for tests.
+        device: torch device of the state and of every input/output tensor.
+        return_final_obs: also give the last observation of ending episodes (``info["final_obs"]``).
+
+    Observation: uint8 ``[N, 2 * view_size ** 2]`` in {0, 1}: the wall plane then the goal plane of the view, each
+    ``[view_size, view_size]`` (row 0 farthest ahead, column 0 leftmost), flattened in C order. Actions:
+    ``Discrete(3)`` (0 left, 1 right, 2 forward). ``info["episode"]``: ``"goals"`` int32 goals reached,
+    ``"success"`` bool (at least one goal reached); the return equals ``goals``.
+    """
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        maze_size: int = 9,
+        view_size: int = 5,
+        max_steps: int | None = None,
+        shuffle_moves: int = 2,
+        device: torch.device | str | None = "cpu",
+        return_final_obs: bool = False,
+    ) -> None:
+        S = _check_odd("maze_size", maze_size, MIN_MAZE, MAX_MAZE)
+        V = _check_odd("view_size", view_size, 3, S)
+        max_steps = 4 * S * S if max_steps is None else check_int("max_steps", max_steps, 1)
+        shuffle_moves = check_int("shuffle_moves", shuffle_moves, 0, 7)
+        obs_space = gym.spaces.Box(0, 1, (2 * V * V,), dtype=np.uint8)
+        super().__init__(num_envs, obs_space, gym.spaces.Discrete(NUM_ACTIONS), device=device,
+                         return_final_obs=return_final_obs)
+        self.maze_size, self.view_size, self.max_steps, self.shuffle_moves = S, V, max_steps, shuffle_moves
+        N, dev = self.num_envs, self.device
+        self.k = k = (S - 1) // 2
+        self.n = n = k * k
+        self.pad = V // 2
+        self.Sp = Sp = S + 2 * self.pad
+        self.Np = Sp * Sp
+        _, _, nb = cell_graph(k)
+        self.neighbours = nb.to(dev)  # [n, 4]
+        self.cpos = cell_positions(k, Sp, self.pad).to(dev)  # [n] flat padded index of each cell
+        # int32 view indices where they fit (faster [N, V * V] arithmetic)
+        self._idx_dtype = torch.int32 if 2 * N * self.Np < 2 ** 31 else torch.int64
+        self.offsets = egocentric_offsets(V, Sp).to(dev, self._idx_dtype)  # [4, V * V]
+        self.delta = torch.tensor([1, Sp, -1, -Sp], dtype=torch.long, device=dev)  # DIR_TO_VEC, flat
+        self.turn = torch.tensor([3, 1, 0], dtype=torch.long, device=dev)  # left = -1 mod 4
+        self.even_rows = 2 * torch.arange(N, dtype=torch.long, device=dev)  # [N] first of each env's two mazes
+        # two mazes per env (rows 2 i and 2 i + 1): the played one (cur) and the next one, being shuffled
+        self.parent = torch.full((2 * N, n), -1, dtype=torch.long, device=dev)  # [2N, n]
+        self.origin = torch.zeros(2 * N, dtype=torch.long, device=dev)  # [2N]
+        self.grids = torch.full((2 * N, self.Np), WALL, dtype=torch.uint8, device=dev)  # [2N, Np]
+        z = torch.zeros(N, dtype=torch.long, device=dev)
+        self.cur = z.clone()  # [N] 0/1, which of the two mazes is played
+        self.pos, self.dir, self.goal_cell, self.goal_pos = z.clone(), z.clone(), z.clone(), z.clone()
+        self.steps, self.goals, self.ep_key = z.clone(), z.clone(), z.clone()
+        self._regenerate = False
+
+    # ---- reset -----------------------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """As :meth:`BatchedEnv.reset`; a seeded (or first) reset also draws two new mazes per env by Prim."""
+        self._regenerate = seed is not None or not self._seeded
+        try:
+            return super().reset(seed=seed, options=options)
+        finally:
+            self._regenerate = False
+
+    def _reset_rows(self, mask: torch.Tensor) -> None:
+        keys = self.episode_keys()  # [N] one 32-bit key per (env, episode)
+        if self._regenerate:  # all rows: two fresh mazes per env from its key
+            both = torch.stack([hash32(keys + 0x3C6EF372), hash32(keys + 0x78DDE6E4)], dim=1).view(-1)  # [2N]
+            self.parent, self.origin = random_spanning_trees(both, self.k)
+            self.grids = trees_to_grids(self.parent, self.k, self.pad)
+            self.cur = torch.zeros_like(self.cur)
+        else:  # the shuffled next maze becomes the played one
+            self.cur = torch.where(mask, 1 - self.cur, self.cur)
+        n = self.n
+        h = hash32(keys + 0x2F)
+        goal = (keys >> 2 & 0xFFFF) % n  # the key's bits 2..17
+        start = (goal + 1 + (h & 0xFFFF) % (n - 1)) % n  # uniform over the other cells
+        self.goal_cell = torch.where(mask, goal, self.goal_cell)
+        self.goal_pos = self.cpos.gather(0, self.goal_cell)
+        self.pos = torch.where(mask, self.cpos.gather(0, start), self.pos)
+        self.dir = torch.where(mask, keys & 3, self.dir)  # the key's bits 0..1
+        self.steps = self.steps.masked_fill(mask, 0)
+        self.goals = self.goals.masked_fill(mask, 0)
+        self.ep_key = torch.where(mask, keys, self.ep_key)
+        self.row_base = (self.even_rows + self.cur) * self.Np  # [N] flat start of each played maze
+
+    # ---- step ------------------------------------------------------------------------------------------------------
+    def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        self.steps = self.steps + 1
+        h = hash32(self.ep_key + self.steps * GOLDEN32)  # [N] this step's 32 random bits
+        self.dir = (self.dir + self.turn.gather(0, actions)) & 3
+        fwd = self.pos + self.delta.gather(0, self.dir)
+        cell = self.grids.view(-1).gather(0, self.row_base + fwd)
+        move = (actions == 2) & (cell == FLOOR)
+        pos = torch.where(move, fwd, self.pos)
+        reach = pos == self.goal_pos  # [N] bool: the goal is entered
+        # teleport to a uniformly random other cell (bits 0..15) with a random direction (bits 16..17)
+        other = (self.goal_cell + 1 + (h & 0xFFFF) % (self.n - 1)) % self.n
+        self.pos = torch.where(reach, self.cpos.gather(0, other), pos)
+        self.dir = torch.where(reach, (h >> 16) & 3, self.dir)
+        self.goals = self.goals + reach
+        truncated = self.steps >= self.max_steps
+        # re-randomise each env's next maze (bits 18.. of h: two per move)
+        if self.shuffle_moves:
+            nxt = self.even_rows + 1 - self.cur
+            for m in range(self.shuffle_moves):
+                origin_shift_(self.parent, self.origin, self.grids, nxt, self.neighbours, self.cpos,
+                              (h >> (18 + 2 * m)) & 3)
+        reward = reach.to(torch.float32)
+        return reward, torch.zeros_like(truncated), truncated, {"success": self.goals > 0,
+                                                                "goals": self.goals.to(torch.int32)}
+
+    # ---- observation -----------------------------------------------------------------------------------------------
+    def _observe(self) -> torch.Tensor:
+        N, K = self.num_envs, self.view_size ** 2
+        base = (self.row_base + self.pos).to(self._idx_dtype)  # [N]
+        idx = self.offsets.index_select(0, self.dir) + base.unsqueeze(1)  # [N, K] flat indices of the view cells
+        walls = self.grids.view(-1).index_select(0, idx.view(-1)).view(N, K)  # [N, K] uint8, WALL = 1
+        goal = idx == (self.row_base + self.goal_pos).to(self._idx_dtype).unsqueeze(1)  # [N, K]
+        return torch.cat([walls, goal.view(torch.uint8)], dim=1)  # [N, 2 K]
+
+    # ---- hidden information for scripted policies and tests ----------------------------------------------------
+    def maze(self) -> torch.Tensor:
+        """The played mazes, uint8 ``[N, maze_size, maze_size]`` (1 = wall), indexed ``[y, x]``."""
+        P, S = self.pad, self.maze_size
+        g = self.grids.view(self.num_envs, 2, self.Sp, self.Sp)
+        g = g.gather(1, self.cur.view(-1, 1, 1, 1).expand(-1, 1, self.Sp, self.Sp))[:, 0]
+        return g[:, P:P + S, P:P + S]
+
+    def agent_state(self) -> dict[str, torch.Tensor]:
+        """``{"x", "y", "dir", "goal_x", "goal_y"}``, long ``[N]`` each, in maze coordinates."""
+        P, Sp = self.pad, self.Sp
+        return {"x": self.pos % Sp - P, "y": self.pos // Sp - P, "dir": self.dir.clone(),
+                "goal_x": self.goal_pos % Sp - P, "goal_y": self.goal_pos // Sp - P}
+
+    def __repr__(self) -> str:
+        return (f"MemoryMaze(num_envs={self.num_envs}, maze_size={self.maze_size}, view_size={self.view_size}, "
+                f"max_steps={self.max_steps}, device={self.device})")
+
+
+class MemoryMazeEnv(SingleEnv):
+    """The single Gymnasium env of :class:`MemoryMaze` (numpy in and out; same options, no ``num_envs``)."""
+
+    batched_cls = MemoryMaze
+
+    def maze(self) -> np.ndarray:
+        return self.batched.maze()[0].numpy()
+
+    def agent_state(self) -> dict[str, int]:
+        return {k: int(v[0]) for k, v in self.batched.agent_state().items()}
