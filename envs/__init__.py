@@ -37,3 +37,17 @@ gymnasium.register(
     entry_point="envs.tmaze:TMazeEnv",
     vector_entry_point="envs.tmaze:TMazeVecEnv",
 )
+gymnasium.register(
+    id="MemoryCores/MemoryMaze-v0",
+    entry_point="envs.memory_maze:MemoryMazeEnv",
+    vector_entry_point="envs.memory_maze:MemoryMaze",
+)
+gymnasium.register(
+    id="MemoryCores/MiniGridMemory-v0",
+    entry_point="envs.minigrid_memory:MiniGridMemoryEnv",
+    vector_entry_point="envs.minigrid_memory:MiniGridMemory",
+)
+gymnasium.register(  # MiniGrid's own MemoryEnv (needs the optional minigrid package), flat obs, configurable view
+    id="MemoryCores/MiniGridMemoryWrapped-v0",
+    entry_point="envs.minigrid_wrappers:make_minigrid_memory",
+)
