@@ -79,14 +79,14 @@ def complex_modulus(a: Tensor) -> Tensor:
 
 
 def to_complex(a: Tensor) -> Tensor:
-    """[real half, imaginary half] ``[..., 2K]`` -> complex ``[..., K]`` (exact)."""
+    """[real half, imaginary half] ``[..., 2K]`` -> complex ``[..., K]`` (exact; one copy, no per-half selects)."""
     K = a.shape[-1] // 2
-    return torch.complex(a[..., :K], a[..., K:])
+    return torch.view_as_complex(a.unflatten(-1, (2, K)).transpose(-1, -2).contiguous())
 
 
 def to_halves(z: Tensor) -> Tensor:
     """Complex ``[..., K]`` -> [real half, imaginary half] ``[..., 2K]`` (exact)."""
-    return torch.cat([z.real, z.imag], dim=-1)
+    return torch.view_as_real(z.resolve_conj()).transpose(-1, -2).flatten(-2)
 
 
 def bound(h: Tensor) -> Tensor:
@@ -100,8 +100,8 @@ def bound(h: Tensor) -> Tensor:
     Returns:
         Same shape and layout, every unit's modulus ``<= 1``.
     """
-    if h.is_complex():
-        return h / torch.clamp(h.abs(), min=1.0)
+    if h.is_complex():  # real arithmetic on the modulus: cheaper than abs() and a complex division
+        return h * torch.rsqrt(torch.clamp(torch.view_as_real(h.resolve_conj()).pow(2).sum(-1), min=1.0))
     hr, hi = h.chunk(2, dim=-1)
     d = torch.sqrt(torch.clamp(hr * hr + hi * hi, min=1.0))  # max(1, |h|), [..., K]
     return h / torch.cat([d, d], dim=-1)
@@ -330,17 +330,21 @@ class AssociativeLSTMCore(Core):
 
     def _activate(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """Pre-activations ``[B, 4.5 N_h]`` -> gates ``[B, 3, K]`` (g_f, g_i, g_o: sigmoid, one per complex unit)
-        and complex keys ``[B, 3, K]`` (r_i, r_o, u: bounded)."""
+        and bounded keys ``[B, 3, 2, K]`` (r_i, r_o, u) x (real half, imaginary half), real."""
         B, K = pre.shape[0], self.num_units
-        g = torch.sigmoid(pre[:, : 3 * K]).view(B, 3, K)
-        k = pre[:, 3 * K :].view(B, 3, 2, K)  # (r_i, r_o, u) x (real half, imaginary half)
-        return g, bound(torch.complex(k[:, :, 0], k[:, :, 1]))
+        g, k = pre.split([3 * K, 6 * K], dim=-1)  # split, not slicing: one backward node, no zero-filled grads
+        g = torch.sigmoid(g).view(B, 3, K)
+        k = k.view(B, 3, 2, K)
+        # bound(k) = k / max(1, |k|), in real arithmetic (cheaper than a complex division)
+        k = k / torch.sqrt(torch.clamp(k.pow(2).sum(2, keepdim=True), min=1.0))
+        return g, k
 
     def gates(self, pre: Tensor) -> ALSTMGates:
         """The activated gates and keys of pre-activations ``pre`` ``[B, 4.5 N_h]`` (for inspection): gates
         ``[B, N_h/2]`` per complex unit, keys and update ``[B, N_h]`` in the [real half, imaginary half] layout."""
         g, k = self._activate(pre)
-        return ALSTMGates(g[:, 0], g[:, 1], g[:, 2], to_halves(k[:, 0]), to_halves(k[:, 1]), to_halves(k[:, 2]))
+        B = pre.shape[0]
+        return ALSTMGates(g[:, 0], g[:, 1], g[:, 2], k[:, 0].reshape(B, -1), k[:, 1].reshape(B, -1), k[:, 2].reshape(B, -1))
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """Real dtype of the cell math: fp32 for half/bfloat16 states, else the state's own."""
@@ -355,13 +359,19 @@ class AssociativeLSTMCore(Core):
         Returns:
             complex ``h_t`` ``[B, K]`` and complex ``c_{s,t}`` ``[B, N_copies, K]``.
         """
-        g, k = self._activate(pre)  # [B, 3, K] real, [B, 3, K] complex
-        g_f, g_i, g_o = g.unbind(1)
-        keys = k[:, :2, self.permutations]  # P_s r_i, P_s r_o: [B, 2, N_copies, K]
+        g, k = self._activate(pre)  # [B, 3, K], [B, 3, 2, K]
+        B, K, N = pre.shape[0], self.num_units, self.num_copies
+        g_f, g_i, g_o = g.unbind(1)  # unbind, not indexing: one backward node that stacks, no zero-filled grads
+        k = torch.view_as_complex(k.transpose(-1, -2).contiguous())  # r_i, r_o, u as complex [B, 3, K]
+        keys, u = k.split([2, 1], dim=1)
+        # P_s r_i, P_s r_o for every copy s (a unit's real and imaginary part move together)
+        index = self.permutations.reshape(1, 1, N * K).expand(B, 2, N * K)
+        r_in, r_out = torch.gather(keys, -1, index).view(B, 2, N, K).unbind(1)  # [B, N_copies, K] each
+        u = u.squeeze(1)  # [B, K]
         # c_{s,t} = g_f * c_{s,t-1} + (P_s r_i) (*) (g_i * u)
-        c = associative_write(c, keys[:, 0], g_f, g_i * k[:, 2])
+        c = associative_write(c, r_in, g_f, g_i * u)
         # h_t = g_o * bound(mean_s (P_s r_o) (*) c_{s,t})
-        h = g_o * bound(associative_read(c, keys[:, 1]))
+        h = g_o * bound(associative_read(c, r_out))
         return h, c
 
     # ------------------------------------------------------------------ contract
