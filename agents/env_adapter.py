@@ -1,0 +1,236 @@
+"""One torch view of every environment the trainer accepts.
+
+:class:`TorchVecEnv` gives PPO the same interface for
+
+* the project's batched tensor envs (``envs.BatchedEnv``, made with ``vectorization_mode="vector_entry_point"``):
+  everything stays on the device; no host synchronisation per step;
+* any other Gymnasium id or ``VectorEnv`` (numpy): made as a ``SyncVectorEnv`` with SAME_STEP autoreset, converted
+  to torch once per step.
+
+Both use SAME_STEP autoreset: after ``step`` the observation of a row whose episode ended is the first of its next
+episode; the last observation of the ended episode comes as ``final_obs`` (needed to bootstrap truncated
+episodes). Episode statistics (return, length, success) are summed on the device under the done mask and read
+once per rollout with :meth:`EpisodeStats.pop`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from torch import Tensor
+
+
+class EnvError(ValueError):
+    """A user error about the environment (unknown id, bad keyword, unsupported autoreset mode)."""
+
+
+class StepOut(NamedTuple):
+    """One step of ``N`` envs: ``obs`` (first obs of the next episode where ``done``), ``reward`` f32 ``[N]``,
+    ``terminated``/``truncated`` bool ``[N]``, ``final_obs`` (last obs of the ended episode where ``done``; None
+    when not requested), ``success`` bool ``[N]`` (meaningful where ``done``; None when the env has none)."""
+
+    obs: Any
+    reward: Tensor
+    terminated: Tensor
+    truncated: Tensor
+    final_obs: Any
+    success: Tensor | None
+
+
+def _to_torch(x: Any, device: torch.device) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_torch(v, device) for k, v in x.items() if not _is_text(v)}
+    return torch.as_tensor(np.asarray(x), device=device)
+
+
+def _is_text(v: Any) -> bool:
+    a = np.asarray(v)
+    return a.dtype.kind in ("U", "S", "O")
+
+
+def _project_env_ids() -> None:
+    try:
+        import envs  # noqa: F401  (registers MemoryCores/* on import)
+    except ImportError:  # pragma: no cover - the project's envs are optional for the agents
+        pass
+
+
+def _maybe_import_minigrid(env_id: str) -> None:
+    if env_id.startswith("MiniGrid") or env_id.startswith("BabyAI"):
+        try:
+            import minigrid  # noqa: F401
+        except ImportError as e:
+            raise EnvError(f"env {env_id!r} needs the minigrid package: pip install minigrid") from e
+
+
+def resolve_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of ``env_id``, or :class:`EnvError` with a clear message."""
+    _project_env_ids()
+    _maybe_import_minigrid(env_id)
+    try:
+        return gym.spec(env_id)
+    except gym.error.Error as e:
+        known = sorted(k for k in gym.registry if k.startswith("MemoryCores/"))
+        raise EnvError(f"unknown env id {env_id!r} ({e}); project tasks: {', '.join(known)}") from None
+
+
+class TorchVecEnv:
+    """``N`` environments with torch tensors in and out on ``device`` (see the module docstring).
+
+    Args:
+        env: a Gymnasium id (str) or a ``VectorEnv`` instance.
+        num_envs: N (ignored for an instance).
+        device: torch device of every tensor the adapter returns.
+        env_kwargs: keyword arguments for the env's constructor (ids only).
+        need_final_obs: ask for the last observation of ended episodes (``StepOut.final_obs``).
+    """
+
+    def __init__(
+        self,
+        env: str | gym.vector.VectorEnv,
+        num_envs: int = 1,
+        device: torch.device | str = "cpu",
+        env_kwargs: dict | None = None,
+        need_final_obs: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        env_kwargs = dict(env_kwargs or {})
+        self.need_final_obs = need_final_obs
+        if isinstance(env, str):
+            spec = resolve_spec(env)
+            self.env_id = env
+            try:
+                if spec.vector_entry_point is not None:
+                    venv = gym.make_vec(
+                        env, num_envs=num_envs, vectorization_mode="vector_entry_point", device=self.device,
+                        return_final_obs=need_final_obs, **env_kwargs,
+                    )
+                else:
+                    venv = gym.make_vec(
+                        env, num_envs=num_envs, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **env_kwargs,
+                    )
+            except TypeError as e:
+                raise EnvError(f"bad env_kwargs {json.dumps(env_kwargs)} for {env!r}: {e}") from None
+        else:
+            venv, self.env_id = env, getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
+        mode = venv.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if mode != AutoresetMode.SAME_STEP and str(mode) != str(AutoresetMode.SAME_STEP.value):
+            raise EnvError(
+                f"the VectorEnv uses autoreset mode {mode}; the trainer needs SAME_STEP: create it with "
+                "vector_kwargs={'autoreset_mode': gymnasium.vector.AutoresetMode.SAME_STEP}"
+            )
+        self.venv = venv
+        self.num_envs = venv.num_envs
+        self.single_observation_space = venv.single_observation_space
+        self.single_action_space = venv.single_action_space
+        self.is_torch = isinstance(getattr(venv, "device", None), torch.device)
+        if self.is_torch and venv.device != self.device:
+            raise EnvError(f"the env lives on {venv.device} but the trainer runs on {self.device}")
+        if self.is_torch and need_final_obs and not getattr(venv, "return_final_obs", True):
+            venv.return_final_obs = True
+        # success: the env's own flag, else (MiniGrid) a positive reward at termination
+        self._minigrid_success = "minigrid" in str(getattr(getattr(venv, "spec", None), "entry_point", "")).lower() or (
+            self.env_id.startswith("MiniGrid")
+        )
+
+    def reset(self, seed: int | None = None) -> Any:
+        obs, _ = self.venv.reset(seed=seed)
+        return obs if self.is_torch else _to_torch(obs, self.device)
+
+    def step(self, action: Tensor) -> StepOut:
+        if self.is_torch:
+            obs, reward, term, trunc, info = self.venv.step(action)
+            ep = info.get("episode", {})
+            success = ep.get("success")
+            if success is None and self._minigrid_success:
+                success = term & (reward > 0)
+            final = info.get("final_obs") if self.need_final_obs else None
+            return StepOut(obs, reward.float(), term, trunc, final, None if success is None else success.bool())
+        # numpy env: one conversion per step
+        obs, reward, term, trunc, info = self.venv.step(action.cpu().numpy())
+        done = np.logical_or(term, trunc)
+        final = None
+        if self.need_final_obs:
+            final = obs if not isinstance(obs, dict) else dict(obs)
+            if done.any() and "final_obs" in info:
+                final = _replace_rows(obs, info["final_obs"], done)
+        success = None
+        finfo = info.get("final_info", {})
+        for key in ("success", "is_success"):
+            if key in finfo:
+                success = np.asarray(finfo[key], dtype=bool) & done
+        if success is None and self._minigrid_success:
+            success = np.asarray(term) & (np.asarray(reward) > 0)
+        dev = self.device
+        return StepOut(
+            _to_torch(obs, dev),
+            torch.as_tensor(np.asarray(reward, dtype=np.float32), device=dev),
+            torch.as_tensor(np.asarray(term, dtype=bool), device=dev),
+            torch.as_tensor(np.asarray(trunc, dtype=bool), device=dev),
+            None if final is None else _to_torch(final, dev),
+            None if success is None else torch.as_tensor(success, device=dev),
+        )
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+def _replace_rows(obs: Any, final_obs: np.ndarray, done: np.ndarray) -> Any:
+    """``obs`` with the rows where ``done`` replaced by the per-env ``final_obs`` entries (object array)."""
+    if isinstance(obs, dict):
+        out = {k: np.array(v, copy=True) for k, v in obs.items()}
+        for i in np.flatnonzero(done):
+            for k in out:
+                out[k][i] = final_obs[i][k]
+        return out
+    out = np.array(obs, copy=True)
+    for i in np.flatnonzero(done):
+        out[i] = final_obs[i]
+    return out
+
+
+@dataclass
+class EpisodeStats:
+    """Device-side running sums over finished episodes (no host sync until :meth:`pop`)."""
+
+    num_envs: int
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        z = lambda: torch.zeros((), device=self.device)  # noqa: E731
+        self.ret = torch.zeros(self.num_envs, device=self.device)  # [N] running return
+        self.len = torch.zeros(self.num_envs, device=self.device)  # [N] running length
+        self.count, self.sum_ret, self.sum_len, self.sum_success, self.count_success = z(), z(), z(), z(), z()
+
+    def add(self, reward: Tensor, done: Tensor, success: Tensor | None) -> None:
+        self.ret = self.ret + reward
+        self.len = self.len + 1
+        d = done.float()
+        self.count = self.count + d.sum()
+        self.sum_ret = self.sum_ret + (self.ret * d).sum()
+        self.sum_len = self.sum_len + (self.len * d).sum()
+        if success is not None:
+            self.sum_success = self.sum_success + (success.float() * d).sum()
+            self.count_success = self.count_success + d.sum()
+        self.ret = self.ret * (1 - d)
+        self.len = self.len * (1 - d)
+
+    def pop(self) -> dict[str, float]:
+        """Means over the episodes finished since the last pop (one host sync); {} when none finished."""
+        vals = torch.stack([self.count, self.sum_ret, self.sum_len, self.sum_success, self.count_success]).tolist()
+        count, sr, sl, ss, cs = vals
+        z = torch.zeros((), device=self.device)
+        self.count, self.sum_ret, self.sum_len, self.sum_success, self.count_success = z, z, z, z, z
+        if count == 0:
+            return {}
+        out = {"episodes": count, "ep_rew_mean": sr / count, "ep_len_mean": sl / count}
+        if cs > 0:
+            out["success_rate"] = ss / cs
+        return out

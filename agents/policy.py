@@ -1,0 +1,685 @@
+"""Actor-critic policies on top of any memory core: observation encoder -> core -> policy and value heads.
+
+Shapes: one step works on batch-first tensors ``[B, ...]``; sequences are time-major ``[T, B, ...]``, as in the
+cores. An observation is a tensor, or a ``dict`` of tensors for a ``Dict`` space.
+
+Spaces supported:
+
+* observations: ``Box`` (flat vectors of any shape; 3-d boxes are images and go through a CNN), ``Discrete``,
+  ``MultiDiscrete``, ``MultiBinary``, and ``Dict`` of these (``Text`` entries of a ``Dict``, such as MiniGrid's
+  constant ``mission``, are skipped).
+* actions: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` and ``Box`` (a diagonal Gaussian; the sample is
+  clipped to the bounds only when it is sent to the environment, the stored action is the raw sample).
+
+The recurrent API follows CleanRL's ``ppo_atari_lstm.py``: ``get_action_and_value(obs, state, reset, action=None)``
+samples in the rollout and scores a given action in the update; :meth:`ActorCritic.evaluate_sequence` is the same
+over ``[T, B]`` with ``core.unroll``. Cores that take discrete internal decisions (``has_discrete_choices``, e.g.
+``rl_access``) get their choices sampled in the rollout, returned so the caller can store them like actions, and
+re-evaluated exactly in the update (``choices=...``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+import memory_cores
+from memory_cores import Core, tree_leaves, tree_map
+
+Obs = Any  # a tensor, or a dict of tensors for a Dict observation space
+
+
+class UnsupportedSpaceError(ValueError):
+    """An observation or action space that the encoders/heads cannot handle."""
+
+
+def obs_map(fn, obs: Obs, *rest: Obs) -> Obs:
+    """Apply ``fn`` to every tensor of an observation (a tensor or a dict of tensors)."""
+    if isinstance(obs, dict):
+        return {k: fn(v, *(r[k] for r in rest)) for k, v in obs.items()}
+    return fn(obs, *rest)
+
+
+def _layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    """Orthogonal weights with ``gain`` and constant bias (the PPO implementation details, CleanRL)."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+# ====================================================================================================== encoders
+def _is_image(space: spaces.Box) -> bool:
+    return len(space.shape) == 3
+
+
+class FlatEncoder(nn.Module):
+    """``Box`` (any shape but 3-d) or ``MultiBinary``: flatten -> Linear -> ReLU. ``[*, *shape]`` -> ``[*, out]``."""
+
+    def __init__(self, space: spaces.Box | spaces.MultiBinary, out_size: int) -> None:
+        super().__init__()
+        self.shape = tuple(space.shape)
+        self.in_size = int(np.prod(self.shape)) if self.shape else 1
+        self.net = nn.Sequential(_layer_init(nn.Linear(self.in_size, out_size)), nn.ReLU())
+        self.out_size = out_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[: x.dim() - len(self.shape)]
+        return self.net(x.reshape(lead + (self.in_size,)).to(self.net[0].weight.dtype))
+
+
+class ImageEncoder(nn.Module):
+    """3-d ``Box`` (``[H, W, C]`` or ``[C, H, W]``): a CNN. ``[*, H, W, C]`` -> ``[*, out]``.
+
+    Channels-last is assumed unless the first axis is small (<= 4) and the last is not. Integer images are scaled
+    by ``1 / max(high)`` (``1/255`` for pixels). Small images (side < 32, e.g. MiniGrid's 7x7 views) use three
+    2x2 convolutions (16, 32, 64 channels); larger ones the Nature-DQN CNN.
+    """
+
+    def __init__(self, space: spaces.Box, out_size: int) -> None:
+        super().__init__()
+        shape = tuple(space.shape)
+        self.shape = shape
+        self.channels_last = not (shape[0] <= 4 and shape[2] > 4)
+        C, H, W = (shape[2], shape[0], shape[1]) if self.channels_last else shape
+        high = np.asarray(space.high, dtype=np.float64)
+        scale = 1.0
+        if np.issubdtype(space.dtype, np.integer) and np.isfinite(high).all() and high.max() > 0:
+            scale = 1.0 / float(high.max())
+        self.scale = scale
+        if min(H, W) < 32:
+            k = 2 if min(H, W) >= 4 else 1
+            convs = [nn.Conv2d(C, 16, k), nn.ReLU(), nn.Conv2d(16, 32, k), nn.ReLU(), nn.Conv2d(32, 64, k), nn.ReLU()]
+        else:
+            convs = [nn.Conv2d(C, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(), nn.Conv2d(64, 64, 3, 1), nn.ReLU()]
+        for m in convs:
+            if isinstance(m, nn.Conv2d):
+                _layer_init(m)
+        self.cnn = nn.Sequential(*convs, nn.Flatten())
+        with torch.no_grad():
+            n_flat = self.cnn(torch.zeros(1, C, H, W)).shape[1]
+        self.head = nn.Sequential(_layer_init(nn.Linear(n_flat, out_size)), nn.ReLU())
+        self.out_size = out_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-3]
+        x = x.reshape((-1,) + self.shape).to(self.head[0].weight.dtype) * self.scale  # [N, *shape]
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)  # [N, H, W, C] -> [N, C, H, W]
+        return self.head(self.cnn(x)).reshape(lead + (self.out_size,))
+
+
+class DiscreteEncoder(nn.Module):
+    """``Discrete(n, start)``: an embedding. ``[*]`` (int) -> ``[*, out]``."""
+
+    def __init__(self, space: spaces.Discrete, out_size: int) -> None:
+        super().__init__()
+        self.start = int(space.start)
+        self.embed = nn.Embedding(int(space.n), out_size)
+        self.out_size = out_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.embed(x.long() - self.start))
+
+
+class MultiDiscreteEncoder(nn.Module):
+    """``MultiDiscrete(nvec)``: the sum of one embedding per component (= a linear layer on the concatenated
+    one-hots), then ReLU. ``[*, *nvec.shape]`` (int) -> ``[*, out]``."""
+
+    def __init__(self, space: spaces.MultiDiscrete, out_size: int) -> None:
+        super().__init__()
+        nvec = np.asarray(space.nvec).reshape(-1)
+        self.shape = tuple(space.nvec.shape)
+        self.K = len(nvec)
+        start = np.asarray(getattr(space, "start", np.zeros_like(space.nvec))).reshape(-1)
+        offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]) - start
+        self.register_buffer("offsets", torch.as_tensor(offsets, dtype=torch.long), persistent=False)
+        self.embed = nn.Embedding(int(nvec.sum()), out_size)
+        self.bias = nn.Parameter(torch.zeros(out_size))
+        self.out_size = out_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[: x.dim() - len(self.shape)]
+        idx = x.reshape(lead + (self.K,)).long() + self.offsets  # [*, K]
+        return torch.relu(self.embed(idx).sum(-2) + self.bias)
+
+
+class DictEncoder(nn.Module):
+    """``Dict``: one encoder per entry, outputs concatenated, then Linear -> ReLU to ``out``."""
+
+    def __init__(self, space: spaces.Dict, out_size: int) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict()
+        for key, sub in space.spaces.items():
+            if isinstance(sub, spaces.Text):
+                continue  # e.g. MiniGrid's mission string: constant per task, not encoded
+            self.encoders[key] = make_encoder(sub, out_size, _path=f"observation[{key!r}]")
+        if not self.encoders:
+            raise UnsupportedSpaceError("Dict observation space has no supported entry")
+        width = sum(e.out_size for e in self.encoders.values())
+        self.trunk = nn.Sequential(_layer_init(nn.Linear(width, out_size)), nn.ReLU())
+        self.out_size = out_size
+
+    def forward(self, obs: dict[str, Tensor]) -> Tensor:
+        return self.trunk(torch.cat([enc(obs[k]) for k, enc in self.encoders.items()], dim=-1))
+
+
+def make_encoder(space: spaces.Space, out_size: int, _path: str = "observation") -> nn.Module:
+    """The encoder for an observation space; raises :class:`UnsupportedSpaceError` naming the space."""
+    if isinstance(space, spaces.Box):
+        return ImageEncoder(space, out_size) if _is_image(space) else FlatEncoder(space, out_size)
+    if isinstance(space, spaces.MultiBinary):
+        return FlatEncoder(space, out_size)
+    if isinstance(space, spaces.Discrete):
+        return DiscreteEncoder(space, out_size)
+    if isinstance(space, spaces.MultiDiscrete):
+        return MultiDiscreteEncoder(space, out_size)
+    if isinstance(space, spaces.Dict) and _path == "observation":
+        return DictEncoder(space, out_size)
+    raise UnsupportedSpaceError(
+        f"unsupported {_path} space {space}; supported: Box, Discrete, MultiDiscrete, MultiBinary and a Dict of these"
+    )
+
+
+# ========================================================================================= action distributions
+class Categorical:
+    """Categorical over the last axis of ``logits`` ``[*, n]``; actions ``[*]`` long."""
+
+    def __init__(self, logits: Tensor) -> None:
+        self.log_p = torch.log_softmax(logits, dim=-1)
+
+    def sample(self) -> Tensor:
+        # Gumbel-max: argmax(log p + G), G ~ Gumbel(0, 1); one tensor program for any leading shape.
+        u = torch.rand_like(self.log_p).clamp_(min=1e-20)
+        return (self.log_p - torch.log(-torch.log(u))).argmax(-1)
+
+    def mode(self) -> Tensor:
+        return self.log_p.argmax(-1)
+
+    def log_prob(self, a: Tensor) -> Tensor:
+        return self.log_p.gather(-1, a.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self) -> Tensor:
+        return -(self.log_p.exp() * self.log_p).sum(-1)
+
+
+class MultiCategorical(Categorical):
+    """Independent categoricals, padded to one ``[*, K, max_n]`` tensor (padding logits -1e9, probability 0).
+    Actions ``[*, K]`` long; log-probabilities and entropies summed over ``K``."""
+
+    def log_prob(self, a: Tensor) -> Tensor:
+        return super().log_prob(a).sum(-1)
+
+    def entropy(self) -> Tensor:
+        return super().entropy().sum(-1)
+
+
+class Bernoulli:
+    """Independent Bernoullis, ``logits`` ``[*, n]``; actions ``[*, n]`` float in {0, 1}; sums over ``n``."""
+
+    def __init__(self, logits: Tensor) -> None:
+        self.logits = logits
+
+    def sample(self) -> Tensor:
+        return (torch.rand_like(self.logits) < torch.sigmoid(self.logits)).to(self.logits.dtype)
+
+    def mode(self) -> Tensor:
+        return (self.logits > 0).to(self.logits.dtype)
+
+    def log_prob(self, a: Tensor) -> Tensor:
+        # log p(a) = a log s(l) + (1 - a) log s(-l) = -BCE(l, a)
+        return -nn.functional.binary_cross_entropy_with_logits(self.logits, a.to(self.logits.dtype), reduction="none").sum(-1)
+
+    def entropy(self) -> Tensor:
+        p = torch.sigmoid(self.logits)
+        return (nn.functional.softplus(self.logits) - p * self.logits).sum(-1)
+
+
+class DiagGaussian:
+    """Diagonal Gaussian, ``mean`` and ``log_std`` ``[*, n]``; actions ``[*, n]``; sums over ``n``."""
+
+    def __init__(self, mean: Tensor, log_std: Tensor) -> None:
+        self.mean, self.log_std = mean, log_std.expand_as(mean)
+
+    def sample(self) -> Tensor:
+        return (self.mean + self.log_std.exp() * torch.randn_like(self.mean)).detach()
+
+    def mode(self) -> Tensor:
+        return self.mean.detach()
+
+    def log_prob(self, a: Tensor) -> Tensor:
+        z = (a - self.mean) * torch.exp(-self.log_std)
+        return (-0.5 * z * z - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def entropy(self) -> Tensor:
+        return (self.log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+
+# ================================================================================================== action heads
+class DiscreteHead(nn.Module):
+    """``Discrete(n, start)`` -> :class:`Categorical`; actions stored as long ``[B]`` (without ``start``)."""
+
+    action_dtype = torch.long
+
+    def __init__(self, space: spaces.Discrete, in_size: int) -> None:
+        super().__init__()
+        self.start = int(space.start)
+        self.action_shape: tuple[int, ...] = ()
+        self.linear = _layer_init(nn.Linear(in_size, int(space.n)), gain=0.01)
+
+    def forward(self, h: Tensor) -> Categorical:
+        return Categorical(self.linear(h))
+
+    def to_env(self, a: Tensor) -> Tensor:
+        return a + self.start if self.start else a
+
+
+class MultiDiscreteHead(nn.Module):
+    """``MultiDiscrete(nvec)`` -> :class:`MultiCategorical`; actions long ``[B, K]`` (flattened ``nvec``)."""
+
+    action_dtype = torch.long
+
+    def __init__(self, space: spaces.MultiDiscrete, in_size: int) -> None:
+        super().__init__()
+        nvec = np.asarray(space.nvec).reshape(-1)
+        self.env_shape = tuple(space.nvec.shape)
+        self.K, self.max_n = len(nvec), int(nvec.max())
+        self.action_shape = (self.K,)
+        self.linear = _layer_init(nn.Linear(in_size, int(nvec.sum())), gain=0.01)
+        # scatter index of each logit into the padded [K, max_n] layout
+        idx = np.concatenate([k * self.max_n + np.arange(n) for k, n in enumerate(nvec)])
+        self.register_buffer("index", torch.as_tensor(idx, dtype=torch.long), persistent=False)
+        start = np.asarray(getattr(space, "start", np.zeros_like(space.nvec))).reshape(-1)
+        self.register_buffer("start", torch.as_tensor(start, dtype=torch.long), persistent=False)
+
+    def forward(self, h: Tensor) -> MultiCategorical:
+        flat = self.linear(h)  # [*, sum n]
+        padded = flat.new_full(flat.shape[:-1] + (self.K * self.max_n,), -1e9)
+        padded = padded.index_copy(-1, self.index, flat)
+        return MultiCategorical(padded.reshape(flat.shape[:-1] + (self.K, self.max_n)))
+
+    def to_env(self, a: Tensor) -> Tensor:
+        return (a + self.start).reshape(a.shape[:-1] + self.env_shape)
+
+
+class MultiBinaryHead(nn.Module):
+    """``MultiBinary(n)`` -> :class:`Bernoulli`; actions float ``[B, n]`` (flattened)."""
+
+    action_dtype = torch.float32
+
+    def __init__(self, space: spaces.MultiBinary, in_size: int) -> None:
+        super().__init__()
+        self.env_shape = tuple(np.atleast_1d(space.shape))
+        n = int(np.prod(self.env_shape))
+        self.action_shape = (n,)
+        self.linear = _layer_init(nn.Linear(in_size, n), gain=0.01)
+
+    def forward(self, h: Tensor) -> Bernoulli:
+        return Bernoulli(self.linear(h))
+
+    def to_env(self, a: Tensor) -> Tensor:
+        return a.to(torch.int8).reshape(a.shape[:-1] + self.env_shape)
+
+
+class BoxHead(nn.Module):
+    """``Box`` actions -> :class:`DiagGaussian` with a state-independent learned ``log_std`` (init 0); actions
+    float ``[B, n]`` (flattened); :meth:`to_env` clips to the bounds and restores the shape."""
+
+    action_dtype = torch.float32
+
+    def __init__(self, space: spaces.Box, in_size: int) -> None:
+        super().__init__()
+        self.env_shape = tuple(space.shape)
+        n = int(np.prod(self.env_shape)) if self.env_shape else 1
+        self.action_shape = (n,)
+        self.mean = _layer_init(nn.Linear(in_size, n), gain=0.01)
+        self.log_std = nn.Parameter(torch.zeros(n))
+        low = np.broadcast_to(space.low, self.env_shape).astype(np.float32).copy()
+        high = np.broadcast_to(space.high, self.env_shape).astype(np.float32).copy()
+        self.register_buffer("low", torch.as_tensor(low.reshape(-1), dtype=torch.float32), persistent=False)
+        self.register_buffer("high", torch.as_tensor(high.reshape(-1), dtype=torch.float32), persistent=False)
+
+    def forward(self, h: Tensor) -> DiagGaussian:
+        return DiagGaussian(self.mean(h), self.log_std)
+
+    def to_env(self, a: Tensor) -> Tensor:
+        a = torch.maximum(torch.minimum(a, self.high.to(a.dtype)), self.low.to(a.dtype))
+        return a.reshape(a.shape[:-1] + self.env_shape)
+
+
+def make_head(space: spaces.Space, in_size: int) -> nn.Module:
+    """The action head for an action space; raises :class:`UnsupportedSpaceError` naming the space."""
+    if isinstance(space, spaces.Discrete):
+        return DiscreteHead(space, in_size)
+    if isinstance(space, spaces.MultiDiscrete):
+        return MultiDiscreteHead(space, in_size)
+    if isinstance(space, spaces.MultiBinary):
+        return MultiBinaryHead(space, in_size)
+    if isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating):
+        return BoxHead(space, in_size)
+    raise UnsupportedSpaceError(
+        f"unsupported action space {space}; supported: Discrete, MultiDiscrete, MultiBinary, Box (float)"
+    )
+
+
+# ============================================================================================== obs normaliser
+class ObsNormalizer(nn.Module):
+    """Running mean/variance normalisation of the float ``Box`` entries of an observation, clipped to ``±clip``.
+
+    Other entries (images, discrete, binary) pass through. The statistics are buffers (saved with the policy).
+    Applied once in the rollout; the *normalised* observation is stored, so the update sees exactly what the
+    rollout saw.
+    """
+
+    def __init__(self, space: spaces.Space, clip: float = 10.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.clip, self.eps = clip, eps
+        subs = space.spaces if isinstance(space, spaces.Dict) else {"": space}
+        self.keys: list[str] = []
+        for key, sub in subs.items():
+            if isinstance(sub, spaces.Box) and np.issubdtype(sub.dtype, np.floating) and not _is_image(sub):
+                name = key or "obs"
+                self.register_buffer(f"mean_{name}", torch.zeros(sub.shape))
+                self.register_buffer(f"var_{name}", torch.ones(sub.shape))
+                self.keys.append(key)
+        self.register_buffer("count", torch.tensor(1e-4))
+
+    def _stats(self, key: str) -> tuple[Tensor, Tensor]:
+        name = key or "obs"
+        return getattr(self, f"mean_{name}"), getattr(self, f"var_{name}")
+
+    @torch.no_grad()
+    def update(self, obs: Obs) -> None:
+        """Fold a batch ``[B, ...]`` into the running statistics (parallel Welford / Chan et al.)."""
+        n = None
+        for key in self.keys:
+            x = (obs[key] if key else obs).float()
+            mean, var = self._stats(key)
+            n = x.shape[0]
+            b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
+            tot = self.count + n
+            delta = b_mean - mean
+            mean.add_(delta * n / tot)
+            var.copy_((var * self.count + b_var * n + delta.pow(2) * self.count * n / tot) / tot)
+        if n is not None:
+            self.count.add_(n)
+
+    def forward(self, obs: Obs) -> Obs:
+        if not self.keys:
+            return obs
+
+        def norm(key: str, x: Tensor) -> Tensor:
+            mean, var = self._stats(key)
+            return ((x.float() - mean) / torch.sqrt(var + self.eps)).clamp(-self.clip, self.clip)
+
+        if isinstance(obs, dict):
+            out = dict(obs)
+            for key in self.keys:
+                out[key] = norm(key, obs[key])
+            return out
+        return norm("", obs)
+
+
+# ============================================================================================== core plumbing
+class ChoiceOut(NamedTuple):
+    """Discrete internal decisions of a core (REINFORCE head): ``choice`` as the core returns it (``[T, B, ...]``),
+    ``log_prob`` and ``entropy`` summed to ``[T, B]``."""
+
+    choice: Any
+    log_prob: Tensor
+    entropy: Tensor
+
+
+def _sum_to(x: Tensor, ndim: int) -> Tensor:
+    """Sum trailing axes until ``x`` has ``ndim`` dims (per-head log-probs ``[T, B, K]`` -> ``[T, B]``)."""
+    while x.dim() > ndim:
+        x = x.sum(-1)
+    return x
+
+
+def core_has_choices(core: Core | None) -> bool:
+    return core is not None and bool(getattr(core, "has_discrete_choices", False))
+
+
+def unroll_core(
+    core: Core, xs: Tensor, state: Any, resets: Tensor | None, choices: Any = None, greedy: bool = False
+) -> tuple[Tensor, Any, ChoiceOut | None]:
+    """``core.unroll`` over ``[T, B, ...]``; for cores with discrete choices, ``unroll_with_choices`` (sampling
+    when ``choices`` is None, or the argmax with ``greedy``; scoring the given ones otherwise) and the choices'
+    log-probabilities/entropies."""
+    if not core_has_choices(core):
+        ys, state = core.unroll(xs, state, resets)
+        return ys, state, None
+    ys, state, info = core.unroll_with_choices(xs, state, resets, choices=choices, greedy=greedy)
+    get = (lambda k: info[k]) if isinstance(info, dict) else (lambda k: getattr(info, k))
+    return ys, state, ChoiceOut(get("choice"), _sum_to(get("log_prob"), 2), _sum_to(get("entropy"), 2))
+
+
+# ================================================================================================ actor-critic
+class AgentState(NamedTuple):
+    """Recurrent state of an :class:`ActorCritic`: the actor core's state and, with ``shared_core=False``, the
+    critic core's; ``()`` where there is no core (feed-forward baseline, or shared core for ``critic``)."""
+
+    actor: Any
+    critic: Any
+
+
+class ActOut(NamedTuple):
+    """One rollout step: ``action`` ``[B, ...]``, ``log_prob``/``entropy``/``value`` ``[B]``, the new ``state``, and
+    the core's ``choices`` (or None) with their ``[B]`` log-prob and entropy (zeros without choices)."""
+
+    action: Tensor
+    log_prob: Tensor
+    entropy: Tensor
+    value: Tensor
+    state: AgentState
+    choices: Any
+    choice_log_prob: Tensor
+    choice_entropy: Tensor
+
+
+class SeqOut(NamedTuple):
+    """A scored sequence: ``log_prob``, ``entropy``, ``value``, ``choice_log_prob``, ``choice_entropy`` ``[T, B]``
+    and the final ``state``."""
+
+    log_prob: Tensor
+    entropy: Tensor
+    value: Tensor
+    choice_log_prob: Tensor
+    choice_entropy: Tensor
+    state: AgentState
+
+
+NO_CORE = ("none", "mlp", "ff", "feedforward", "")
+
+
+class ActorCritic(nn.Module):
+    """Observation encoder -> memory core -> policy head and value head.
+
+    Args:
+        observation_space: a supported Gymnasium space (see the module docstring).
+        action_space: a supported Gymnasium space.
+        core: a name in ``memory_cores.CORES`` (``"lstm"``, ``"ntm"``, ...), or ``"none"``/``None`` for the
+            feed-forward baseline (encoder -> Linear -> tanh -> heads).
+        core_kwargs: keyword arguments for the core's constructor (``hidden_size``, ``num_slots``, ...).
+        embed_size: width of the encoder output, the core's input.
+        shared_core: actor and critic share one encoder and core (default); False gives the critic its own.
+        normalize_obs: keep running statistics of float ``Box`` observations and normalise them
+            (:meth:`normalize_obs`).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        core: str | None = "lstm",
+        core_kwargs: dict | None = None,
+        embed_size: int = 128,
+        shared_core: bool = True,
+        normalize_obs: bool = False,
+    ) -> None:
+        super().__init__()
+        if embed_size <= 0:
+            raise ValueError(f"embed_size must be a positive int, got {embed_size!r}")
+        core_kwargs = dict(core_kwargs or {})
+        self.core_name = "none" if core is None or str(core).lower() in NO_CORE else str(core)
+        if self.core_name != "none" and self.core_name not in memory_cores.CORES:
+            raise ValueError(
+                f"unknown core {core!r}; valid: none, {', '.join(sorted(memory_cores.CORES))}"
+            )
+        self.observation_space, self.action_space = observation_space, action_space
+        self.shared_core = shared_core
+        self.obs_norm = ObsNormalizer(observation_space) if normalize_obs else None
+
+        def torso() -> tuple[nn.Module, Core | None, nn.Module | None, int]:
+            enc = make_encoder(observation_space, embed_size)
+            if self.core_name == "none":
+                width = int(core_kwargs.get("hidden_size", embed_size))
+                mlp = nn.Sequential(_layer_init(nn.Linear(embed_size, width)), nn.Tanh())
+                return enc, None, mlp, width
+            c = memory_cores.make_core(self.core_name, embed_size, **core_kwargs)
+            return enc, c, None, c.output_size
+
+        self.encoder, self.core, self.mlp, width = torso()
+        if shared_core:
+            self.critic_encoder = self.critic_core = self.critic_mlp = None
+            critic_width = width
+        else:
+            self.critic_encoder, self.critic_core, self.critic_mlp, critic_width = torso()
+        self.actor_head = make_head(action_space, width)
+        self.value_head = _layer_init(nn.Linear(critic_width, 1), gain=1.0)
+        self.has_choices = core_has_choices(self.core) or core_has_choices(self.critic_core)
+
+    # ----------------------------------------------------------------------------------------------- state
+    @property
+    def device(self) -> torch.device:
+        return self.value_head.weight.device
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> AgentState:
+        device = self.device if device is None else device
+        a = self.core.initial_state(batch_size, device) if self.core is not None else ()
+        c = self.critic_core.initial_state(batch_size, device) if self.critic_core is not None else ()
+        return AgentState(a, c)
+
+    def normalize_obs(self, obs: Obs, update: bool = False) -> Obs:
+        """Normalise an observation batch ``[B, ...]`` (identity without ``normalize_obs``); ``update`` folds the
+        batch into the running statistics first (rollouts only)."""
+        if self.obs_norm is None:
+            return obs
+        if update:
+            self.obs_norm.update(obs)
+        return self.obs_norm(obs)
+
+    # ----------------------------------------------------------------------------------------------- torso
+    def _torso(
+        self, enc: nn.Module, core: Core | None, mlp: nn.Module | None, obs: Obs, state: Any, resets: Tensor | None,
+        choices: Any, greedy: bool = False,
+    ) -> tuple[Tensor, Any, ChoiceOut | None]:
+        """Sequence torso: ``obs`` ``[T, B, ...]`` -> features ``[T, B, width]``, final core state, choices."""
+        x = enc(obs)  # [T, B, embed]
+        if core is None:
+            return mlp(x), state, None
+        return unroll_core(core, x, state, resets, choices, greedy)
+
+    def _forward_seq(
+        self, obs: Obs, state: AgentState, resets: Tensor | None, choices: Any = None, greedy: bool = False
+    ):
+        """Shared forward over ``[T, B]``: actor features, value ``[T, B]``, new state, choice outputs."""
+        actor_choices, critic_choices = (None, None) if choices is None else choices
+        h, s_actor, ch_a = self._torso(
+            self.encoder, self.core, self.mlp, obs, state.actor, resets, actor_choices, greedy
+        )
+        if self.shared_core:
+            hv, s_critic, ch_c = h, state.critic, None
+        else:
+            hv, s_critic, ch_c = self._torso(
+                self.critic_encoder, self.critic_core, self.critic_mlp, obs, state.critic, resets, critic_choices, greedy
+            )
+        value = self.value_head(hv).squeeze(-1)
+        T, B = value.shape
+        zero = value.new_zeros(T, B)
+        if ch_a is None and ch_c is None:
+            ch = (None, zero, zero)
+        else:
+            lp = (ch_a.log_prob if ch_a else zero) + (ch_c.log_prob if ch_c else zero)
+            ent = (ch_a.entropy if ch_a else zero) + (ch_c.entropy if ch_c else zero)
+            ch = ((ch_a.choice if ch_a else None, ch_c.choice if ch_c else None), lp, ent)
+        return h, value, AgentState(s_actor, s_critic), ch
+
+    # -------------------------------------------------------------------------------------------- public
+    def get_action_and_value(
+        self,
+        obs: Obs,
+        state: AgentState,
+        reset: Tensor | None = None,
+        action: Tensor | None = None,
+        deterministic: bool = False,
+    ) -> ActOut:
+        """One step. ``obs`` ``[B, ...]`` (already normalised), ``reset`` ``[B]`` bool (True where ``obs`` starts an
+        episode). Samples an action (or takes the mode, and the greedy core choices, with ``deterministic``) unless ``action`` is given, in which
+        case it is scored. Returns :class:`ActOut`."""
+        obs1 = obs_map(lambda t: t.unsqueeze(0), obs)
+        resets = None if reset is None else reset.unsqueeze(0)
+        h, value, new_state, (choices, c_lp, c_ent) = self._forward_seq(obs1, state, resets, greedy=deterministic)
+        dist = self.actor_head(h[0])
+        if action is None:
+            action = dist.mode() if deterministic else dist.sample()
+        choices = None if choices is None else tree_map_any(lambda t: t[0], choices)
+        return ActOut(action, dist.log_prob(action), dist.entropy(), value[0], new_state, choices, c_lp[0], c_ent[0])
+
+    @torch.no_grad()
+    def get_value(self, obs: Obs, state: AgentState, reset: Tensor | None = None) -> Tensor:
+        """Value ``[B]`` of one observation batch ``[B, ...]`` from ``state`` (the state is not returned)."""
+        obs1 = obs_map(lambda t: t.unsqueeze(0), obs)
+        _, value, _, _ = self._forward_seq(obs1, state, None if reset is None else reset.unsqueeze(0))
+        return value[0]
+
+    def evaluate_sequence(
+        self, obs: Obs, state: AgentState, resets: Tensor, actions: Tensor, choices: Any = None
+    ) -> SeqOut:
+        """Score stored actions (and core choices) over a sequence: ``obs`` ``[T, B, ...]``, ``state`` at ``t=0``,
+        ``resets`` ``[T, B]``, ``actions`` ``[T, B, ...]``, ``choices`` as returned by the rollout, stacked over
+        time. Exactly the step loop of :meth:`get_action_and_value` (the core's ``unroll``)."""
+        h, value, new_state, (_, c_lp, c_ent) = self._forward_seq(obs, state, resets, choices)
+        dist = self.actor_head(h)
+        return SeqOut(dist.log_prob(actions), dist.entropy(), value, c_lp, c_ent, new_state)
+
+    def env_action(self, action: Tensor) -> Tensor:
+        """The stored action in the environment's format (shape restored, ``start`` added, Box clipped)."""
+        return self.actor_head.to_env(action)
+
+
+def tree_map_any(fn, tree: Any) -> Any:
+    """Map ``fn`` over the tensors of any nesting of tuples/lists/dicts (None kept)."""
+    if tree is None:
+        return None
+    if isinstance(tree, Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: tree_map_any(fn, v) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(tree_map_any(fn, v) for v in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(tree_map_any(fn, v) for v in tree)
+    return tree
+
+
+def state_leaves(state: AgentState) -> list[Tensor]:
+    return tree_leaves(state)
+
+
+__all__ = [
+    "ActorCritic",
+    "AgentState",
+    "ActOut",
+    "SeqOut",
+    "UnsupportedSpaceError",
+    "make_encoder",
+    "make_head",
+    "obs_map",
+    "tree_map_any",
+]

@@ -1,0 +1,474 @@
+"""Recurrent PPO with rollouts on the device, for any memory core.
+
+Read top to bottom, like CleanRL's ``ppo_atari_lstm.py``:
+
+1. :class:`TrainConfig`: every option; its field docstrings are the ``--help`` of ``scripts/train.py``.
+2. :func:`compute_gae`: generalised advantage estimation that bootstraps truncated episodes from the value of
+   their last observation and cuts terminated ones.
+3. :class:`Rollout`: the buffer, time-major ``[T, B, ...]``, with the done flag stored with the observation it
+   precedes (``starts[t]`` is True when ``obs[t]`` begins an episode) and the core state at the start of every
+   training sequence (``t = 0, L, 2L, ...``).
+4. :class:`PPO`: ``collect()`` steps the policy and the envs ``T`` times with no host synchronisation (on CUDA) and
+   ``update()`` runs epochs over minibatches of whole sequences of length ``L``: the core is re-run from the stored
+   state with the stored reset flags (resets inside a sequence go through the core's reset mask, sequences are not
+   cut), the stored actions and core choices are re-scored, and the clipped surrogate, value loss, entropy bonus
+   and, for cores with discrete choices (``rl_access``), a clipped score-function loss on the choices (the critic's
+   advantage as baseline, own entropy coefficient) are minimised with gradient-norm clipping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from memory_cores import stack_states, tree_map
+
+from .env_adapter import EpisodeStats, TorchVecEnv
+from .policy import ActorCritic, AgentState, obs_map, tree_map_any
+
+
+class NonFiniteLossError(RuntimeError):
+    """The PPO loss became NaN or inf; training stops before the bad gradient step."""
+
+
+# ============================================================================================================ config
+@dataclass
+class TrainConfig:
+    """Recurrent PPO on a memory task with any memory core."""
+
+    env: str = "MemoryCores/TMaze-v0"
+    """Gymnasium env id: a project task (MemoryCores/...), a MiniGrid id or any id with supported spaces."""
+    env_kwargs: str = "{}"
+    """JSON object of keyword arguments for the env, e.g. '{"length": 50}' (merged over the task's defaults)."""
+    core: str = "lstm"
+    """Memory core: a name in memory_cores.CORES (lstm, gru, alstm, ntm, dnc, rl_access, ...) or 'none' for the
+    feed-forward baseline."""
+    hidden_size: int = 128
+    """Core hidden size (controller units); width of the feed-forward layer for core 'none'."""
+    core_kwargs: str = "{}"
+    """JSON object of further core keywords, e.g. '{"num_slots": 32, "slot_size": 16}'."""
+    embed_size: int = 128
+    """Width of the observation encoder's output (the core's input)."""
+    shared_core: bool = True
+    """Actor and critic share encoder and core (False: the critic has its own)."""
+    normalize_obs: bool = False
+    """Normalise float Box observations by running mean/std (stored normalised, so the update sees the same)."""
+
+    num_envs: int = 64
+    """Number of parallel environments B."""
+    num_steps: int = 128
+    """Rollout length T per environment and update."""
+    seq_len: int = 128
+    """Truncated-BPTT length L of a training sequence (must divide num_steps); the core state at each sequence
+    start is stored in the rollout."""
+    total_steps: int = 1_000_000
+    """Total environment steps (all envs together)."""
+    learning_rate: float = 3e-4
+    """Adam learning rate."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0 over the run."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    num_minibatches: int = 4
+    """Minibatches per epoch (each holds whole sequences; must divide num_envs * num_steps / seq_len)."""
+    update_epochs: int = 4
+    """Epochs over the rollout per update."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    clip_coef: float = 0.2
+    """Surrogate clipping coefficient."""
+    clip_vloss: bool = True
+    """Clip the value loss around the rollout's values."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient of the action distribution."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clipping."""
+    target_kl: float | None = None
+    """Stop the epochs of an update early when the approximate KL exceeds this (None: never)."""
+    choice_coef: float = 1.0
+    """Weight of the score-function loss of a core's discrete choices (rl_access)."""
+    choice_ent_coef: float = 0.01
+    """Entropy bonus coefficient of a core's discrete choices."""
+
+    device: str = "auto"
+    """auto (cuda when available), cpu or cuda[:i]."""
+    seed: int = 1
+    """Seed of torch and of the environments."""
+    torch_threads: int = 1
+    """torch.set_num_threads for the CPU (1 is best for small models on a shared machine)."""
+    run_dir: str = ""
+    """Directory for metrics, TensorBoard events and checkpoints (default runs/<env>__<core>__<seed>)."""
+    checkpoint_every: int = 20
+    """Write a checkpoint every this many updates (and always at the end)."""
+    resume: bool = False
+    """Continue a killed run from the last checkpoint in --run-dir."""
+    progress: bool = True
+    """Show a live progress bar."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars (SB3-style names) to run_dir."""
+
+    # ---------------------------------------------------------------------------------------------- helpers
+    def env_kwargs_dict(self) -> dict:
+        return _json_obj("env_kwargs", self.env_kwargs)
+
+    def core_kwargs_dict(self) -> dict:
+        kw = _json_obj("core_kwargs", self.core_kwargs)
+        if self.core.lower() not in ("none", "mlp", "ff", "feedforward", ""):
+            kw.setdefault("hidden_size", self.hidden_size)
+        else:
+            kw = {"hidden_size": self.hidden_size}
+        return kw
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.total_steps // (self.num_envs * self.num_steps))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the option, its value and the valid range."""
+        positive = ["hidden_size", "embed_size", "num_envs", "num_steps", "seq_len", "total_steps",
+                    "num_minibatches", "update_epochs", "checkpoint_every", "torch_threads"]
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} {v!r} is not valid: expected a positive integer")
+        if self.num_steps % self.seq_len:
+            raise ValueError(f"--seq-len {self.seq_len} must divide --num-steps {self.num_steps}")
+        num_seq = self.num_envs * (self.num_steps // self.seq_len)
+        if num_seq % self.num_minibatches:
+            raise ValueError(
+                f"--num-minibatches {self.num_minibatches} must divide the number of sequences per rollout "
+                f"(num_envs * num_steps / seq_len = {num_seq})"
+            )
+        for name, lo, hi in (("gamma", 0.0, 1.0), ("gae_lambda", 0.0, 1.0), ("clip_coef", 0.0, 10.0)):
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise ValueError(f"--{name.replace('_', '-')} {v!r} is out of range: expected [{lo}, {hi}]")
+        for name in ("learning_rate", "max_grad_norm"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"--{name.replace('_', '-')} {v!r} is not valid: expected a positive number")
+        self.env_kwargs_dict()
+        self.core_kwargs_dict()
+
+
+def _json_obj(name: str, text: str) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--{name.replace('_', '-')} {text!r} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--{name.replace('_', '-')} {text!r} must be a JSON object like '{{\"key\": 1}}'")
+    return value
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not valid: expected auto, cpu or cuda[:index]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine (use cpu or auto)")
+    return dev
+
+
+# ================================================================================================================ GAE
+def compute_gae(
+    rewards: Tensor,
+    values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    final_values: Tensor,
+    last_value: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over a rollout; all ``[T, B]`` except ``last_value`` ``[B]``.
+
+    Step ``t`` is the transition from ``obs[t]`` with ``rewards[t]``. Its next-state value is
+
+    * ``0`` when the episode terminated at ``t`` (also when it was truncated at the same step),
+    * ``final_values[t]``, the value of the episode's last observation, when it was truncated at ``t``,
+    * ``values[t + 1]`` otherwise (``last_value`` for ``t = T - 1``).
+
+    ``delta_t = r_t + gamma V_next - V_t``; ``A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}`` with ``done_t``
+    = terminated or truncated (the episode's advantage never leaks into the next one). Returns ``advantages`` and
+    ``returns = advantages + values``, both ``[T, B]``.
+    """
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(last_value)
+    for t in reversed(range(T)):
+        next_value = last_value if t == T - 1 else values[t + 1]
+        next_value = torch.where(truncated[t], final_values[t], next_value)
+        next_value = torch.where(terminated[t], torch.zeros_like(next_value), next_value)
+        cont = (~(terminated[t] | truncated[t])).to(rewards.dtype)
+        delta = rewards[t] + gamma * next_value - values[t]
+        next_adv = delta + gamma * gae_lambda * cont * next_adv
+        advantages[t] = next_adv
+    return advantages, advantages + values
+
+
+# ============================================================================================================ buffer
+def _alloc_like(x: Any, T: int) -> Any:
+    return obs_map(lambda t: torch.zeros((T,) + tuple(t.shape), dtype=t.dtype, device=t.device), x)
+
+
+@dataclass
+class Rollout:
+    """One rollout of ``T`` steps of ``B`` envs, time-major.
+
+    ``obs`` ``[T, B, ...]`` (normalised as the policy saw it; a dict for Dict spaces), ``starts`` ``[T, B]`` bool
+    (``obs[t]`` begins an episode), ``actions`` ``[T, B, ...]``, ``log_probs``/``values``/``rewards`` ``[T, B]``,
+    ``terminated``/``truncated`` ``[T, B]`` bool, ``final_values`` ``[T, B]`` (value of the last observation of an
+    episode truncated at ``t``), ``choices`` (the core's discrete choices, ``[T, B, ...]`` leaves, or None) with
+    ``choice_log_probs`` ``[T, B]``, ``seq_states`` (the agent state at ``t = 0, L, 2L, ...``: leaves
+    ``[T / L, B, ...]``), ``last_value`` ``[B]``; ``advantages``/``returns`` ``[T, B]`` after :meth:`PPO.collect`.
+    """
+
+    obs: Any
+    starts: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    values: Tensor
+    rewards: Tensor
+    terminated: Tensor
+    truncated: Tensor
+    final_values: Tensor
+    choices: Any
+    choice_log_probs: Tensor
+    seq_states: Any = None
+    last_value: Tensor | None = None
+    advantages: Tensor | None = None
+    returns: Tensor | None = None
+
+
+# =============================================================================================================== PPO
+class PPO:
+    """Recurrent PPO: :meth:`collect` a rollout on the device, :meth:`update` the policy on it.
+
+    Args:
+        policy: an :class:`ActorCritic` on ``device``.
+        env: a :class:`TorchVecEnv` on ``device``.
+        cfg: the :class:`TrainConfig` (PPO hyper-parameters; ``num_envs`` must equal ``env.num_envs``).
+        seed: seed of the first env reset.
+    """
+
+    def __init__(self, policy: ActorCritic, env: TorchVecEnv, cfg: TrainConfig, seed: int | None = None) -> None:
+        if env.num_envs != cfg.num_envs:
+            raise ValueError(f"num_envs {cfg.num_envs} does not match the env's {env.num_envs}")
+        self.policy, self.env, self.cfg = policy, env, cfg
+        self.device = env.device
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        self.stats = EpisodeStats(env.num_envs, self.device)
+        B = env.num_envs
+        # the running state of the rollout
+        self.next_obs = policy.normalize_obs(env.reset(seed=seed), update=True)
+        self.next_start = torch.ones(B, dtype=torch.bool, device=self.device)
+        self.next_state: AgentState = policy.initial_state(B, self.device)
+        self.global_step = 0
+        self.update_count = 0
+        self._buf: Rollout | None = None
+
+    # ---------------------------------------------------------------------------------------------- rollout
+    def _any_truncated(self, truncated: Tensor) -> bool:
+        """Whether to compute final-observation values this step. On CPU the check is free (no device to wait
+        for); on accelerators the values are computed every step instead of synchronising."""
+        if self.device.type == "cpu":
+            return bool(truncated.any())
+        return True
+
+    @torch.no_grad()
+    def collect(self) -> Rollout:
+        """Step policy and envs ``T = num_steps`` times; compute GAE. No ``.item()``/``.cpu()`` per step."""
+        cfg, policy, env = self.cfg, self.policy, self.env
+        T, L, B = cfg.num_steps, cfg.seq_len, env.num_envs
+        dev = self.device
+        seq_states = []
+        obs, start, state = self.next_obs, self.next_start, self.next_state
+        buf = self._buf
+        for t in range(T):
+            if t % L == 0:
+                seq_states.append(state)  # the state before obs[t]; resets at t are applied by the core
+            out = policy.get_action_and_value(obs, state, start)
+            if buf is None:  # allocate once, shaped like the first step's tensors
+                buf = self._buf = Rollout(
+                    obs=_alloc_like(obs, T),
+                    starts=torch.zeros(T, B, dtype=torch.bool, device=dev),
+                    actions=_alloc_like(out.action, T),
+                    log_probs=torch.zeros(T, B, device=dev),
+                    values=torch.zeros(T, B, device=dev),
+                    rewards=torch.zeros(T, B, device=dev),
+                    terminated=torch.zeros(T, B, dtype=torch.bool, device=dev),
+                    truncated=torch.zeros(T, B, dtype=torch.bool, device=dev),
+                    final_values=torch.zeros(T, B, device=dev),
+                    choices=tree_map_any(lambda c: torch.zeros((T,) + c.shape, dtype=c.dtype, device=dev), out.choices),
+                    choice_log_probs=torch.zeros(T, B, device=dev),
+                )
+            obs_map(lambda dst, src: dst[t].copy_(src), buf.obs, obs)
+            buf.starts[t] = start
+            buf.actions[t] = out.action
+            buf.log_probs[t] = out.log_prob
+            buf.values[t] = out.value
+            buf.choice_log_probs[t] = out.choice_log_prob
+            if out.choices is not None:
+                _copy_tree_at(buf.choices, out.choices, t)
+
+            step = env.step(policy.env_action(out.action))
+            buf.rewards[t] = step.reward
+            buf.terminated[t] = step.terminated
+            buf.truncated[t] = step.truncated
+            if step.final_obs is not None and self._any_truncated(step.truncated):
+                # V(last obs of a truncated episode): one more step from the state after obs[t], no reset
+                final_obs = policy.normalize_obs(step.final_obs)
+                buf.final_values[t] = policy.get_value(final_obs, out.state)
+            else:
+                buf.final_values[t] = 0.0
+            done = step.terminated | step.truncated
+            self.stats.add(step.reward, done, step.success)
+            obs, start, state = policy.normalize_obs(step.obs, update=True), done, out.state
+        self.next_obs, self.next_start, self.next_state = obs, start, state
+        self.global_step += T * B
+
+        buf.seq_states = stack_states(seq_states)  # leaves [T / L, B, ...]
+        buf.last_value = policy.get_value(obs, state, start)
+        buf.advantages, buf.returns = compute_gae(
+            buf.rewards, buf.values, buf.terminated, buf.truncated, buf.final_values, buf.last_value,
+            cfg.gamma, cfg.gae_lambda,
+        )
+        return buf
+
+    # ----------------------------------------------------------------------------------------------- update
+    def sequences(self, r: Rollout) -> dict[str, Any]:
+        """The rollout cut into ``N = B T / L`` sequences of length ``L``: ``[T, B, ...]`` -> ``[L, N, ...]``,
+        sequence ``n = k B + b`` is env ``b``'s steps ``k L .. k L + L - 1``; states ``[K, B, ...]`` -> ``[N, ...]``."""
+        T, L = self.cfg.num_steps, self.cfg.seq_len
+        K = T // L
+
+        def seq(x: Tensor) -> Tensor:
+            B = x.shape[1]
+            # [T, B, ...] -> [K, L, B, ...] -> [L, K, B, ...] -> [L, K * B, ...]
+            return x.reshape((K, L) + tuple(x.shape[1:])).transpose(0, 1).reshape((L, K * B) + tuple(x.shape[2:]))
+
+        return dict(
+            obs=obs_map(seq, r.obs),
+            starts=seq(r.starts),
+            actions=seq(r.actions),
+            log_probs=seq(r.log_probs),
+            values=seq(r.values),
+            advantages=seq(r.advantages),
+            returns=seq(r.returns),
+            choices=tree_map_any(seq, r.choices),
+            choice_log_probs=seq(r.choice_log_probs),
+            # [K, B, ...] -> [K * B, ...]
+            states=tree_map(lambda s: s.reshape((-1,) + tuple(s.shape[2:])), r.seq_states),
+        )
+
+    def set_learning_rate(self) -> float:
+        cfg = self.cfg
+        lr = cfg.learning_rate
+        if cfg.anneal_lr:
+            lr = cfg.learning_rate * max(0.0, 1.0 - self.update_count / cfg.num_updates)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def update(self, r: Rollout) -> dict[str, Tensor]:
+        """Epochs of minibatch updates on whole sequences; returns device tensors (averaged over minibatches)."""
+        cfg, policy = self.cfg, self.policy
+        lr = self.set_learning_rate()
+        data = self.sequences(r)
+        N = data["starts"].shape[1]
+        mb = N // cfg.num_minibatches
+        sums: dict[str, Tensor] = {}
+        n_mb = 0
+        for _epoch in range(cfg.update_epochs):
+            perm = torch.randperm(N, device=self.device)
+            for i in range(cfg.num_minibatches):
+                idx = perm[i * mb : (i + 1) * mb]
+                metrics = self._minibatch_step(data, idx)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_mb += 1
+            if cfg.target_kl is not None and float(metrics["approx_kl"]) > cfg.target_kl:
+                break
+        out = {k: v / n_mb for k, v in sums.items()}
+        # explained variance of the rollout's values
+        y, v = r.returns.flatten(), r.values.flatten()
+        out["explained_variance"] = 1 - (y - v).var() / y.var().clamp_min(1e-8)
+        out["learning_rate"] = torch.tensor(lr)
+        self.update_count += 1
+        return out
+
+    def _minibatch_step(self, data: dict[str, Any], idx: Tensor) -> dict[str, Tensor]:
+        cfg, policy = self.cfg, self.policy
+        pick = lambda x: x[:, idx]  # noqa: E731  [L, N, ...] -> [L, M, ...]
+        state = tree_map(lambda s: s[idx], data["states"])  # [M, ...]
+        out = policy.evaluate_sequence(
+            obs_map(pick, data["obs"]), state, pick(data["starts"]), pick(data["actions"]),
+            choices=tree_map_any(pick, data["choices"]),
+        )
+        adv = pick(data["advantages"])
+        if cfg.norm_adv:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        # clipped surrogate of the actions
+        logratio = out.log_prob - pick(data["log_probs"])
+        ratio = logratio.exp()
+        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+        # value loss (optionally clipped around the rollout's values)
+        ret, old_v = pick(data["returns"]), pick(data["values"])
+        v_loss_unclipped = (out.value - ret) ** 2
+        if cfg.clip_vloss:
+            v_clipped = old_v + (out.value - old_v).clamp(-cfg.clip_coef, cfg.clip_coef)
+            v_loss = 0.5 * torch.max(v_loss_unclipped, (v_clipped - ret) ** 2).mean()
+        else:
+            v_loss = 0.5 * v_loss_unclipped.mean()
+        entropy = out.entropy.mean()
+        loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+        metrics = {}
+        if policy.has_choices:
+            # score-function (REINFORCE) loss of the core's choices with the critic's advantage as baseline, in
+            # PPO's clipped-ratio form: at ratio 1 its gradient is exactly -A grad log pi(choice)
+            c_ratio = (out.choice_log_prob - pick(data["choice_log_probs"])).exp()
+            c_loss = torch.max(-adv * c_ratio, -adv * c_ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            c_entropy = out.choice_entropy.mean()
+            loss = loss + cfg.choice_coef * c_loss - cfg.choice_ent_coef * c_entropy
+            metrics["choice_loss"] = c_loss.detach()
+            metrics["choice_entropy"] = c_entropy.detach()
+        if not bool(torch.isfinite(loss)):  # one sync per minibatch; stops before a bad gradient step
+            raise NonFiniteLossError(f"non-finite PPO loss ({float(loss)}) at update {self.update_count + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        with torch.no_grad():
+            approx_kl = ((ratio - 1) - logratio).mean()
+            clipfrac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
+        metrics.update(
+            loss=loss.detach(), policy_gradient_loss=pg_loss.detach(), value_loss=v_loss.detach(),
+            entropy_loss=-entropy.detach(), approx_kl=approx_kl, clip_fraction=clipfrac, grad_norm=grad_norm.detach(),
+        )
+        return metrics
+
+
+def _copy_tree_at(dst: Any, src: Any, t: int) -> None:
+    if src is None:
+        return
+    if isinstance(src, Tensor):
+        dst[t] = src
+    elif isinstance(src, dict):
+        for k in src:
+            _copy_tree_at(dst[k], src[k], t)
+    else:
+        for d, s in zip(dst, src):
+            _copy_tree_at(d, s, t)
