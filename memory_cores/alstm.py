@@ -89,6 +89,12 @@ def to_halves(z: Tensor) -> Tensor:
     return torch.view_as_real(z.resolve_conj()).transpose(-1, -2).flatten(-2)
 
 
+def scale_complex(z: Tensor, g: Tensor) -> Tensor:
+    """``g * z`` for complex ``z`` and real ``g`` (broadcastable to ``z``'s shape), without promoting ``g`` to a
+    complex tensor (a plain ``g * z`` copies ``g`` to complex first)."""
+    return torch.view_as_complex(torch.view_as_real(z.resolve_conj()) * g.unsqueeze(-1))
+
+
 def bound(h: Tensor) -> Tensor:
     """``bound(h) = h / max(1, |h|)`` per complex unit (paper, "Associative LSTM").
 
@@ -101,7 +107,7 @@ def bound(h: Tensor) -> Tensor:
         Same shape and layout, every unit's modulus ``<= 1``.
     """
     if h.is_complex():  # real arithmetic on the modulus: cheaper than abs() and a complex division
-        return h * torch.rsqrt(torch.clamp(torch.view_as_real(h.resolve_conj()).pow(2).sum(-1), min=1.0))
+        return scale_complex(h, torch.rsqrt(torch.clamp(torch.view_as_real(h.resolve_conj()).pow(2).sum(-1), min=1.0)))
     hr, hi = h.chunk(2, dim=-1)
     d = torch.sqrt(torch.clamp(hr * hr + hi * hi, min=1.0))  # max(1, |h|), [..., K]
     return h / torch.cat([d, d], dim=-1)
@@ -140,7 +146,9 @@ def associative_write(c: Tensor, r_in: Tensor, forget: Tensor, write: Tensor) ->
     Returns:
         ``[B, N_copies, 2K]`` new cell copies.
     """
-    return forget.unsqueeze(1) * c + _cmul(r_in, write.unsqueeze(1))
+    if c.is_complex():
+        return scale_complex(c, forget.unsqueeze(1)) + r_in * write.unsqueeze(1)
+    return forget.unsqueeze(1) * c + complex_mul(r_in, write.unsqueeze(1))
 
 
 def associative_read(c: Tensor, r_out: Tensor) -> Tensor:
@@ -369,9 +377,9 @@ class AssociativeLSTMCore(Core):
         r_in, r_out = torch.gather(keys, -1, index).view(B, 2, N, K).unbind(1)  # [B, N_copies, K] each
         u = u.squeeze(1)  # [B, K]
         # c_{s,t} = g_f * c_{s,t-1} + (P_s r_i) (*) (g_i * u)
-        c = associative_write(c, r_in, g_f, g_i * u)
+        c = associative_write(c, r_in, g_f, scale_complex(u, g_i))
         # h_t = g_o * bound(mean_s (P_s r_o) (*) c_{s,t})
-        h = g_o * bound(associative_read(c, r_out))
+        h = scale_complex(bound(associative_read(c, r_out)), g_o)
         return h, c
 
     # ------------------------------------------------------------------ contract
@@ -445,6 +453,7 @@ __all__ = [
     "lstm_param_count",
     "matching_hidden_size",
     "permute_keys",
+    "scale_complex",
     "to_complex",
     "to_halves",
 ]
