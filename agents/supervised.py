@@ -37,6 +37,8 @@ __all__ = [
     "evaluate",
     "record_weightings",
     "count_parameters",
+    "peak_initial_weightings",
+    "slots_stay_identical",
 ]
 
 
@@ -71,6 +73,42 @@ class SequenceModel(nn.Module):
             ys.append(y)
             states.append(state)
         return self.readout(torch.stack(ys)), states
+
+
+def peak_initial_weightings(core: nn.Module, slot: int = 0, mass: float = 0.95) -> list[str]:
+    """Set learned initial head weightings (``LearnedInit`` parameters whose name contains ``weights_init``, read
+    as softmax logits ``[..., N]``) to a distribution with ``mass`` on ``slot``; returns the names changed.
+
+    Why: when the memory starts constant (every slot equal, e.g. the 1e-6 init of Collier and Beel 2018) *and* the
+    initial weightings are uniform, every slot stays identical forever: content weighting of equal rows is uniform,
+    interpolating, shifting and sharpening a uniform weighting keep it uniform, and a uniform write keeps the rows
+    equal. The gradient with respect to the initial logits is zero too (softmax projects out the uniform direction),
+    so training cannot leave that point and the memory is unusable. A peaked start breaks the symmetry (the learned
+    values can still move anywhere).
+    """
+    changed = []
+    for name, p in core.named_parameters():
+        if "weights_init" in name:
+            N = p.shape[-1]
+            with torch.no_grad():
+                # softmax gives `mass` on `slot`: logit l with e^l / (e^l + N - 1) = mass
+                logit = math.log(mass * (N - 1) / (1.0 - mass)) if N > 1 else 0.0
+                p.zero_()
+                p[..., slot] = logit
+            changed.append(name)
+    return changed
+
+
+@torch.no_grad()
+def slots_stay_identical(core: Core, input_size: int, steps: int = 8) -> bool:
+    """True when, from the initial state and random binary inputs, every head weighting in the state stays exactly
+    uniform over the slots (the symmetric trap described in :func:`peak_initial_weightings`)."""
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.randint(0, 2, (steps, 2, input_size), generator=gen).float()
+    dev = next(core.parameters()).device
+    _, state = core.unroll(xs.to(dev), core.initial_state(2, device=dev))
+    ws = [leaf for name, leaf in _named_fields(state) if "weight" in name.split(".")[-1]]
+    return bool(ws) and all(bool((w == w[..., :1]).all()) for w in ws)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -35,6 +35,8 @@ from agents.supervised import (  # noqa: E402
     TrainConfig,
     count_parameters,
     evaluate,
+    peak_initial_weightings,
+    slots_stay_identical,
     record_weightings,
     train,
 )
@@ -69,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="task option (repeatable), e.g. max_length=20 num_bits=8 (copy), max_items=6 "
                         "(associative_recall), max_repeats=10 (repeat_copy)")
+    p.add_argument("--label", default="",
+                   help="name of this configuration in results and plots (default: the core name)")
+    p.add_argument("--peak-initial-weightings", action="store_true",
+                   help="start the core's learned initial head weightings (parameters named *weights_init*) peaked "
+                        "on slot 0 instead of uniform: with a constant initial memory and uniform initial weightings "
+                        "every slot stays identical forever and the memory cannot be addressed (see "
+                        "agents.supervised.peak_initial_weightings)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters and of the training data")
     p.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly)")
     p.add_argument("--device", default="cpu", help="torch device")
@@ -114,6 +123,14 @@ def main(argv: list[str] | None = None) -> dict:
     task_kwargs = parse_kv(args.task_arg, "--task-arg")
     task = make_task(args.task, **task_kwargs)
     core = make_core(args.core, task.input_size, **core_kwargs)
+    peaked = peak_initial_weightings(core) if args.peak_initial_weightings else []
+    if peaked:
+        print(f"peaked initial weightings: {', '.join(peaked)}", flush=True)
+    symmetric = slots_stay_identical(core, task.input_size)
+    if symmetric:
+        print("WARNING: every head weighting of this core stays exactly uniform over the slots from its initial "
+              "state (constant memory + uniform initial weightings): its memory cannot be addressed by location "
+              "or content. Consider --peak-initial-weightings.", flush=True)
     model = SequenceModel(core, task.target_size)
     cfg = TrainConfig(
         batch_size=args.batch_size,
@@ -135,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
         device=args.device,
     )
     n_params = count_parameters(model)
-    tag = f"{args.task}_{args.core}_s{args.seed}"
+    label = args.label or args.core
+    tag = f"{args.task}_{label}_s{args.seed}"
     out_path = args.out or os.path.join("runs", f"{tag}.json")
     print(f"{tag}: {n_params} parameters, torch threads {torch.get_num_threads()}, device {args.device}", flush=True)
 
@@ -150,11 +168,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "tag": tag,
+        "label": label,
         "core": args.core,
         "core_kwargs": core_kwargs,
         "task": args.task,
         "task_kwargs": task_kwargs,
         "parameters": n_params,
+        "peaked_initial_weightings": peaked,
+        "slots_stay_identical_at_init": symmetric,
         "seed": args.seed,
         "threads": torch.get_num_threads(),
         "device": args.device,

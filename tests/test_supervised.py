@@ -10,7 +10,17 @@ import sys
 import pytest
 import torch
 
-from agents.supervised import SequenceModel, TrainConfig, bit_errors, evaluate, masked_bce, record_weightings, train
+from agents.supervised import (
+    SequenceModel,
+    TrainConfig,
+    bit_errors,
+    evaluate,
+    masked_bce,
+    peak_initial_weightings,
+    record_weightings,
+    slots_stay_identical,
+    train,
+)
 from envs.sequence_data import AssociativeRecallTask, CopyTask, RepeatCopyTask, make_task
 from memory_cores import make_core
 
@@ -170,6 +180,36 @@ def test_record_weightings_finds_weight_fields():
     T = 6
     assert len(tr["fields"]["read_weights"]) == T and len(tr["fields"]["read_weights"][0]) == 2
     assert len(tr["fields"]["write_weights"][0]) == 1 and len(tr["fields"]["write_weights"][0][0]) == 4
+
+
+def test_peak_initial_weightings_breaks_the_uniform_trap():
+    from typing import NamedTuple
+
+    from memory_cores.base import Core, LearnedInit
+
+    class S(NamedTuple):
+        read_weights: torch.Tensor  # [B, 1, N]
+
+    class Uniform(Core):
+        """Keeps the weighting it starts with: the trap is exact while the initial weighting is uniform."""
+
+        def __init__(self, input_size: int) -> None:
+            super().__init__(input_size)
+            self.read_weights_init = LearnedInit(1, 5)
+            self.output_size = 1
+
+        def initial_state(self, batch_size, device=None):
+            return S(torch.softmax(self.read_weights_init.expand(batch_size), -1))
+
+        def step(self, x, state):
+            return x[:, :1], state
+
+    core = Uniform(3)
+    assert slots_stay_identical(core, 3)
+    assert peak_initial_weightings(core, mass=0.9) == ["read_weights_init.value"]
+    w0 = core.initial_state(1).read_weights[0, 0]
+    torch.testing.assert_close(w0[0], torch.tensor(0.9))
+    assert not slots_stay_identical(core, 3)
 
 
 def test_cli_runs_and_writes_json(tmp_path):
