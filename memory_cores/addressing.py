@@ -14,11 +14,52 @@ from torch import Tensor
 EPS = 1e-6
 
 
+def _cosine_forward(memory: Tensor, keys: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(sim [B, H, N], 1/|k| [B, H], 1/|M(i)| [B, N])`` with |x| = sqrt(sum x^2 + eps)."""
+    k_inv = torch.rsqrt(keys.pow(2).sum(-1) + eps)  # 1/|k|: [B, H]
+    m_inv = torch.rsqrt(memory.pow(2).sum(-1) + eps)  # 1/|M(i)|: [B, N]
+    # normalise the small [B, H, N] product instead of the [B, N, W] memory
+    sim = torch.bmm(keys, memory.transpose(1, 2)) * k_inv.unsqueeze(-1) * m_inv.unsqueeze(1)
+    return sim, k_inv, m_inv
+
+
+class _CosineSimilarity(torch.autograd.Function):
+    """Cosine similarity with a hand-written backward: two ``baddbmm`` instead of about ten autograd nodes.
+
+    With K = k.M(i) a(k) b(i), a = (|k|^2 + eps)^(-1/2), b = (|M(i)|^2 + eps)^(-1/2), and g = dL/dK:
+    dL/dM(i) = sum_h g_hi a_h b_i k_h - (sum_h g_hi K_hi) b_i^2 M(i), and symmetrically for k.
+    """
+
+    @staticmethod
+    def forward(ctx, memory: Tensor, keys: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        sim, k_inv, m_inv = _cosine_forward(memory, keys, eps)
+        ctx.save_for_backward(memory, keys, k_inv, m_inv, sim)
+        return sim
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        memory, keys, k_inv, m_inv, sim = ctx.saved_tensors
+        g_sim = grad * sim  # [B, H, N]
+        g_dot = grad * k_inv.unsqueeze(-1) * m_inv.unsqueeze(1)  # dL/d(k.M(i)): [B, H, N]
+        grad_memory = grad_keys = None
+        if ctx.needs_input_grad[0]:
+            c = g_sim.sum(1) * m_inv.square()  # [B, N]
+            grad_memory = torch.baddbmm(memory * (-c).unsqueeze(-1), g_dot.transpose(1, 2), keys)  # [B, N, W]
+        if ctx.needs_input_grad[1]:
+            c = g_sim.sum(-1) * k_inv.square()  # [B, H]
+            grad_keys = torch.baddbmm(keys * (-c).unsqueeze(-1), g_dot, memory)  # [B, H, W]
+        return grad_memory, grad_keys, None
+
+
 def cosine_similarity(memory: Tensor, keys: Tensor, eps: float = EPS) -> Tensor:
     """K[k, M(i)] = k . M(i) / (|k| |M(i)|) with |x| = sqrt(sum x^2 + eps).
 
     The epsilon sits inside the square root: a plain sqrt has an infinite derivative at a zero row (zero memory),
     and ``dot / (|a||b| + eps)`` gives gradients around 1e6 there.
+
+    The backward is hand-written (about twice as fast as autograd's on CPU) and supports first derivatives only
+    (``create_graph=True`` through it raises).
 
     Args:
         memory: ``[B, N, W]``.
@@ -26,9 +67,12 @@ def cosine_similarity(memory: Tensor, keys: Tensor, eps: float = EPS) -> Tensor:
     Returns:
         ``[B, H, N]`` similarities in [-1, 1].
     """
-    k_norm = torch.sqrt(keys.pow(2).sum(-1, keepdim=True) + eps)  # [B, H, 1]
-    m_norm = torch.sqrt(memory.pow(2).sum(-1, keepdim=True) + eps)  # [B, N, 1]
-    return torch.bmm(keys / k_norm, (memory / m_norm).transpose(1, 2))
+    if keys.dtype != memory.dtype:
+        dtype = torch.promote_types(keys.dtype, memory.dtype)
+        memory, keys = memory.to(dtype), keys.to(dtype)
+    if torch.is_grad_enabled() and (memory.requires_grad or keys.requires_grad):
+        return _CosineSimilarity.apply(memory, keys, eps)
+    return _cosine_forward(memory, keys, eps)[0]
 
 
 def content_weighting(
@@ -142,9 +186,10 @@ def erase_and_add(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) -
         memory: ``[B, N, W]``; weights: ``[B, H, N]``; erase: ``[B, H, W]`` in [0, 1]; add: ``[B, H, W]``.
     """
     if weights.shape[1] == 1:
-        keep = 1.0 - weights.transpose(1, 2) * erase  # [B, N, 1] * [B, 1, W]
-    else:
-        keep = torch.prod(1.0 - weights.unsqueeze(-1) * erase.unsqueeze(2), dim=1)  # [B, N, W]
+        # one head: M(i) (1 - w(i) e) + w(i) a = M(i) + w(i) (a - M(i) e); two passes over [B, N, W]
+        update = torch.addcmul(add, memory, erase, value=-1.0)  # a - M(i) e: [B, N, W]
+        return torch.addcmul(memory, weights.transpose(1, 2), update)  # [B, N, 1] * [B, N, W]
+    keep = torch.prod(1.0 - weights.unsqueeze(-1) * erase.unsqueeze(2), dim=1)  # [B, N, W]
     return memory * keep + torch.bmm(weights.transpose(1, 2), add)
 
 
