@@ -30,12 +30,13 @@ explicit conjugate of ``r_i``: to read what was written the network learns ``r_o
 linear map, negating the imaginary half, so it is absorbed by the linear layer). :func:`associative_read` with
 ``conj(P_s r)`` keys is the textbook retrieval and is what ``tests/test_alstm.py`` checks.
 
-Permutations: the paper draws one random permutation per copy and does not single out a copy as the identity; this
-core does the same (every copy random, from a private generator seeded by ``seed_permutations``, distinct across
-copies whenever ``K! >= N_copies``). With one copy the permutation changes nothing a model can express (it is
-absorbed by the rows of the linear layer). The permutations are a persistent buffer: they are saved in the
-``state_dict``, restored by ``load_state_dict`` (a reload into a module built with another seed gives identical
-outputs) and follow the module through ``.to()``.
+Permutations: the paper describes ``P_s`` as a constant random permutation specific to each copy, and singles out
+no copy as the identity (a public Theano port also draws every copy at random); this core does the same: every copy
+random, from a private generator seeded by ``seed_permutations``, distinct across copies whenever
+``K! >= N_copies``. With one copy the permutation changes nothing a model can express (it is absorbed by the rows
+of the linear layer). The permutations are a persistent buffer: they are saved in the ``state_dict``, restored by
+``load_state_dict`` (a reload into a module built with another seed gives identical outputs) and follow the
+module through ``.to()``.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def bound(h: Tensor) -> Tensor:
         Same shape and layout, every unit's modulus ``<= 1``.
     """
     if h.is_complex():  # real arithmetic on the modulus: cheaper than abs() and a complex division
-        return scale_complex(h, torch.rsqrt(torch.clamp(torch.view_as_real(h.resolve_conj()).pow(2).sum(-1), min=1.0)))
+        mod2 = torch.view_as_real(h.resolve_conj()).pow(2).sum(-1)  # |h|^2, [..., K]
+        return scale_complex(h, torch.rsqrt(torch.clamp(mod2, min=1.0)))
     hr, hi = h.chunk(2, dim=-1)
     d = torch.sqrt(torch.clamp(hr * hr + hi * hi, min=1.0))  # max(1, |h|), [..., K]
     return h / torch.cat([d, d], dim=-1)
@@ -352,14 +354,16 @@ class AssociativeLSTMCore(Core):
         ``[B, N_h/2]`` per complex unit, keys and update ``[B, N_h]`` in the [real half, imaginary half] layout."""
         g, k = self._activate(pre)
         B = pre.shape[0]
-        return ALSTMGates(g[:, 0], g[:, 1], g[:, 2], k[:, 0].reshape(B, -1), k[:, 1].reshape(B, -1), k[:, 2].reshape(B, -1))
+        r_i, r_o, u = (k[:, j].reshape(B, -1) for j in range(3))  # [B, 2, K] -> [B, 2K] (real half, imag half)
+        return ALSTMGates(g[:, 0], g[:, 1], g[:, 2], r_i, r_o, u)
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """Real dtype of the cell math: fp32 for half/bfloat16 states, else the state's own."""
         return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
     def _cell(self, pre: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """The holographic cell (autocast off; ``pre`` is cast to ``c``'s real dtype by the caller's choice).
+        """The holographic cell, in complex arithmetic (callers disable autocast and pass ``pre`` in the real
+        dtype of ``c``).
 
         Args:
             pre: ``[B, 4.5 N_h]`` pre-activations (real).

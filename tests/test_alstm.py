@@ -106,6 +106,19 @@ def test_retrieval_with_conjugate_key_is_exact_for_one_item():
         assert (wrong - u).abs().max() > 0.1
 
 
+def test_retrieval_rule_is_the_inverse_key_which_is_the_conjugate_at_unit_modulus():
+    """Paper, HRR: r^-1 = (a^-1 e^{-i phi}); conj(r) = (a e^{-i phi}) equals it only when |r| = 1. A key of modulus
+    1/2 read with its conjugate returns |r|^2 u = u / 4; with its inverse, u."""
+    g = torch.Generator().manual_seed(5)
+    B, K = 3, 8
+    r = 0.5 * unit_keys(B, K, g)
+    u = bound(torch.randn(B, 2 * K, generator=g, dtype=torch.float64))
+    c = complex_mul(r, u)
+    torch.testing.assert_close(complex_mul(complex_conj(r), c), 0.25 * u)
+    r_inv = to_halves(1.0 / to_complex(r))
+    torch.testing.assert_close(complex_mul(r_inv, c), u)
+
+
 def test_core_cell_retrieves_with_conjugate_output_key():
     """The core's own cell, one copy, identity permutation: gates open (g_f = 0 clears, g_i = g_o = 1), r_o =
     conj(r_i) of unit modulus: h equals the stored update u (paper's Associative LSTM, one copy)."""
