@@ -80,6 +80,23 @@ def resolve_spec(env_id: str) -> gym.envs.registration.EnvSpec:
         raise EnvError(f"unknown env id {env_id!r} ({e}); project tasks: {', '.join(known)}") from None
 
 
+def _is_batched_tensor_env(spec: gym.envs.registration.EnvSpec) -> bool:
+    """Whether the id's vector entry point is one of the project's device-resident batched envs."""
+    if spec.vector_entry_point is None:
+        return False
+    try:
+        from envs.base import BatchedEnv
+    except ImportError:  # pragma: no cover
+        return False
+    creator = spec.vector_entry_point
+    if isinstance(creator, str):
+        try:
+            creator = gym.envs.registration.load_env_creator(creator)
+        except (ImportError, AttributeError, ModuleNotFoundError):
+            return False
+    return isinstance(creator, type) and issubclass(creator, BatchedEnv)
+
+
 class TorchVecEnv:
     """``N`` environments with torch tensors in and out on ``device`` (see the module docstring).
 
@@ -106,7 +123,7 @@ class TorchVecEnv:
             spec = resolve_spec(env)
             self.env_id = env
             try:
-                if spec.vector_entry_point is not None:
+                if _is_batched_tensor_env(spec):
                     venv = gym.make_vec(
                         env, num_envs=num_envs, vectorization_mode="vector_entry_point", device=self.device,
                         return_final_obs=need_final_obs, **env_kwargs,

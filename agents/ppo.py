@@ -446,7 +446,7 @@ class PPO:
             metrics["choice_loss"] = c_loss.detach()
             metrics["choice_entropy"] = c_entropy.detach()
         if not bool(torch.isfinite(loss)):  # one sync per minibatch; stops before a bad gradient step
-            raise NonFiniteLossError(f"non-finite PPO loss ({float(loss)}) at update {self.update_count + 1}")
+            raise NonFiniteLossError(f"non-finite PPO loss ({float(loss.detach())}) at update {self.update_count + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)

@@ -1,0 +1,270 @@
+"""Recurrent PPO: GAE, exact re-evaluation of the rollout in the update, end-to-end runs, checkpoints, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+import memory_cores
+from agents.checkpoint import CheckpointError, load_checkpoint
+from agents.env_adapter import EnvError, TorchVecEnv
+from agents.policy import ActorCritic
+from agents.ppo import PPO, TrainConfig, compute_gae
+from agents.runner import TrainingStopped, evaluate_policy, load_policy, train
+
+torch.set_num_threads(1)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TMAZE = "MemoryCores/TMaze-v0"
+
+
+# ------------------------------------------------------------------------------------------------------------ GAE
+def test_gae_hand_computed_truncation_vs_termination():
+    """One env, 4 steps, gamma 0.5, lambda 0.5.
+
+    t=0: r=1, continues           V=1
+    t=1: r=0, TRUNCATED (V(final obs)=4 is bootstrapped)   V=2
+    t=2: r=2, TERMINATED (no bootstrap)                     V=3
+    t=3: r=1, continues; last value (after the rollout) 8   V=1
+    """
+    g, lam = 0.5, 0.5
+    r = torch.tensor([[1.0], [0.0], [2.0], [1.0]])
+    v = torch.tensor([[1.0], [2.0], [3.0], [1.0]])
+    term = torch.tensor([[False], [False], [True], [False]])
+    trunc = torch.tensor([[False], [True], [False], [False]])
+    final_v = torch.tensor([[0.0], [4.0], [99.0], [0.0]])  # 99 must be ignored: terminated
+    last_v = torch.tensor([8.0])
+    adv, ret = compute_gae(r, v, term, trunc, final_v, last_v, g, lam)
+    d3 = 1 + g * 8 - 1  # 4
+    d2 = 2 + 0 - 3  # -1 (terminal)
+    d1 = 0 + g * 4 - 2  # 0 (truncated: bootstrap from the final obs)
+    d0 = 1 + g * 2 - 1  # 1
+    a3, a2, a1 = d3, d2, d1  # advantages do not cross episode ends
+    a0 = d0 + g * lam * a1
+    expected = torch.tensor([[a0], [a1], [a2], [a3]])
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(ret, expected + v)
+    # truncated AND terminated on the same step counts as terminal
+    adv2, _ = compute_gae(r, v, term | trunc, trunc, final_v, last_v, g, lam)
+    assert float(adv2[1, 0]) == pytest.approx(0 - 2)
+
+
+# ------------------------------------------------------------------------------------- exact re-evaluation (ratio 1)
+def small_cfg(**kw) -> TrainConfig:
+    base = dict(
+        env=TMAZE, env_kwargs='{"length": 3, "max_steps": 6}', num_envs=4, num_steps=16, seq_len=8,
+        num_minibatches=2, update_epochs=1, total_steps=4 * 16 * 2, hidden_size=8, embed_size=8,
+        progress=False, tensorboard=False, device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def make_ppo(cfg: TrainConfig, core_kwargs: dict | None = None) -> PPO:
+    torch.manual_seed(0)
+    env = TorchVecEnv(cfg.env, cfg.num_envs, "cpu", cfg.env_kwargs_dict())
+    kw = cfg.core_kwargs_dict()
+    kw.update(core_kwargs or {})
+    pol = ActorCritic(env.single_observation_space, env.single_action_space, cfg.core, kw, cfg.embed_size,
+                      cfg.shared_core, cfg.normalize_obs)
+    return PPO(pol, env, cfg, seed=0)
+
+
+REEVAL_CORES = [c for c in ("lstm", "ntm", "rl_access", "none") if c == "none" or c in memory_cores.CORES]
+MEM_KW = {"ntm": dict(num_slots=4, slot_size=3), "rl_access": dict(num_slots=4, slot_size=3)}
+
+
+@pytest.mark.parametrize("core", REEVAL_CORES)
+def test_update_reevaluates_rollout_exactly(core):
+    """Before any gradient step the update's log-probs, values and core-choice log-probs at the stored sequence
+    states equal the rollout's (ratio == 1), with episode starts inside the sequences."""
+    ppo = make_ppo(small_cfg(core=core, normalize_obs=True), MEM_KW.get(core))
+    ppo.collect()
+    r = ppo.collect()  # second rollout: the stored state at t=0 is not the initial state
+    L = ppo.cfg.seq_len
+    inner = r.starts.reshape(-1, L, r.starts.shape[1])[:, 1:]
+    assert inner.any(), "the test needs resets inside sequences"
+    assert r.truncated.any() and r.terminated.any() or r.truncated.any()
+    data = ppo.sequences(r)
+    with torch.no_grad():
+        out = ppo.policy.evaluate_sequence(data["obs"], data["states"], data["starts"], data["actions"],
+                                           data["choices"])
+    ratio = (out.log_prob - data["log_probs"]).exp()
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.value, data["values"], atol=1e-5, rtol=1e-5)
+    if ppo.policy.has_choices:
+        torch.testing.assert_close(out.choice_log_prob, data["choice_log_probs"], atol=1e-5, rtol=0)
+        assert data["choice_log_probs"].abs().sum() > 0
+    # and the first minibatch step reports a zero KL / no clipping
+    m = ppo._minibatch_step(data, torch.arange(data["starts"].shape[1] // 2))
+    assert float(m["approx_kl"]) < 1e-6 and float(m["clip_fraction"]) == 0.0
+
+
+def test_rl_access_choices_stored_and_replayed():
+    if "rl_access" not in memory_cores.CORES:
+        pytest.skip("rl_access not registered")
+    ppo = make_ppo(small_cfg(core="rl_access"), MEM_KW["rl_access"])
+    r = ppo.collect()
+    choices = r.choices[0]
+    assert choices.shape == (16, 4) and choices.dtype == torch.long
+    assert len(torch.unique(choices)) > 1  # sampled, not greedy
+    m = ppo.update(r)
+    assert "choice_loss" in m and torch.isfinite(m["choice_loss"])
+
+
+def test_truncated_episodes_bootstrap_from_final_obs():
+    ppo = make_ppo(small_cfg(env_kwargs='{"length": 20, "max_steps": 21}', num_steps=32))
+    r = ppo.collect()
+    assert r.truncated.any() and not r.terminated.any()
+    assert (r.final_values[r.truncated] != 0).all()
+    assert (r.final_values[~r.truncated] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+def test_ppo_runs_on_batched_env(tmp_path):
+    cfg = small_cfg(core="lstm", run_dir=str(tmp_path / "run"), total_steps=4 * 16 * 3, checkpoint_every=2,
+                    tensorboard=True)
+    out = train(cfg)
+    assert out["updates"] == 3 and out["global_step"] == 3 * 64
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(rows) == 3 and "train/entropy_loss" not in rows[0] and "entropy_loss" in rows[0]
+    assert any(f.startswith("events") for f in os.listdir(tmp_path / "run" / "tb"))
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["update"] == 3
+
+
+@pytest.mark.parametrize("env_id,core", [("CartPole-v1", "gru"), ("Pendulum-v1", "none")])
+def test_ppo_runs_on_gymnasium_single_env_id(tmp_path, env_id, core):
+    cfg = small_cfg(env=env_id, env_kwargs="{}", core=core, run_dir=str(tmp_path / "run"), normalize_obs=True)
+    out = train(cfg)
+    assert out["updates"] == 2 and np.isfinite(out["metrics"]["loss"])
+
+
+def test_evaluate_policy_counts_first_episodes(tmp_path):
+    cfg = small_cfg(core="lstm", run_dir=str(tmp_path / "run"))
+    train(cfg)
+    policy, cfg2, _ = load_policy(tmp_path / "run")
+    res = evaluate_policy(policy, TMAZE, episodes=7, env_kwargs=cfg2.env_kwargs_dict())
+    assert res["episodes"] == 7 and 0.0 <= res["success_rate"] <= 1.0 and res["mean_length"] <= 6
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_resume_round_trip(tmp_path):
+    run = str(tmp_path / "run")
+    cfg = small_cfg(core="lstm", run_dir=run, total_steps=64 * 2, checkpoint_every=1)
+    train(cfg)
+    before = load_checkpoint(run)
+    # a fresh run in the same directory is refused without --resume
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(cfg)
+    # resume and extend to 4 updates: continues from update 2 with the saved weights and optimizer
+    out = train(replace(cfg, total_steps=64 * 4, resume=True))
+    assert out["updates"] == 4 and out["global_step"] == 4 * 64
+    after = load_checkpoint(run)
+    assert after["update"] == 4
+    assert any(not torch.equal(before["policy"][k], after["policy"][k]) for k in before["policy"])
+    rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    assert [r["iterations"] for r in rows] == [1, 2, 3, 4]
+    # loaded policy equals the saved weights
+    policy, _, _ = load_policy(run)
+    for k, v in policy.state_dict().items():
+        assert torch.equal(v, after["policy"][k])
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    run = str(tmp_path / "run")
+    cfg = small_cfg(core="lstm", run_dir=run, total_steps=64)
+    train(cfg)
+    data = open(os.path.join(run, "checkpoint.pt"), "rb").read()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="--hidden-size"):
+        train(replace(cfg, hidden_size=16, resume=True))
+    with pytest.raises(CheckpointError, match="--core"):
+        train(replace(cfg, core="gru", resume=True))
+
+
+class NaNAfter(gym.Env):
+    """Box obs, Discrete actions; rewards become NaN after ``n`` steps."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+    count = 0
+
+    def __init__(self, n: int = 100) -> None:
+        self.n = n
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        NaNAfter.count += 1
+        r = float("nan") if NaNAfter.count > self.n else 1.0
+        return np.zeros(2, np.float32), r, False, NaNAfter.count % 5 == 0, {}
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    NaNAfter.count = 0
+    venv = gym.vector.SyncVectorEnv([lambda: NaNAfter(100)] * 4, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    run = str(tmp_path / "run")
+    cfg = small_cfg(env="nan-env", core="lstm", run_dir=run, total_steps=64 * 5, checkpoint_every=1)
+    with pytest.raises(TrainingStopped, match=r"non-finite.*kept the last good checkpoint .*update 1\)"):
+        train(cfg, env=venv)
+    assert load_checkpoint(run)["update"] == 1
+    for v in load_checkpoint(run)["policy"].values():
+        assert torch.isfinite(v).all()
+
+
+def test_env_errors():
+    with pytest.raises(EnvError, match="unknown env id"):
+        TorchVecEnv("NoSuchEnv-v0", 2)
+    with pytest.raises(EnvError, match="SAME_STEP"):
+        TorchVecEnv(gym.make_vec("CartPole-v1", 2, vectorization_mode="sync"), 2)
+    with pytest.raises(ValueError, match="seq-len"):
+        small_cfg(seq_len=5).validate()
+    with pytest.raises(ValueError, match="env-kwargs"):
+        small_cfg(env_kwargs="{oops").validate()
+
+
+# --------------------------------------------------------------------------------------------- scripts (one line)
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_scripts_report_user_errors_in_one_line(tmp_path):
+    p = run_script("scripts/train.py", "--env", "NoSuchEnv-v0", "--run-dir", str(tmp_path / "x"), "--no-progress")
+    assert p.returncode == 2 and "unknown env id" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = run_script("scripts/evaluate.py", str(tmp_path / "missing.pt"))
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: checkpoint not found")
+    assert "Traceback" not in p.stderr
+
+
+def test_train_and_evaluate_scripts(tmp_path):
+    run = str(tmp_path / "run")
+    p = run_script("scripts/train.py", "--env", TMAZE, "--env-kwargs", '{"length": 2}', "--total-steps", "256",
+                   "--num-envs", "4", "--num-steps", "32", "--seq-len", "16", "--hidden-size", "8", "--no-progress",
+                   "--no-tensorboard", "--run-dir", run)
+    assert p.returncode == 0, p.stderr
+    cfg = load_checkpoint(run)["config"]
+    assert json.loads(cfg["env_kwargs"]) == {"wrong_arm_reward": 0.0, "length": 2}  # task default kept, merged
+    p = run_script("scripts/evaluate.py", run, "--episodes", "5", "--json")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert set(res["deterministic"]) >= {"mean_return", "success_rate"} and res["stochastic"]["episodes"] == 5
+    p = run_script("scripts/train.py", "--resume", "--run-dir", run, "--hidden-size", "16", "--no-progress")
+    assert p.returncode == 2 and "does not fit checkpoint" in p.stderr
