@@ -28,6 +28,7 @@ the shift, and content addressing takes over once slots differ.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import NamedTuple
 
 import torch
@@ -94,6 +95,12 @@ class NTMCore(Core):
             it fixed (a buffer).
         clip_value: the fused head projection is clamped to ``[-clip_value, clip_value]`` before its activations
             (Collier and Beel 2018 clip controller outputs to 20 for stable training); ``None`` disables it.
+        initial_weight_peak: the learned initial weighting w_0 of every head starts with this much mass on slot 0
+            and the rest spread evenly (``1 / num_slots`` is uniform; valid: ``[1/N, 1)``). A constant initial
+            memory with *uniform* w_0 is a fixed point: content weighting of equal rows is uniform, interpolation,
+            shift and sharpening keep a uniform weighting uniform, a uniform write keeps the rows equal, and the
+            gradient with respect to the w_0 logits is zero, so the slots would never differ. The peak breaks that
+            symmetry (and starts the heads like a tape head on slot 0); the values remain learned.
 
     Output: ``y_t = [h_t, r_t^1, ..., r_t^R]``, ``[B, hidden_size + R * slot_size]``: the controller output
     concatenated with the read vectors of this step, so a readout layer on ``y`` sees both, as in the paper's
@@ -115,6 +122,7 @@ class NTMCore(Core):
         memory_init: float = 1e-6,
         learn_memory_init: bool = True,
         clip_value: float | None = 20.0,
+        initial_weight_peak: float = 0.9,
     ) -> None:
         super().__init__(input_size)
         _check_int("hidden_size", hidden_size, 1)
@@ -132,6 +140,13 @@ class NTMCore(Core):
             raise ValueError(f"controller must be one of {CONTROLLERS}, got {controller!r}")
         if not isinstance(memory_init, (int, float)) or not torch.isfinite(torch.tensor(float(memory_init))):
             raise ValueError(f"memory_init must be a finite float (e.g. 1e-6), got {memory_init!r}")
+        if not isinstance(initial_weight_peak, (int, float)) or (
+            num_slots > 1 and not 1.0 / num_slots <= initial_weight_peak < 1.0
+        ):
+            raise ValueError(
+                f"initial_weight_peak must be in [1/num_slots, 1) = [{1.0 / num_slots:.4g}, 1), "
+                f"got {initial_weight_peak!r}"
+            )
         if clip_value is not None and (not isinstance(clip_value, (int, float)) or not clip_value > 0):
             raise ValueError(f"clip_value must be a positive float or None (no clipping), got {clip_value!r}")
 
@@ -170,9 +185,13 @@ class NTMCore(Core):
             self.register_buffer("memory_init_value", torch.full((N, W), float(memory_init)))
         self.learn_memory_init = learn_memory_init
         self.reads_init = LearnedInit(R, W, init=0.0)  # r_0
-        # w_0 = softmax(logits): a distribution for every head; zero logits start uniform
-        self.read_weights_init = LearnedInit(R, N, init=0.0)
-        self.write_weights_init = LearnedInit(Hw, N, init=0.0)
+        # w_0 = softmax(logits): a distribution for every head, initial_weight_peak of it on slot 0:
+        # e^l / (e^l + N - 1) = peak  <=>  l = log(peak (N - 1) / (1 - peak))
+        logits = torch.zeros(N)
+        if N > 1:
+            logits[0] = math.log(initial_weight_peak * (N - 1) / (1.0 - initial_weight_peak))
+        self.read_weights_init = LearnedInit(R, N, init=logits.expand(R, N))
+        self.write_weights_init = LearnedInit(Hw, N, init=logits.expand(Hw, N))
         if controller == "lstm":
             self.h_init = LearnedInit(hidden_size, init=0.0)
             self.c_init = LearnedInit(hidden_size, init=0.0)

@@ -92,6 +92,8 @@ def test_one_fused_head_projection():
         (dict(hidden_size=2.5), "hidden_size"),
         (dict(clip_value=-1.0), "clip_value"),
         (dict(memory_init=float("nan")), "memory_init"),
+        (dict(initial_weight_peak=1.0), "initial_weight_peak"),
+        (dict(initial_weight_peak=0.01), "initial_weight_peak"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_option(kwargs, match):
@@ -114,6 +116,32 @@ def test_initial_state_is_the_learned_bias():
     fixed = make(learn_memory_init=False, memory_init=0.5)
     assert torch.equal(fixed.initial_state(2).memory, torch.full((2, 8, 6), 0.5))
     assert all(p.shape != (8, 6) for p in fixed.parameters())
+
+
+def test_initial_weightings_peak_on_slot_zero():
+    core = make(initial_weight_peak=0.9)
+    w0 = core.initial_state(2).write_weights
+    torch.testing.assert_close(w0[:, 0, 0], torch.full((2,), 0.9))
+    torch.testing.assert_close(w0[:, 0, 1:], torch.full((2, 7), 0.1 / 7))
+    uniform = make(initial_weight_peak=1 / 8).initial_state(2).read_weights
+    torch.testing.assert_close(uniform, torch.full((2, 2, 8), 1 / 8))
+
+
+@torch.no_grad()
+def test_default_init_escapes_the_symmetric_fixed_point():
+    """Constant memory + uniform w_0 keeps every slot identical forever; the default peaked w_0 must not."""
+
+    def slots_after_steps(core: NTMCore) -> NTMState:
+        torch.manual_seed(0)
+        _, state = core.unroll(torch.randint(0, 2, (8, 2, 5)).float(), core.initial_state(2))
+        return state
+
+    trapped = slots_after_steps(make(initial_weight_peak=1 / 8))
+    assert torch.equal(trapped.memory, trapped.memory[:, :1].expand_as(trapped.memory))  # the trap is real
+    state = slots_after_steps(make())
+    assert not torch.equal(state.memory, state.memory[:, :1].expand_as(state.memory))
+    for w in (state.read_weights, state.write_weights):
+        assert not torch.equal(w, w[..., :1].expand_as(w))
 
 
 def test_reset_restores_learned_memory_not_zeros():
