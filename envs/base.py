@@ -8,9 +8,9 @@ out), so single and batched envs cannot drift apart.
 
 Batched contract (``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point", device=...)``):
 
-- ``reset(seed=None, options=None) -> (obs, info)``: every row starts a new episode (or only the rows of
-  ``options["reset_mask"]``, a ``[N]`` bool tensor). ``obs`` is a ``[N, *obs_shape]`` tensor on ``env.device``;
-  ``info`` is ``{}``.
+- ``reset(seed=None, options=None) -> (obs, info)``: every row starts a new episode (no partial resets: with
+  SAME_STEP autoreset they are never needed). ``obs`` is a ``[N, *obs_shape]`` tensor on ``env.device``; ``info``
+  is ``{}``; ``options`` is unused.
 - ``step(actions) -> (obs, reward, terminated, truncated, info)``: ``actions`` is a ``[N, *action_shape]`` tensor
   (numpy arrays are accepted and copied to the device); ``reward`` float32 ``[N]``; ``terminated``/``truncated``
   bool ``[N]``. All outputs are tensors on ``env.device`` that the env never writes into afterwards (treat them as
@@ -210,6 +210,8 @@ class BatchedEnv(VectorEnv):
         self._ep_length = torch.zeros(N, dtype=torch.int32, device=dev)  # [N] steps so far
         self._seeded = False
         self._all_rows = torch.ones(N, dtype=torch.bool, device=dev)
+        self._zero_f = torch.zeros((), dtype=torch.float32, device=dev)
+        self._zero_i = torch.zeros((), dtype=torch.int32, device=dev)
 
     # ---- to implement in a task ------------------------------------------------------------------------------------
 
@@ -236,7 +238,7 @@ class BatchedEnv(VectorEnv):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Start new episodes on every row (or on ``options["reset_mask"]``); returns ``(obs [N, ...], {})``.
+        """Start new episodes on every row; returns ``(obs [N, ...], {})``.
 
         ``seed``: an int >= 0 re-seeds the env (same seed, same episodes). Without a seed, the first reset draws one
         from the OS and later resets continue from the current state (each reset row starts its next episode).
@@ -251,21 +253,11 @@ class BatchedEnv(VectorEnv):
             self.row_seed = _seed_to_row_seeds(seed, self.num_envs, self.device)
             self.episode_id = torch.zeros_like(self.episode_id)
             self._seeded = True
-            mask = self._all_rows
-            self._reset_rows(mask)
         else:
-            mask = self._all_rows
-            if options is not None and options.get("reset_mask") is not None:
-                mask = torch.as_tensor(options["reset_mask"], device=self.device)
-                if mask.dtype != torch.bool or tuple(mask.shape) != (self.num_envs,):
-                    raise ValueError(
-                        f"options['reset_mask'] has dtype {mask.dtype} and shape {tuple(mask.shape)}: "
-                        f"expected a bool tensor of shape ({self.num_envs},)"
-                    )
-            self.episode_id = self.episode_id + mask
-            self._reset_rows(mask)
-        self._ep_return = self._ep_return.masked_fill(mask, 0.0)
-        self._ep_length = self._ep_length.masked_fill(mask, 0)
+            self.episode_id = self.episode_id + 1
+        self._ep_return = torch.zeros_like(self._ep_return)
+        self._ep_length = torch.zeros_like(self._ep_length)
+        self._reset_rows(self._all_rows)
         return self._observe(), {}
 
     def step(
@@ -280,8 +272,8 @@ class BatchedEnv(VectorEnv):
         ep_return = self._ep_return + reward  # [N]
         ep_length = self._ep_length + 1  # [N]
         info: dict[str, Any] = {"episode": {"r": ep_return, "l": ep_length, **ep_info}, "_episode": done}
-        self._ep_return = ep_return.masked_fill(done, 0.0)
-        self._ep_length = ep_length.masked_fill(done, 0)
+        self._ep_return = torch.where(done, self._zero_f, ep_return)
+        self._ep_length = torch.where(done, self._zero_i, ep_length)
         if self.return_final_obs:
             info["final_obs"] = self._observe()
             info["_final_obs"] = done

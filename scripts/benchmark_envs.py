@@ -1,0 +1,149 @@
+"""Steps per second of the batched memory-task envs with random actions.
+
+Example::
+
+    python3 scripts/benchmark_envs.py                       # every task, 1 / 64 / 4096 envs, CPU, 1 thread
+    python3 scripts/benchmark_envs.py --tasks Copy TMaze --num-envs 4096 --seconds 2
+    python3 scripts/benchmark_envs.py --device cuda --num-envs 1 4096 65536
+
+Random actions come from a pool generated before timing (``--action-pool`` batches, cycled), so the figure is the
+env's own step rate, autoresets included. A step of N envs counts as N steps. On CUDA the clock is read after
+``torch.cuda.synchronize()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import gymnasium as gym  # noqa: E402
+import torch  # noqa: E402
+
+import envs  # noqa: E402,F401  (registers the tasks)
+
+# task name -> keyword options for gymnasium.make_vec; add entries for new tasks here.
+TASKS: dict[str, dict] = {
+    "Copy": {},
+    "RepeatCopy": {},
+    "AssociativeRecall": {},
+    "TMaze": {},
+    "MemoryMaze": {},  # 9x9 maze, 5x5 view, 324-step episodes
+    "MiniGridMemory": {},  # the batched port at MiniGrid-MemoryS7-v0's settings (size 7, 7x7 view)
+}
+
+# ---- MiniGrid's own MemoryEnv through Gymnasium's SyncVectorEnv, timed beside the port (needs minigrid) -----------
+# env id -> the MiniGridMemory options with the same rules; printed after "MiniGridMemory" when it is timed.
+MINIGRID_SYNC: dict[str, dict] = {"MiniGrid-MemoryS7-v0": {"size": 7, "view_size": 7}}
+
+
+def bench_minigrid_sync(env_id: str, num_envs: int, seconds: float) -> float:
+    """Steps per second of ``num_envs`` MiniGrid envs in a ``SyncVectorEnv`` with random actions (numpy)."""
+    import numpy as np
+
+    import minigrid  # noqa: F401  (registers MiniGrid-*)
+
+    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync")
+    env.reset(seed=0)
+    rng = np.random.default_rng(1)
+    pool = [rng.integers(0, 7, num_envs) for _ in range(16)]
+    for i in range(5):
+        env.step(pool[i])
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            env.step(pool[calls % 16])
+            calls += 1
+    elapsed = time.perf_counter() - start
+    env.close()
+    return calls * num_envs / elapsed
+
+
+def random_actions(env, pool: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """``pool`` random action batches ``[N, *action_shape]`` on the env device."""
+    space = env.single_action_space
+    N, dev = env.num_envs, env.device
+    out = []
+    for _ in range(pool):
+        if isinstance(space, gym.spaces.Discrete):
+            a = torch.randint(int(space.start), int(space.start + space.n), (N,), generator=generator)
+        elif isinstance(space, gym.spaces.MultiBinary):
+            a = torch.randint(0, 2, (N, *space.shape), generator=generator).bool()
+        elif isinstance(space, gym.spaces.MultiDiscrete):
+            nvec = torch.as_tensor(space.nvec)
+            a = (torch.rand((N, *space.shape), generator=generator) * nvec).long()
+        else:
+            low, high = torch.as_tensor(space.low), torch.as_tensor(space.high)
+            a = low + (high - low) * torch.rand((N, *space.shape), generator=generator)
+        out.append(a.to(dev))
+    return out
+
+
+def bench(task: str, num_envs: int, device: str, seconds: float, pool: int, options: dict) -> tuple[float, int]:
+    """Steps per second (num_envs * env.step calls / time) of one task; returns (rate, number of step calls)."""
+    env = gym.make_vec(
+        f"MemoryCores/{task}-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", device=device, **options
+    )
+    env.reset(seed=0)
+    actions = random_actions(env, pool, torch.Generator().manual_seed(1))
+    sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
+    for i in range(20):  # warm-up
+        env.step(actions[i % pool])
+    sync()
+    calls, start = 0, time.perf_counter()
+    while True:
+        for _ in range(50):
+            env.step(actions[calls % pool])
+            calls += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            break
+    env.close()
+    return calls * num_envs / elapsed, calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"tasks to time (default: all: {list(TASKS)})")
+    parser.add_argument(
+        "--num-envs", nargs="+", type=int, default=None,
+        help="batch sizes (default: 1 64 4096 on CPU; 1 64 4096 65536 on CUDA)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, set explicitly (default: 1)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per (task, num_envs) (default: 1)")
+    parser.add_argument("--action-pool", type=int, default=16, help="pre-generated random action batches (default: 16)")
+    parser.add_argument(
+        "--minigrid-sync-num-envs", nargs="*", type=int, default=[1, 64],
+        help="with MiniGridMemory: also time minigrid's MemoryS7 in a SyncVectorEnv of these sizes (default: 1 64; "
+             "none to skip)",
+    )
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        parser.error(f"unknown tasks {unknown}: valid are {list(TASKS)}")
+    sizes = args.num_envs or ([1, 64, 4096, 65536] if args.device.startswith("cuda") else [1, 64, 4096])
+    dev_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    print(f"torch {torch.__version__}, device {args.device} ({dev_name}), torch threads {torch.get_num_threads()}, "
+          f"os cpus {os.cpu_count()}")
+    print(f"{'task':<20}{'num_envs':>10}{'steps/s':>16}{'us/step call':>15}")
+    for task in args.tasks:
+        for n in sizes:
+            rate, calls = bench(task, n, args.device, args.seconds, args.action_pool, TASKS[task])
+            print(f"{task:<20}{n:>10}{rate:>16,.0f}{1e6 * n / rate:>15.1f}", flush=True)
+        if task == "MiniGridMemory" and args.minigrid_sync_num_envs:
+            for env_id in MINIGRID_SYNC:
+                for n in args.minigrid_sync_num_envs:
+                    rate = bench_minigrid_sync(env_id, n, args.seconds)
+                    name = env_id.replace("-v0", "").replace("MiniGrid-", "") + " sync"
+                    print(f"{name:<20}{n:>10}{rate:>16,.0f}{1e6 * n / rate:>15.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
