@@ -53,6 +53,11 @@ def _layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0)
 
 
 # ====================================================================================================== encoders
+def _is_text_space(space: spaces.Space) -> bool:
+    """Text-like entries (``Text``, MiniGrid's ``MissionSpace``) are not encoded."""
+    return isinstance(space, spaces.Text) or type(space).__name__ == "MissionSpace"
+
+
 def _is_image(space: spaces.Box) -> bool:
     return len(space.shape) == 3
 
@@ -155,7 +160,7 @@ class DictEncoder(nn.Module):
         super().__init__()
         self.encoders = nn.ModuleDict()
         for key, sub in space.spaces.items():
-            if isinstance(sub, spaces.Text):
+            if _is_text_space(sub):
                 continue  # e.g. MiniGrid's mission string: constant per task, not encoded
             self.encoders[key] = make_encoder(sub, out_size, _path=f"observation[{key!r}]")
         if not self.encoders:
@@ -378,7 +383,7 @@ class ObsNormalizer(nn.Module):
     def __init__(self, space: spaces.Space, clip: float = 10.0, eps: float = 1e-8) -> None:
         super().__init__()
         self.clip, self.eps = clip, eps
-        subs = space.spaces if isinstance(space, spaces.Dict) else {"": space}
+        subs = dict(space.spaces) if isinstance(space, spaces.Dict) else {"": space}
         self.keys: list[str] = []
         for key, sub in subs.items():
             if isinstance(sub, spaces.Box) and np.issubdtype(sub.dtype, np.floating) and not _is_image(sub):
