@@ -166,6 +166,87 @@ def associative_read(c: Tensor, r_out: Tensor) -> Tensor:
     return _cmul(r_out, c).mean(dim=1)
 
 
+# ---------------------------------------------------------------------------------------------- fused cell
+def _bound_scale(z: Tensor) -> tuple[Tensor, Tensor]:
+    """``s = 1 / max(1, |z|)`` (real) and the mask ``|z|^2 >= 1`` where the radial part of the gradient is kept
+    (the same boundary convention as ``torch.clamp``'s backward)."""
+    m2 = torch.view_as_real(z).pow(2).sum(-1)
+    return torch.rsqrt(torch.clamp(m2, min=1.0)), m2 >= 1.0
+
+
+def _bound_backward(grad: Tensor, y: Tensor, s: Tensor, outside: Tensor) -> Tensor:
+    """Gradient through ``y = z * s``, ``s = 1 / max(1, |z|)``: ``s (G - y Re(conj(y) G))`` where ``|z| >= 1``
+    (the radial component removed), ``G`` inside the unit disk."""
+    radial = torch.where(outside, (y.conj() * grad).real, torch.zeros_like(s))
+    return scale_complex(grad - scale_complex(y, radial), s)
+
+
+class _FusedCell(torch.autograd.Function):
+    """One associative LSTM cell step with a hand-written backward (a handful of kernels instead of ~40 autograd
+    nodes). Complex gradients follow torch's convention ``G = dL/dRe + i dL/dIm``.
+
+    forward(pre ``[B, 9K]`` real, c ``[B, N, K]`` complex, perm ``[N, K]``, inv_perm ``[N, K]``) ->
+    (h ``[B, K]`` complex, c_new ``[B, N, K]`` complex).
+    """
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, c: Tensor, perm: Tensor, inv_perm: Tensor) -> tuple[Tensor, Tensor]:
+        B, N, K = c.shape
+        g = torch.sigmoid(pre[:, : 3 * K]).view(B, 3, K)  # g_f, g_i, g_o
+        kr = pre[:, 3 * K :].view(B, 3, 2, K)
+        z = torch.view_as_complex(kr.transpose(-1, -2).contiguous())  # r_i, r_o, u before bound, [B, 3, K]
+        s, out_k = _bound_scale(z)
+        kb = scale_complex(z, s)  # bound(r_i), bound(r_o), bound(u)
+        index = perm.reshape(1, 1, N * K).expand(B, 2, N * K)
+        r_in, r_out = torch.gather(kb[:, :2], -1, index).view(B, 2, N, K).unbind(1)  # P_s r_i, P_s r_o
+        u = kb[:, 2]
+        w = scale_complex(u, g[:, 1])  # g_i * u
+        c_new = scale_complex(c, g[:, 0].unsqueeze(1)) + r_in * w.unsqueeze(1)  # g_f c_s + (P_s r_i)(*)(g_i u)
+        m = (r_out * c_new).mean(1)  # mean_s (P_s r_o) (*) c_s
+        sm, out_m = _bound_scale(m)
+        mb = scale_complex(m, sm)  # bound(m)
+        h = scale_complex(mb, g[:, 2])  # g_o * bound(m)
+        ctx.save_for_backward(g, s, out_k, kb, r_in, r_out, w, c, c_new, sm, out_m, mb, inv_perm)
+        return h, c_new
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h: Tensor | None, grad_c: Tensor | None):
+        g, s, out_k, kb, r_in, r_out, w, c, c_new, sm, out_m, mb, inv_perm = ctx.saved_tensors
+        B, N, K = c.shape
+        if grad_h is None:
+            grad_h = torch.zeros_like(mb)
+        if grad_c is None:
+            grad_c = torch.zeros_like(c_new)
+        g_f, g_i, g_o = g.unbind(1)
+        # h = g_o * mb
+        d_go = (mb.conj() * grad_h).real
+        d_mb = scale_complex(grad_h, g_o)
+        # mb = bound(m)
+        d_m = _bound_backward(d_mb, mb, sm, out_m) / N
+        # m = mean_s r_out_s c_s
+        d_c = grad_c + r_out.conj() * d_m.unsqueeze(1)
+        d_rout = c_new.conj() * d_m.unsqueeze(1)
+        # c_new = g_f c + r_in w
+        d_cprev = scale_complex(d_c, g_f.unsqueeze(1))
+        d_gf = (c.conj() * d_c).real.sum(1)
+        d_rin = w.conj().unsqueeze(1) * d_c
+        d_w = (r_in.conj() * d_c).sum(1)
+        # w = g_i u
+        d_gi = (kb[:, 2].conj() * d_w).real
+        d_u = scale_complex(d_w, g_i)
+        # undo the permutations: (P_s r)_j = r_{perm_s(j)}  =>  dr_k = sum_s d(P_s r)_{inv_s(k)}
+        offset = torch.arange(N, device=inv_perm.device).unsqueeze(1) * K  # copy s lives at [s K, (s + 1) K)
+        index = (inv_perm + offset).reshape(1, 1, N * K).expand(B, 2, N * K)
+        d_keys = torch.gather(torch.stack([d_rin, d_rout], 1).view(B, 2, N * K), -1, index).view(B, 2, N, K).sum(2)
+        d_kb = torch.cat([d_keys, d_u.unsqueeze(1)], 1)  # [B, 3, K]
+        d_z = _bound_backward(d_kb, kb, s, out_k)
+        d_g = torch.stack([d_gf, d_gi, d_go], 1) * g * (1 - g)  # sigmoid'
+        d_kr = torch.view_as_real(d_z).transpose(-1, -2)  # [B, 3, 2, K]
+        d_pre = torch.cat([d_g.reshape(B, 3 * K), d_kr.reshape(B, 6 * K)], dim=-1)
+        return d_pre, d_cprev, None, None
+
+
 # ---------------------------------------------------------------------------------------------- parameter counts
 def alstm_param_count(input_size: int, hidden_size: int, num_copies: int = 4, learn_initial_state: bool = False) -> int:
     """Trainable parameters of :class:`AssociativeLSTMCore`.
@@ -256,6 +337,10 @@ class AssociativeLSTMCore(Core):
     The linear map from ``[x_t, h_{t-1}]`` is one ``nn.Linear`` (``self.proj``: ``input_size + N_h ->
     4.5 N_h``); its output rows are ``[g_f | g_i | g_o | r_i | r_o | u]`` of widths ``K, K, K, 2K, 2K, 2K``.
     :meth:`unroll` applies its ``x`` columns to all ``T`` inputs in one matmul and loops over the recurrent part.
+
+    The cell runs in complex arithmetic with a hand-written backward (``_FusedCell``; checked against the
+    equations written with the public helpers and plain autograd, and by ``gradcheck``). It is differentiable
+    once: second derivatives (e.g. gradient penalties) are not supported.
     """
 
     def __init__(
@@ -371,19 +456,9 @@ class AssociativeLSTMCore(Core):
         Returns:
             complex ``h_t`` ``[B, K]`` and complex ``c_{s,t}`` ``[B, N_copies, K]``.
         """
-        g, k = self._activate(pre)  # [B, 3, K], [B, 3, 2, K]
-        B, K, N = pre.shape[0], self.num_units, self.num_copies
-        g_f, g_i, g_o = g.unbind(1)  # unbind, not indexing: one backward node that stacks, no zero-filled grads
-        k = torch.view_as_complex(k.transpose(-1, -2).contiguous())  # r_i, r_o, u as complex [B, 3, K]
-        keys, u = k.split([2, 1], dim=1)
-        # P_s r_i, P_s r_o for every copy s (a unit's real and imaginary part move together)
-        index = self.permutations.reshape(1, 1, N * K).expand(B, 2, N * K)
-        r_in, r_out = torch.gather(keys, -1, index).view(B, 2, N, K).unbind(1)  # [B, N_copies, K] each
-        u = u.squeeze(1)  # [B, K]
-        # c_{s,t} = g_f * c_{s,t-1} + (P_s r_i) (*) (g_i * u)
-        c = associative_write(c, r_in, g_f, scale_complex(u, g_i))
-        # h_t = g_o * bound(mean_s (P_s r_o) (*) c_{s,t})
-        h = scale_complex(bound(associative_read(c, r_out)), g_o)
+        perm = self.permutations
+        inv_perm = torch.argsort(perm, dim=-1)  # P_s^-1 (derived, so it always matches the loaded buffer)
+        return _FusedCell.apply(pre, c, perm, inv_perm)
         return h, c
 
     # ------------------------------------------------------------------ contract
