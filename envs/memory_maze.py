@@ -38,7 +38,7 @@ from .base import GOLDEN32, BatchedEnv, SingleEnv, check_int, hash32
 
 __all__ = ["MemoryMaze", "MemoryMazeEnv"]
 # cell codes of the stored grids
-FLOOR, WALL = 0, 1
+FLOOR, WALL, GOAL = 0, 1, 2  # GOAL is written into the played maze only
 MIN_MAZE, MAX_MAZE = 7, 31
 NUM_ACTIONS = 3
 # DIR_TO_VEC[d] = (dx, dy): 0 right (+x), 1 down (+y), 2 left (-x), 3 up (-y)  (MiniGrid's convention)
@@ -208,10 +208,13 @@ class MemoryMaze(BatchedEnv):
         device: torch device of the state and of every input/output tensor.
         return_final_obs: also give the last observation of ending episodes (``info["final_obs"]``).
 
-    Observation: uint8 ``[N, 2 * view_size ** 2]`` in {0, 1}: the wall plane then the goal plane of the view, each
-    ``[view_size, view_size]`` (row 0 farthest ahead, column 0 leftmost), flattened in C order. Actions:
-    ``Discrete(3)`` (0 left, 1 right, 2 forward). ``info["episode"]``: ``"goals"`` int32 goals reached,
-    ``"success"`` bool (at least one goal reached); the return equals ``goals``.
+    Observation: uint8 ``[N, view_size ** 2]``, the view's cells (row 0 farthest ahead, column 0 leftmost, C order)
+    coded 0 floor, 1 wall, 2 goal. Actions: ``Discrete(3)`` (0 left, 1 right, 2 forward). ``info["episode"]``:
+    ``"goals"`` int32 goals reached, ``"success"`` bool (at least one goal reached); the return equals ``goals``.
+
+    All episodes have the same length and start together (``reset`` restarts every row), so the rows stay in
+    lockstep; the env counts steps on the host too and skips the reset work on steps where no episode ends (host
+    bookkeeping, not a device synchronisation).
     """
 
     def __init__(
@@ -229,7 +232,7 @@ class MemoryMaze(BatchedEnv):
         V = _check_odd("view_size", view_size, 3, S)
         max_steps = 4 * S * S if max_steps is None else check_int("max_steps", max_steps, 1)
         shuffle_moves = check_int("shuffle_moves", shuffle_moves, 0, 7)
-        obs_space = gym.spaces.Box(0, 1, (2 * V * V,), dtype=np.uint8)
+        obs_space = gym.spaces.Box(0, 2, (V * V,), dtype=np.uint8)
         super().__init__(num_envs, obs_space, gym.spaces.Discrete(NUM_ACTIONS), device=device,
                          return_final_obs=return_final_obs)
         self.maze_size, self.view_size, self.max_steps, self.shuffle_moves = S, V, max_steps, shuffle_moves
@@ -242,6 +245,9 @@ class MemoryMaze(BatchedEnv):
         _, _, nb = cell_graph(k)
         self.neighbours = nb.to(dev)  # [n, 4]
         self.cpos = cell_positions(k, Sp, self.pad).to(dev)  # [n] flat padded index of each cell
+        # teleport[g * (n - 1) + r]: position of the r-th cell other than g
+        other = torch.arange(n - 1).view(1, -1) + (torch.arange(n - 1).view(1, -1) >= torch.arange(n).view(-1, 1))
+        self.teleport = self.cpos[other.to(dev)].view(-1)  # [n * (n - 1)]
         # int32 view indices where they fit (faster [N, V * V] arithmetic)
         self._idx_dtype = torch.int32 if 2 * N * self.Np < 2 ** 31 else torch.int64
         self.offsets = egocentric_offsets(V, Sp).to(dev, self._idx_dtype)  # [4, V * V]
@@ -254,40 +260,63 @@ class MemoryMaze(BatchedEnv):
         self.grids = torch.full((2 * N, self.Np), WALL, dtype=torch.uint8, device=dev)  # [2N, Np]
         z = torch.zeros(N, dtype=torch.long, device=dev)
         self.cur = z.clone()  # [N] 0/1, which of the two mazes is played
-        self.pos, self.dir, self.goal_cell, self.goal_pos = z.clone(), z.clone(), z.clone(), z.clone()
+        self.row_base = z.clone()  # [N] flat index of the played maze's first square: (2 i + cur) * Np
+        self.pos, self.dir, self.goal_pos, self.teleport_base = z.clone(), z.clone(), z.clone(), z.clone()
         self.steps, self.goals, self.ep_key = z.clone(), z.clone(), z.clone()
         self._regenerate = False
+        self._in_step = False  # host bookkeeping: inside step(), and whether this step ends the episodes
+        self._episodes_end = False
+        self._host_steps = 0
 
     # ---- reset -----------------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """As :meth:`BatchedEnv.reset`; a seeded (or first) reset also draws two new mazes per env by Prim."""
         self._regenerate = seed is not None or not self._seeded
+        self._host_steps = 0
         try:
             return super().reset(seed=seed, options=options)
         finally:
             self._regenerate = False
 
+    def step(self, actions: torch.Tensor | np.ndarray):
+        """As :meth:`BatchedEnv.step` (every row's episode ends on the same step: ``max_steps``)."""
+        self._host_steps += 1
+        self._episodes_end = self._host_steps >= self.max_steps
+        if self._episodes_end:
+            self._host_steps = 0
+        self._in_step = True
+        try:
+            return super().step(actions)
+        finally:
+            self._in_step = False
+
     def _reset_rows(self, mask: torch.Tensor) -> None:
+        if self._in_step and not self._episodes_end:
+            return  # lockstep: no row ends on this step (mask is all False)
         keys = self.episode_keys()  # [N] one 32-bit key per (env, episode)
+        gf = self.grids.view(-1)
         if self._regenerate:  # all rows: two fresh mazes per env from its key
             both = torch.stack([hash32(keys + 0x3C6EF372), hash32(keys + 0x78DDE6E4)], dim=1).view(-1)  # [2N]
             self.parent, self.origin = random_spanning_trees(both, self.k)
             self.grids = trees_to_grids(self.parent, self.k, self.pad)
+            gf = self.grids.view(-1)
             self.cur = torch.zeros_like(self.cur)
-        else:  # the shuffled next maze becomes the played one
+        else:  # the ended episode's maze loses its goal mark and becomes the next maze; the shuffled one is played
+            gf.scatter_(0, self.row_base + self.goal_pos, torch.where(mask, FLOOR, gf.gather(0, self.row_base +
+                                                                                            self.goal_pos)))
             self.cur = torch.where(mask, 1 - self.cur, self.cur)
+        self.row_base = (self.even_rows + self.cur) * self.Np
         n = self.n
-        h = hash32(keys + 0x2F)
         goal = (keys >> 2 & 0xFFFF) % n  # the key's bits 2..17
-        start = (goal + 1 + (h & 0xFFFF) % (n - 1)) % n  # uniform over the other cells
-        self.goal_cell = torch.where(mask, goal, self.goal_cell)
-        self.goal_pos = self.cpos.gather(0, self.goal_cell)
-        self.pos = torch.where(mask, self.cpos.gather(0, start), self.pos)
+        start = self.teleport.gather(0, goal * (n - 1) + hash32(keys + 0x2F) % (n - 1))  # another cell
+        self.goal_pos = torch.where(mask, self.cpos.gather(0, goal), self.goal_pos)
+        self.teleport_base = torch.where(mask, goal * (n - 1), self.teleport_base)
+        gf.scatter_(0, self.row_base + self.goal_pos, torch.full_like(gf[:1], GOAL).expand(self.num_envs))
+        self.pos = torch.where(mask, start, self.pos)
         self.dir = torch.where(mask, keys & 3, self.dir)  # the key's bits 0..1
         self.steps = self.steps.masked_fill(mask, 0)
         self.goals = self.goals.masked_fill(mask, 0)
         self.ep_key = torch.where(mask, keys, self.ep_key)
-        self.row_base = (self.even_rows + self.cur) * self.Np  # [N] flat start of each played maze
 
     # ---- step ------------------------------------------------------------------------------------------------------
     def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -296,12 +325,10 @@ class MemoryMaze(BatchedEnv):
         self.dir = (self.dir + self.turn.gather(0, actions)) & 3
         fwd = self.pos + self.delta.gather(0, self.dir)
         cell = self.grids.view(-1).gather(0, self.row_base + fwd)
-        move = (actions == 2) & (cell == FLOOR)
-        pos = torch.where(move, fwd, self.pos)
+        pos = torch.where((actions == 2) & (cell != WALL), fwd, self.pos)  # forward into floor or goal
         reach = pos == self.goal_pos  # [N] bool: the goal is entered
         # teleport to a uniformly random other cell (bits 0..15) with a random direction (bits 16..17)
-        other = (self.goal_cell + 1 + (h & 0xFFFF) % (self.n - 1)) % self.n
-        self.pos = torch.where(reach, self.cpos.gather(0, other), pos)
+        self.pos = torch.where(reach, self.teleport.gather(0, self.teleport_base + (h & 0xFFFF) % (self.n - 1)), pos)
         self.dir = torch.where(reach, (h >> 16) & 3, self.dir)
         self.goals = self.goals + reach
         truncated = self.steps >= self.max_steps
@@ -320,13 +347,11 @@ class MemoryMaze(BatchedEnv):
         N, K = self.num_envs, self.view_size ** 2
         base = (self.row_base + self.pos).to(self._idx_dtype)  # [N]
         idx = self.offsets.index_select(0, self.dir) + base.unsqueeze(1)  # [N, K] flat indices of the view cells
-        walls = self.grids.view(-1).index_select(0, idx.view(-1)).view(N, K)  # [N, K] uint8, WALL = 1
-        goal = idx == (self.row_base + self.goal_pos).to(self._idx_dtype).unsqueeze(1)  # [N, K]
-        return torch.cat([walls, goal.view(torch.uint8)], dim=1)  # [N, 2 K]
+        return self.grids.view(-1).index_select(0, idx.view(-1)).view(N, K)  # [N, K] uint8 codes
 
     # ---- hidden information for scripted policies and tests ----------------------------------------------------
     def maze(self) -> torch.Tensor:
-        """The played mazes, uint8 ``[N, maze_size, maze_size]`` (1 = wall), indexed ``[y, x]``."""
+        """The played mazes, uint8 ``[N, maze_size, maze_size]`` (0 floor, 1 wall, 2 goal), indexed ``[y, x]``."""
         P, S = self.pad, self.maze_size
         g = self.grids.view(self.num_envs, 2, self.Sp, self.Sp)
         g = g.gather(1, self.cur.view(-1, 1, 1, 1).expand(-1, 1, self.Sp, self.Sp))[:, 0]

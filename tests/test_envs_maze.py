@@ -73,7 +73,7 @@ def test_vector_env_types():
     env = make_vec("MemoryMaze", 8, maze_size=11, view_size=3)
     assert isinstance(env.unwrapped, gym.vector.VectorEnv)
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (8, 18) and obs.dtype == torch.uint8
+    assert obs.shape == (8, 9) and obs.dtype == torch.uint8
     env = make_vec("MiniGridMemory", 8, size=9, view_size=3)
     obs, _ = env.reset(seed=0)
     assert obs.shape == (8, 27) and obs.dtype == torch.uint8
@@ -421,7 +421,7 @@ def bfs_actions(maze: np.ndarray, x: int, y: int, d: int, gx: int, gy: int) -> l
         sx, sy, sd = s
         for a, nxt in ((0, (sx, sy, (sd - 1) % 4)), (1, (sx, sy, (sd + 1) % 4)),
                        (2, (sx + dirs[sd][0], sy + dirs[sd][1], sd))):
-            if maze[nxt[1], nxt[0]]:
+            if maze[nxt[1], nxt[0]] == 1:  # wall
                 continue
             if nxt not in prev:
                 prev[nxt] = (s, a)
@@ -440,7 +440,8 @@ def test_memory_maze_scripted_policy_gets_max_return():
     N, T = 4, 150
     env = make_vec("MemoryMaze", N, maze_size=9, view_size=3, max_steps=T)
     u = env.unwrapped
-    env.reset(seed=3)
+    obs, _ = env.reset(seed=3)
+    V, h = 3, 1
     plans = [[] for _ in range(N)]
     trips = [[] for _ in range(N)]  # (planned length, steps taken)
     taken = [0] * N
@@ -452,9 +453,11 @@ def test_memory_maze_scripted_policy_gets_max_return():
             if not plans[i]:
                 plans[i] = bfs_actions(mazes[i], s["x"][i], s["y"][i], s["dir"][i], s["goal_x"][i], s["goal_y"][i])
                 trips[i].append([len(plans[i]), 0])
+            if len(plans[i]) == 1:  # the goal is right ahead: the view shows it there (row h - 1, column h)
+                assert int(obs[i].view(V, V)[h - 1, h]) == 2 and int((obs[i] == 2).sum()) == 1
             a.append(plans[i].pop(0))
             trips[i][-1][1] += 1
-        _, r, te, tr, info = env.step(torch.tensor(a))
+        obs, r, te, tr, info = env.step(torch.tensor(a))
         for i in range(N):
             assert bool(r[i]) == (not plans[i])  # the goal is reached exactly when the plan ends
             taken[i] += int(r[i])
@@ -480,7 +483,11 @@ def test_mazes_stay_perfect_under_origin_shift():
     _, _, nb = cell_graph(k)
     for t in range(45):
         env.step(torch.randint(0, 3, (3,)))
-        assert torch.equal(u.grids, trees_to_grids(u.parent, k, u.pad))
+        # one goal square, in the played maze; apart from it the grids are the trees' grids
+        goal = u.grids == 2
+        cur = u.cur.tolist()
+        assert goal.sum(1).tolist() == [int(r % 2 == cur[r // 2]) for r in range(6)]
+        assert torch.equal(u.grids.masked_fill(goal, 0), trees_to_grids(u.parent, k, u.pad))
         for row in range(6):
             p = u.parent[row].tolist()
             assert sum(v < 0 for v in p) == 1
