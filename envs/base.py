@@ -338,7 +338,12 @@ class SingleEnv(gym.Env):
     def __init__(self, render_mode: str | None = None, **options: Any) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r} is not supported: valid is None")
-        options.pop("device", None)  # always CPU
+        device = resolve_device(options.pop("device", "cpu"))
+        if device.type != "cpu":
+            raise ValueError(
+                f"device={device} is not valid for a single env, which runs on 'cpu' (numpy in and out); "
+                "use gymnasium.make_vec(..., device=...) for a batched env on another device"
+            )
         self.batched = self.batched_cls(num_envs=1, device="cpu", return_final_obs=True, **options)
         self.observation_space = self.batched.single_observation_space
         self.action_space = self.batched.single_action_space
