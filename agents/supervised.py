@@ -27,6 +27,8 @@ from torch import Tensor, nn
 
 from envs.sequence_data import SequenceBatch
 from memory_cores import Core
+from memory_cores.reinforce import LinearBaseline, baseline_loss, entropy_bonus, reinforce_loss, reward_to_go
+from memory_cores.rl_access import has_discrete_choices
 
 __all__ = [
     "SequenceModel",
@@ -37,6 +39,7 @@ __all__ = [
     "evaluate",
     "record_weightings",
     "count_parameters",
+    "choice_usage",
     "peak_initial_weightings",
     "slots_stay_identical",
 ]
@@ -174,6 +177,12 @@ class TrainConfig:
     curriculum_start: int = 4
     curriculum_step: int = 2
     curriculum_threshold: float = 0.5
+    pg_coef: float = 1.0
+    """Cores with discrete memory-access choices (``rl_access``): weight of the REINFORCE loss. The reward of step
+    t is minus the cross-entropy (nats, summed over bits) of that step's output; the return is the reward-to-go;
+    a learned linear baseline on the pre-choice controller output reduces variance."""
+    entropy_coef: float = 0.01
+    """Discrete-choice cores: weight of the entropy bonus of the choice distribution."""
     seed: int = 0
     device: str = "cpu"
 
@@ -202,7 +211,14 @@ def train(
         raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
     device = torch.device(cfg.device)
     model.to(device).train()
-    opt = _make_optimizer(model.parameters(), cfg)
+    discrete = has_discrete_choices(model.core)
+    params = list(model.parameters())
+    baseline = None
+    if discrete:
+        # b_t = V(h_t) on the part of y_t computed before the choice a_t (unbiased baseline)
+        baseline = LinearBaseline(getattr(model.core, "pre_choice_size", model.core.output_size)).to(device)
+        params += list(baseline.parameters())
+    opt = _make_optimizer(params, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     size_now = min(cfg.curriculum_start, task.max_size) if cfg.curriculum else task.max_size
     size_now = max(size_now, task.min_size)
@@ -214,24 +230,28 @@ def train(
     stopped = "max_sequences"
     while sequences < cfg.max_sequences:
         batch: SequenceBatch = task.sample(cfg.batch_size, max_size=size_now, generator=gen, device=device)
-        logits = model(batch.inputs)  # [T, B, C]
-        loss, seq_bits = masked_bce(logits, batch.targets, batch.mask)
+        if discrete:
+            logits, loss, sup_loss, seq_bits = _reinforce_loss(model, baseline, batch, cfg)
+        else:
+            logits = model(batch.inputs)  # [T, B, C]
+            loss, seq_bits = masked_bce(logits, batch.targets, batch.mask)
+            sup_loss = loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_value is not None:
-            torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_value)
+            torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
         if cfg.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
         opt.step()
         sequences += cfg.batch_size
         batches += 1
         with torch.no_grad():
             err = bit_errors(logits, batch.targets, batch.mask).mean().item()
-        if not math.isfinite(loss.item()):
+        if not math.isfinite(sup_loss.item()):
             stopped = "non_finite_loss"
             break
         recent_err.append(err)
-        acc["loss"] += loss.item()
+        acc["loss"] += sup_loss.item()  # the BCE per bit (without the REINFORCE terms of discrete cores)
         acc["bits"] += seq_bits.mean().item()
         acc["err"] += err
         acc["n"] += 1
@@ -270,6 +290,59 @@ def train(
         "final_max_size": size_now,
         "config": asdict(cfg),
     }
+
+
+def _reinforce_loss(
+    model: SequenceModel, baseline: nn.Module, batch: SequenceBatch, cfg: TrainConfig
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Loss of a core with discrete access choices: supervised BCE (pathwise part, choices held fixed) + REINFORCE
+    on the choices + baseline regression - entropy bonus. Returns ``(logits, loss, BCE per bit, cost bits per
+    sequence)``."""
+    core = model.core
+    T, B, _ = batch.inputs.shape
+    # one pass samples a_t ~ pi and keeps log pi(a_t) differentiable (supervised data: no separate rollout needed)
+    ys, _, info = core.unroll_with_choices(batch.inputs, core.initial_state(B, device=batch.inputs.device))
+    logits = model.readout(ys)  # [T, B, C]
+    sup_loss, seq_bits = masked_bce(logits, batch.targets, batch.mask)
+    with torch.no_grad():
+        step_bce = F.binary_cross_entropy_with_logits(logits, batch.targets, reduction="none").sum(-1)  # [T, B]
+        rewards = -step_bce * batch.mask  # r_t = -cross-entropy of step t (0 outside the output phase)
+        # steps up to each row's last scored step count; the padding after it does not
+        t_idx = torch.arange(T, device=ys.device).unsqueeze(1)
+        last = (batch.mask * t_idx).amax(0)  # [B]
+        valid = (t_idx <= last).to(ys.dtype)  # [T, B]
+        returns = reward_to_go(rewards, gamma=1.0)  # G_t = sum_{s >= t} r_s
+    values = baseline(ys[..., : getattr(core, "pre_choice_size", core.output_size)].detach())  # [T, B]
+    pg = reinforce_loss(info.log_prob, returns, values.detach(), mask=valid, reduction="mean")
+    loss = (
+        sup_loss
+        + cfg.pg_coef * pg
+        + baseline_loss(values, returns, valid)
+        - cfg.entropy_coef * entropy_bonus(info.entropy, valid)
+    )
+    return logits, loss, sup_loss, seq_bits
+
+
+@torch.no_grad()
+def choice_usage(model: SequenceModel, batch: SequenceBatch) -> dict[str, dict[str, float]]:
+    """Greedy (eval-mode) access-process frequencies of a discrete-choice core, split into the input phase (before
+    the first scored step) and the output phase (scored steps): ``{"input": {name: fraction}, "output": ...}``."""
+    core = model.core
+    was = model.training
+    model.eval()
+    T, B, _ = batch.inputs.shape
+    _, _, info = core.unroll_with_choices(batch.inputs, core.initial_state(B, device=batch.inputs.device), greedy=True)
+    model.train(was)
+    t_idx = torch.arange(T, device=batch.inputs.device).unsqueeze(1)
+    first = torch.where(batch.mask > 0, t_idx, torch.full_like(t_idx, T)).amin(0)  # [B]
+    phases = {"input": t_idx < first, "output": batch.mask > 0}
+    out = {}
+    for phase, m in phases.items():
+        chosen = info.choice[m]
+        out[phase] = {
+            name: round((chosen == i).float().mean().item(), 4) for i, name in enumerate(core.choice_names)
+        }
+    return out
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from agents.supervised import (  # noqa: E402
     SequenceModel,
     TrainConfig,
+    choice_usage,
     count_parameters,
     evaluate,
     peak_initial_weightings,
@@ -42,6 +43,7 @@ from agents.supervised import (  # noqa: E402
 )
 from envs.sequence_data import TASKS, make_task  # noqa: E402
 from memory_cores import CORES, make_core  # noqa: E402
+from memory_cores.rl_access import has_discrete_choices  # noqa: E402
 
 DEFAULT_EVAL_SIZES = {"copy": [20, 40, 80, 120], "repeat_copy": [10, 15, 20], "associative_recall": [6, 12, 15]}
 
@@ -102,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curriculum-start", type=int, default=4, help="first largest training size")
     p.add_argument("--curriculum-step", type=int, default=2, help="size increment")
     p.add_argument("--curriculum-threshold", type=float, default=0.5, help="bit errors per sequence to move on")
+    p.add_argument("--pg-coef", type=float, default=1.0,
+                   help="cores with discrete access choices (rl_access): weight of the REINFORCE loss (reward of a "
+                        "step = minus its cross-entropy; reward-to-go; learned linear baseline)")
+    p.add_argument("--entropy-coef", type=float, default=0.01,
+                   help="cores with discrete access choices: weight of the entropy bonus")
     p.add_argument("--eval-sizes", type=int, nargs="*", default=None,
                    help="sizes tested after training (lengths, or items for associative_recall); default "
                         + ", ".join(f"{k}: {v}" for k, v in DEFAULT_EVAL_SIZES.items()))
@@ -148,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
         curriculum_start=args.curriculum_start,
         curriculum_step=args.curriculum_step,
         curriculum_threshold=args.curriculum_threshold,
+        pg_coef=args.pg_coef,
+        entropy_coef=args.entropy_coef,
         seed=args.seed,
         device=args.device,
     )
@@ -197,6 +206,16 @@ def main(argv: list[str] | None = None) -> dict:
     for k, v in result["eval"].items():
         print(f"  size {k:>4}: bit errors per sequence mean {v['mean']:.3f} median {v['median']:.1f} "
               f"perfect {100 * v['perfect_fraction']:.0f}%", flush=True)
+    if has_discrete_choices(core):
+        usage = {}
+        for size in sizes:
+            batch = task.sample(64, size=size, generator=torch.Generator().manual_seed(3), device=args.device)
+            usage[str(size)] = choice_usage(model, batch)
+        result["choice_usage"] = usage
+        for size, u in usage.items():
+            for phase, freq in u.items():
+                top = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(freq.items(), key=lambda kv: -kv[1]) if v > 0)
+                print(f"  size {size:>4} {phase:>6} phase choices: {top}", flush=True)
     if args.trace:
         size = args.trace_size or task.max_size
         batch = task.sample(1, size=size, generator=torch.Generator().manual_seed(7), device=args.device)

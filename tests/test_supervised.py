@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -213,11 +211,36 @@ def test_peak_initial_weightings_breaks_the_uniform_trap():
 
 
 def test_cli_runs_and_writes_json(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_supervised", os.path.join(ROOT, "scripts", "train_supervised.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
     out = tmp_path / "r.json"
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train_supervised.py"), "--core", "lstm",
-           "--core-arg", "hidden_size=16", "--task", "associative_recall", "--task-arg", "max_items=3",
-           "--max-sequences", "64", "--batch-size", "16", "--log-every", "2", "--eval-sizes", "3", "4",
-           "--eval-sequences", "8", "--out", str(out), "--quiet"]
-    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=60)
+    threads = torch.get_num_threads()
+    try:
+        cli.main(["--core", "lstm", "--core-arg", "hidden_size=16", "--task", "associative_recall", "--task-arg",
+                  "max_items=3", "--max-sequences", "64", "--batch-size", "16", "--log-every", "2", "--eval-sizes",
+                  "3", "4", "--eval-sequences", "8", "--out", str(out), "--quiet"])
+    finally:
+        torch.set_num_threads(threads)
     res = json.loads(out.read_text())
     assert res["threads"] == 1 and res["train"]["sequences"] == 64 and set(res["eval"]) == {"3", "4"}
+    assert res["command"].startswith("python3 scripts/train_supervised.py --core lstm")
+
+
+def test_discrete_choice_core_trains_with_reinforce_and_reports_choices():
+    from agents.supervised import choice_usage
+
+    torch.manual_seed(0)
+    task = CopyTask(num_bits=3, max_length=3)
+    core = make_core("rl_access", task.input_size, hidden_size=16, num_slots=6, slot_size=5)
+    model = SequenceModel(core, task.target_size)
+    before = [p.detach().clone() for p in core.parameters()]
+    out = train(model, task, TrainConfig(batch_size=8, max_sequences=24, log_every=1, early_stop_errors=None))
+    assert out["batches"] == 3 and all(torch.isfinite(torch.tensor(p["loss"])) for p in out["history"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, core.parameters()))
+    usage = choice_usage(model, task.sample(4, size=3, generator=gen()))
+    for phase in ("input", "output"):
+        assert set(usage[phase]) == set(core.choice_names)
+        assert abs(sum(usage[phase].values()) - 1.0) < 1e-3
