@@ -28,7 +28,7 @@ episode ends, the two buffers swap roles. Everything stays on the device; no per
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -75,7 +75,7 @@ def random_spanning_trees(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
         keys: int64 ``[batch]`` 32-bit random keys; maze ``b`` is a function of ``keys[b]`` only (counter-based).
 
     Returns:
-        parent: long ``[batch, k * k]``, each cell's neighbour on its path to the root (-1 at the root).
+        parent: long ``[batch, k * k]``, each cell's neighbour on its path to the root; the root points to itself.
         root: long ``[batch]``.
     The tree is grown from the root, so a newly added cell's parent is the tree cell it was joined to.
     """
@@ -88,7 +88,7 @@ def random_spanning_trees(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     root = hash32(keys + 0x51ED27) % n
     in_tree = torch.zeros(batch, n, dtype=torch.bool, device=device)
     in_tree.scatter_(1, root[:, None], True)
-    parent = torch.full((batch, n), -1, dtype=torch.long, device=device)
+    parent = root.view(-1, 1).repeat(1, n)  # every cell gets its real parent below; the root keeps itself
     big = torch.tensor(1 << 33, device=device)
     for _ in range(n - 1):
         tu, tv = in_tree[:, u], in_tree[:, v]  # [batch, E]
@@ -108,20 +108,32 @@ def cell_positions(k: int, padded_size: int, pad: int) -> torch.Tensor:
     return y * padded_size + x
 
 
-def trees_to_grids(parent: torch.Tensor, k: int, pad: int) -> torch.Tensor:
-    """Parent pointers ``[B, k * k]`` -> padded grids uint8 ``[B, Sp * Sp]`` (WALL / FLOOR), walls outside."""
+def wall_table(k: int, padded_size: int, pad: int, sink: int) -> torch.Tensor:
+    """``W[a * n + b]``: flat index of the wall square between neighbouring cells a and b (their midpoint);
+    ``sink`` for ``a == b`` (a write there is never seen) and for non-neighbours. long ``[n * n]``."""
+    n = k * k
+    cpos = cell_positions(k, padded_size, pad)
+    _, _, nb = cell_graph(k)
+    W = torch.full((n, n), sink, dtype=torch.long)
+    for c in range(n):
+        for d in range(4):
+            if nb[c, d] >= 0:
+                W[c, nb[c, d]] = (cpos[c] + cpos[nb[c, d]]) // 2
+    return W.view(-1)
+
+
+def trees_to_grids(parent: torch.Tensor, k: int, pad: int, extra: int = 0) -> torch.Tensor:
+    """Parent pointers ``[B, k * k]`` -> padded grids uint8 ``[B, Sp * Sp + extra]`` (WALL / FLOOR), walls outside
+    the maze and in the ``extra`` trailing squares."""
     B, n = parent.shape
     S = 2 * k + 1
     Sp = S + 2 * pad
     dev = parent.device
-    grid = torch.full((B, Sp * Sp), WALL, dtype=torch.uint8, device=dev)
+    grid = torch.full((B, Sp * Sp + extra), WALL, dtype=torch.uint8, device=dev)
     cpos = cell_positions(k, Sp, pad).to(dev)
     grid[:, cpos] = FLOOR
-    has = parent >= 0
-    # the wall square between two neighbouring cells is the midpoint of their squares
-    wall = (cpos.expand(B, n) + cpos[parent.clamp(min=0)]) // 2
-    wall = torch.where(has, wall, cpos.expand(B, n))  # root: re-open its own square (a no-op)
-    grid.scatter_(1, wall, FLOOR)
+    # the wall square between two neighbouring cells is the midpoint of their squares (the root's: its own square)
+    grid.scatter_(1, (cpos.expand(B, n) + cpos[parent]) // 2, FLOOR)
     return grid
 
 
@@ -143,44 +155,49 @@ def egocentric_offsets(view_size: int, padded_size: int) -> torch.Tensor:
     return out
 
 
-def origin_shift_(
-    parent: torch.Tensor,
-    origin: torch.Tensor,
-    grid: torch.Tensor,
-    rows: torch.Tensor,
-    neighbours: torch.Tensor,
-    cpos: torch.Tensor,
-    direction: torch.Tensor,
-) -> None:
-    """One origin-shift move on the mazes in ``rows``, in place (the maze stays a spanning tree).
+class ShuffleTables(NamedTuple):
+    """Constant tables of :func:`origin_shift_` (on the env device).
+
+    neighbours: long ``[n * 4]``, neighbour of cell c in direction d at ``c * 4 + d``; c itself outside the maze.
+    walls: long ``[n * n]`` from :func:`wall_table`.
+    parent_base: long ``[B]``, ``i * n``.  grid_base: long ``[B]``, ``i * Np``.
+    wall_value, floor_value: uint8 ``[B]`` constants to scatter.
+    """
+
+    neighbours: torch.Tensor
+    walls: torch.Tensor
+    parent_base: torch.Tensor
+    grid_base: torch.Tensor
+    wall_value: torch.Tensor
+    floor_value: torch.Tensor
+
+
+def origin_shift_(parent: torch.Tensor, origin: torch.Tensor, grid: torch.Tensor, direction: torch.Tensor,
+                  t: ShuffleTables) -> torch.Tensor:
+    """One origin-shift move on each maze of a batch, in place; returns the new origins.
 
     Args:
-        parent: long ``[R, n]`` parent pointers of all stored mazes (-1 at the origin).
-        origin: long ``[R]`` origin cell of each stored maze.
-        grid: uint8 ``[R, Np]`` padded grids of the stored mazes.
-        rows: long ``[B]`` distinct rows to move (one per env).
-        neighbours: long ``[n, 4]`` from :func:`cell_graph`.  cpos: long ``[n]`` from :func:`cell_positions`.
+        parent: long ``[B, n]`` parent pointers (the origin points to itself).
+        origin: long ``[B]`` origin cells.
+        grid: uint8 ``[B, Np]`` padded grids of the mazes (the sink square included).
         direction: long ``[B]`` in [0, 4), random: where the origin walks.
-    A move takes the given direction; if the origin has a neighbour ``nb`` there, the origin's parent becomes ``nb``,
-    ``nb`` becomes the origin (its old parent link ``nb -> pp`` is dropped: that wall closes) and the wall between
-    the old origin and ``nb`` opens. Toward the outside the move is a no-op (a lazy step).
+    The origin moves to its neighbour ``nb`` in ``direction``: the old origin's parent becomes ``nb`` (the wall
+    between them opens), ``nb`` becomes the origin and its old link ``nb -> pp`` is dropped (that wall closes).
+    The maze stays a spanning tree. Toward the outside ``nb`` is the origin itself and the move changes nothing
+    (a lazy step): both wall writes go to the sink square.
     """
-    n, Np = parent.shape[1], grid.shape[1]
+    n = parent.shape[1]
     pf, gf = parent.view(-1), grid.view(-1)
-    o = origin.gather(0, rows)  # [B]
-    nb = neighbours.view(-1).gather(0, o * 4 + direction)
-    valid = nb >= 0
-    nbs = torch.where(valid, nb, o)
-    base = rows * n
-    pp = torch.where(valid, pf.gather(0, base + nbs), o)  # nb's old parent (nb is not the origin, so it has one)
-    pf.scatter_(0, base + o, torch.where(valid, nbs, -1))
-    pf.scatter_(0, base + nbs, torch.full_like(nbs, -1))
-    origin.scatter_(0, rows, nbs)
-    gbase = rows * Np
-    # close nb -> pp, then open o -> nb (if pp == o this re-opens the same wall; a lazy step writes o's own square)
-    cn = cpos.gather(0, nbs)
-    gf.scatter_(0, gbase + (cn + cpos.gather(0, pp)) // 2, torch.full_like(gf[:1], WALL).expand(nbs.shape[0]))
-    gf.scatter_(0, gbase + (cpos.gather(0, o) + cn) // 2, torch.full_like(gf[:1], FLOOR).expand(nbs.shape[0]))
+    o = origin
+    nb = t.neighbours.gather(0, o * 4 + direction)
+    pb = t.parent_base
+    pp = pf.gather(0, pb + nb)  # nb's old parent (nb itself if nb is the origin)
+    pf.scatter_(0, pb + o, nb)
+    pf.scatter_(0, pb + nb, nb)
+    # close nb -> pp, then open o -> nb (if pp == o this re-opens the same wall)
+    gf.scatter_(0, t.grid_base + t.walls.gather(0, nb * n + pp), t.wall_value)
+    gf.scatter_(0, t.grid_base + t.walls.gather(0, o * n + nb), t.floor_value)
+    return nb
 
 
 # ======================================= Gymnasium API ============================================================
@@ -212,9 +229,9 @@ class MemoryMaze(BatchedEnv):
     coded 0 floor, 1 wall, 2 goal. Actions: ``Discrete(3)`` (0 left, 1 right, 2 forward). ``info["episode"]``:
     ``"goals"`` int32 goals reached, ``"success"`` bool (at least one goal reached); the return equals ``goals``.
 
-    All episodes have the same length and start together (``reset`` restarts every row), so the rows stay in
-    lockstep; the env counts steps on the host too and skips the reset work on steps where no episode ends (host
-    bookkeeping, not a device synchronisation).
+    All episodes have the same length and every ``reset`` restarts all rows, so the rows stay in lockstep: the env
+    counts steps on the host too (host bookkeeping, not a device synchronisation), does the reset work only on the
+    steps where the episodes end, and swaps the played and the next mazes of all rows at once.
     """
 
     def __init__(
@@ -241,27 +258,32 @@ class MemoryMaze(BatchedEnv):
         self.n = n = k * k
         self.pad = V // 2
         self.Sp = Sp = S + 2 * self.pad
-        self.Np = Sp * Sp
-        _, _, nb = cell_graph(k)
-        self.neighbours = nb.to(dev)  # [n, 4]
+        self.Np = Sp * Sp + 1  # the padded grid and one sink square (origin-shift no-op writes)
         self.cpos = cell_positions(k, Sp, self.pad).to(dev)  # [n] flat padded index of each cell
+        _, _, nb = cell_graph(k)
+        nb = torch.where(nb >= 0, nb, torch.arange(n).view(-1, 1))  # outside: the cell itself
+        ar = torch.arange(N, dtype=torch.long, device=dev)
+        self.tables = ShuffleTables(
+            nb.view(-1).to(dev), wall_table(k, Sp, self.pad, sink=Sp * Sp).to(dev), ar * n, ar * self.Np,
+            torch.full((N,), WALL, dtype=torch.uint8, device=dev), torch.full((N,), FLOOR, dtype=torch.uint8, device=dev))
         # teleport[g * (n - 1) + r]: position of the r-th cell other than g
         other = torch.arange(n - 1).view(1, -1) + (torch.arange(n - 1).view(1, -1) >= torch.arange(n).view(-1, 1))
         self.teleport = self.cpos[other.to(dev)].view(-1)  # [n * (n - 1)]
         # int32 view indices where they fit (faster [N, V * V] arithmetic)
-        self._idx_dtype = torch.int32 if 2 * N * self.Np < 2 ** 31 else torch.int64
+        self._idx_dtype = torch.int32 if N * self.Np < 2 ** 31 else torch.int64
         self.offsets = egocentric_offsets(V, Sp).to(dev, self._idx_dtype)  # [4, V * V]
         self.delta = torch.tensor([1, Sp, -1, -Sp], dtype=torch.long, device=dev)  # DIR_TO_VEC, flat
         self.turn = torch.tensor([3, 1, 0], dtype=torch.long, device=dev)  # left = -1 mod 4
-        self.even_rows = 2 * torch.arange(N, dtype=torch.long, device=dev)  # [N] first of each env's two mazes
-        # two mazes per env (rows 2 i and 2 i + 1): the played one (cur) and the next one, being shuffled
-        self.parent = torch.full((2 * N, n), -1, dtype=torch.long, device=dev)  # [2N, n]
-        self.origin = torch.zeros(2 * N, dtype=torch.long, device=dev)  # [2N]
-        self.grids = torch.full((2 * N, self.Np), WALL, dtype=torch.uint8, device=dev)  # [2N, Np]
+        self.goal_value = torch.full((N,), GOAL, dtype=torch.uint8, device=dev)
+        # two mazes per env: the played one and the next one (being shuffled); all rows swap together
+        self.grid = torch.full((N, self.Np), WALL, dtype=torch.uint8, device=dev)  # [N, Np] played
+        self.next_grid = self.grid.clone()  # [N, Np]
+        self.parent = torch.zeros((N, n), dtype=torch.long, device=dev)  # [N, n] played maze's tree
+        self.next_parent = self.parent.clone()
         z = torch.zeros(N, dtype=torch.long, device=dev)
-        self.cur = z.clone()  # [N] 0/1, which of the two mazes is played
-        self.row_base = z.clone()  # [N] flat index of the played maze's first square: (2 i + cur) * Np
-        self.pos, self.dir, self.goal_pos, self.teleport_base = z.clone(), z.clone(), z.clone(), z.clone()
+        self.origin, self.next_origin = z.clone(), z.clone()  # [N]
+        self.pos = z.clone()  # [N] flat index of the agent in its padded grid (row i starts at grid_base[i])
+        self.dir, self.goal_pos, self.teleport_base = z.clone(), z.clone(), z.clone()
         self.steps, self.goals, self.ep_key = z.clone(), z.clone(), z.clone()
         self._regenerate = False
         self._in_step = False  # host bookkeeping: inside step(), and whether this step ends the episodes
@@ -270,7 +292,7 @@ class MemoryMaze(BatchedEnv):
 
     # ---- reset -----------------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """As :meth:`BatchedEnv.reset`; a seeded (or first) reset also draws two new mazes per env by Prim."""
+        """As :meth:`BatchedEnv.reset` (all rows restart); a seeded (or first) reset draws new mazes by Prim."""
         self._regenerate = seed is not None or not self._seeded
         self._host_steps = 0
         try:
@@ -279,7 +301,7 @@ class MemoryMaze(BatchedEnv):
             self._regenerate = False
 
     def step(self, actions: torch.Tensor | np.ndarray):
-        """As :meth:`BatchedEnv.step` (every row's episode ends on the same step: ``max_steps``)."""
+        """As :meth:`BatchedEnv.step` (every row's episode ends on the same step, the ``max_steps``-th)."""
         self._host_steps += 1
         self._episodes_end = self._host_steps >= self.max_steps
         if self._episodes_end:
@@ -291,40 +313,43 @@ class MemoryMaze(BatchedEnv):
             self._in_step = False
 
     def _reset_rows(self, mask: torch.Tensor) -> None:
+        # Lockstep: ``mask`` is all True whenever an episode ends (reset, or the max_steps-th step), else all False.
         if self._in_step and not self._episodes_end:
-            return  # lockstep: no row ends on this step (mask is all False)
+            return
+        if not self._in_step and mask is not self._all_rows:
+            raise NotImplementedError("MemoryMaze restarts all rows together (its episodes run in lockstep)")
         keys = self.episode_keys()  # [N] one 32-bit key per (env, episode)
-        gf = self.grids.view(-1)
-        if self._regenerate:  # all rows: two fresh mazes per env from its key
+        N, n, gb = self.num_envs, self.n, self.tables.grid_base
+        if self._regenerate:  # two fresh mazes per env from its key
             both = torch.stack([hash32(keys + 0x3C6EF372), hash32(keys + 0x78DDE6E4)], dim=1).view(-1)  # [2N]
-            self.parent, self.origin = random_spanning_trees(both, self.k)
-            self.grids = trees_to_grids(self.parent, self.k, self.pad)
-            gf = self.grids.view(-1)
-            self.cur = torch.zeros_like(self.cur)
+            parent, origin = random_spanning_trees(both, self.k)
+            grids = trees_to_grids(parent, self.k, self.pad, extra=1)
+            self.parent, self.next_parent = parent[0::2].contiguous(), parent[1::2].contiguous()
+            self.origin, self.next_origin = origin[0::2].contiguous(), origin[1::2].contiguous()
+            self.grid, self.next_grid = grids[0::2].contiguous(), grids[1::2].contiguous()
         else:  # the ended episode's maze loses its goal mark and becomes the next maze; the shuffled one is played
-            gf.scatter_(0, self.row_base + self.goal_pos, torch.where(mask, FLOOR, gf.gather(0, self.row_base +
-                                                                                            self.goal_pos)))
-            self.cur = torch.where(mask, 1 - self.cur, self.cur)
-        self.row_base = (self.even_rows + self.cur) * self.Np
-        n = self.n
+            self.grid.view(-1).scatter_(0, gb + self.goal_pos, self.tables.floor_value)
+            self.grid, self.next_grid = self.next_grid, self.grid
+            self.parent, self.next_parent = self.next_parent, self.parent
+            self.origin, self.next_origin = self.next_origin, self.origin
         goal = (keys >> 2 & 0xFFFF) % n  # the key's bits 2..17
-        start = self.teleport.gather(0, goal * (n - 1) + hash32(keys + 0x2F) % (n - 1))  # another cell
-        self.goal_pos = torch.where(mask, self.cpos.gather(0, goal), self.goal_pos)
-        self.teleport_base = torch.where(mask, goal * (n - 1), self.teleport_base)
-        gf.scatter_(0, self.row_base + self.goal_pos, torch.full_like(gf[:1], GOAL).expand(self.num_envs))
-        self.pos = torch.where(mask, start, self.pos)
-        self.dir = torch.where(mask, keys & 3, self.dir)  # the key's bits 0..1
-        self.steps = self.steps.masked_fill(mask, 0)
-        self.goals = self.goals.masked_fill(mask, 0)
-        self.ep_key = torch.where(mask, keys, self.ep_key)
+        self.goal_pos = self.cpos.gather(0, goal)
+        self.teleport_base = goal * (n - 1)
+        self.grid.view(-1).scatter_(0, gb + self.goal_pos, self.goal_value)
+        self.pos = self.teleport.gather(0, self.teleport_base + hash32(keys + 0x2F) % (n - 1))  # another cell
+        self.dir = keys & 3  # the key's bits 0..1
+        self.steps = torch.zeros_like(self.steps)
+        self.goals = torch.zeros_like(self.goals)
+        self.ep_key = keys
 
     # ---- step ------------------------------------------------------------------------------------------------------
     def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        gb = self.tables.grid_base
         self.steps = self.steps + 1
         h = hash32(self.ep_key + self.steps * GOLDEN32)  # [N] this step's 32 random bits
         self.dir = (self.dir + self.turn.gather(0, actions)) & 3
         fwd = self.pos + self.delta.gather(0, self.dir)
-        cell = self.grids.view(-1).gather(0, self.row_base + fwd)
+        cell = self.grid.view(-1).gather(0, gb + fwd)
         pos = torch.where((actions == 2) & (cell != WALL), fwd, self.pos)  # forward into floor or goal
         reach = pos == self.goal_pos  # [N] bool: the goal is entered
         # teleport to a uniformly random other cell (bits 0..15) with a random direction (bits 16..17)
@@ -332,12 +357,9 @@ class MemoryMaze(BatchedEnv):
         self.dir = torch.where(reach, (h >> 16) & 3, self.dir)
         self.goals = self.goals + reach
         truncated = self.steps >= self.max_steps
-        # re-randomise each env's next maze (bits 18.. of h: two per move)
-        if self.shuffle_moves:
-            nxt = self.even_rows + 1 - self.cur
-            for m in range(self.shuffle_moves):
-                origin_shift_(self.parent, self.origin, self.grids, nxt, self.neighbours, self.cpos,
-                              (h >> (18 + 2 * m)) & 3)
+        for m in range(self.shuffle_moves):  # re-randomise the next mazes (bits 18.. of h: two per move)
+            self.next_origin = origin_shift_(self.next_parent, self.next_origin, self.next_grid,
+                                             (h >> (18 + 2 * m)) & 3, self.tables)
         reward = reach.to(torch.float32)
         return reward, torch.zeros_like(truncated), truncated, {"success": self.goals > 0,
                                                                 "goals": self.goals.to(torch.int32)}
@@ -345,17 +367,15 @@ class MemoryMaze(BatchedEnv):
     # ---- observation -----------------------------------------------------------------------------------------------
     def _observe(self) -> torch.Tensor:
         N, K = self.num_envs, self.view_size ** 2
-        base = (self.row_base + self.pos).to(self._idx_dtype)  # [N]
+        base = (self.tables.grid_base + self.pos).to(self._idx_dtype)  # [N]
         idx = self.offsets.index_select(0, self.dir) + base.unsqueeze(1)  # [N, K] flat indices of the view cells
-        return self.grids.view(-1).index_select(0, idx.view(-1)).view(N, K)  # [N, K] uint8 codes
+        return self.grid.view(-1).index_select(0, idx.view(-1)).view(N, K)  # [N, K] uint8 codes
 
     # ---- hidden information for scripted policies and tests ----------------------------------------------------
     def maze(self) -> torch.Tensor:
         """The played mazes, uint8 ``[N, maze_size, maze_size]`` (0 floor, 1 wall, 2 goal), indexed ``[y, x]``."""
-        P, S = self.pad, self.maze_size
-        g = self.grids.view(self.num_envs, 2, self.Sp, self.Sp)
-        g = g.gather(1, self.cur.view(-1, 1, 1, 1).expand(-1, 1, self.Sp, self.Sp))[:, 0]
-        return g[:, P:P + S, P:P + S]
+        P, S, Sp = self.pad, self.maze_size, self.Sp
+        return self.grid[:, :Sp * Sp].view(-1, Sp, Sp)[:, P:P + S, P:P + S]
 
     def agent_state(self) -> dict[str, torch.Tensor]:
         """``{"x", "y", "dir", "goal_x", "goal_y"}``, long ``[N]`` each, in maze coordinates."""

@@ -35,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .base import BatchedEnv, SingleEnv, check_int, hash32
+from .base import GOLDEN32, BatchedEnv, SingleEnv, check_int, hash32
 
 __all__ = ["MiniGridMemory", "MiniGridMemoryEnv", "MemoryCore", "CODE_TO_ENCODING", "EMPTY", "WALL", "KEY", "BALL"]
 
@@ -250,6 +250,10 @@ class MemoryCore:
         self.encoding = torch.tensor(CODE_TO_ENCODING, dtype=torch.uint8, device=device)
         self.vis_table = visibility_table(V, device) if V <= MAX_TABLE_VIEW else None
         self.agent_cell = (V // 2) * V + (V - 1)  # view index of the agent, (V // 2, V - 1)
+        self.start_base = (size // 2 + self.pad) * self.Wp + 1 + self.pad  # flat index of (1, size // 2)
+        # MiniGridEnv._reward: 1 - 0.9 * (step_count / max_steps), computed in float64 as MiniGrid does, per count
+        self.rewards = torch.tensor([1 - 0.9 * (t / max_steps) for t in range(max_steps + 1)],
+                                    dtype=torch.float64).to(device, torch.float32)
         B = num_envs
         z = torch.zeros(B, dtype=torch.long, device=device)
         self.layout, self.pos, self.dir, self.steps = z.clone(), z.clone(), z.clone(), z.clone()
@@ -264,14 +268,13 @@ class MemoryCore:
     def reset_rows(self, mask: torch.Tensor, keys: torch.Tensor) -> None:
         """Start new episodes in the envs where ``mask`` (bool ``[B]``) is True.
 
-        ``keys``: int64 ``[B]`` 32-bit random keys, one per (env, episode) (``BatchedEnv.episode_keys``); the layout
-        (hallway end, start object, object order: uniform and independent, as MemoryEnv draws them) and the start
-        column (uniform in ``[1, hallway_end]``) are hashes of the key, so an env's episodes depend on its keys only.
+        ``keys``: int64 ``[B]`` 32-bit random keys, one per (env, episode); the layout (hallway end, start object,
+        object order: uniform and independent, as MemoryEnv draws them) comes from the key's low 16 bits, the start
+        column (uniform in ``[1, hallway_end]``) from its high 16 bits, so an env's episodes depend on its keys only.
         """
-        layout = keys % (4 * self.num_ends)
+        layout = (keys & 0xFFFF) % (4 * self.num_ends)
         he = self.layouts.hallway_end.gather(0, layout)
-        x = 1 + hash32(keys + 0x2F) % he
-        pos = (self.size // 2 + self.pad) * self.Wp + x + self.pad
+        pos = self.start_base + (keys >> 16) % he  # (x, size // 2) with x = 1 + (keys >> 16) % he
         self.layout = torch.where(mask, layout, self.layout)
         self.pos = torch.where(mask, pos, self.pos)
         self.dir = self.dir.masked_fill(mask, 0)
@@ -294,9 +297,9 @@ class MemoryCore:
         failure = self.pos == self.layouts.failure.gather(0, self.layout)
         terminated = success | failure
         # MiniGridEnv._reward: 1 - 0.9 * (step_count / max_steps)
-        reward = torch.where(success, 1.0 - 0.9 * (self.steps.to(torch.float32) / self.max_steps), 0.0)
+        reward = torch.where(success, self.rewards.gather(0, self.steps), 0.0)
         truncated = self.steps >= self.max_steps
-        return reward.to(torch.float32), terminated, truncated, success
+        return reward, terminated, truncated, success
 
     # --- observation ----------------------------------------------------------------------------------------
     def render(self, layout: torch.Tensor, pos: torch.Tensor, dir: torch.Tensor) -> torch.Tensor:
@@ -443,7 +446,8 @@ class MiniGridMemory(BatchedEnv):
                                obs_cache=bool(obs_cache))
 
     def _reset_rows(self, mask: torch.Tensor) -> None:
-        self.core.reset_rows(mask, self.episode_keys())
+        # one key per (row, episode): a single hash of (row seed, episode id), cheaper than episode_keys() (two)
+        self.core.reset_rows(mask, hash32(self.row_seed + self.episode_id * GOLDEN32))
 
     def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         reward, terminated, truncated, success = self.core.step(actions)

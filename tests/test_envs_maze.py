@@ -484,18 +484,18 @@ def test_mazes_stay_perfect_under_origin_shift():
     for t in range(45):
         env.step(torch.randint(0, 3, (3,)))
         # one goal square, in the played maze; apart from it the grids are the trees' grids
-        goal = u.grids == 2
-        cur = u.cur.tolist()
-        assert goal.sum(1).tolist() == [int(r % 2 == cur[r // 2]) for r in range(6)]
-        assert torch.equal(u.grids.masked_fill(goal, 0), trees_to_grids(u.parent, k, u.pad))
-        for row in range(6):
-            p = u.parent[row].tolist()
-            assert sum(v < 0 for v in p) == 1
-            for c in range(k * k):  # following parents reaches the origin
-                seen = 0
-                while p[c] >= 0:
-                    assert p[c] in nb[c].tolist()
-                    c, seen = p[c], seen + 1
-                    assert seen <= k * k
-                assert c == int(u.origin[row])
-
+        assert (u.grid == 2).sum(1).tolist() == [1, 1, 1] and not (u.next_grid == 2).any()
+        # (the last square is the sink of no-op writes, never seen)
+        assert torch.equal(u.grid.masked_fill(u.grid == 2, 0)[:, :-1], trees_to_grids(u.parent, k, u.pad))
+        assert torch.equal(u.next_grid[:, :-1], trees_to_grids(u.next_parent, k, u.pad))
+        for parent, origin in ((u.parent, u.origin), (u.next_parent, u.next_origin)):
+            for row in range(3):
+                p = parent[row].tolist()
+                assert sum(v == c for c, v in enumerate(p)) == 1 and p[int(origin[row])] == int(origin[row])
+                for c in range(k * k):  # following parents reaches the origin
+                    seen = 0
+                    while p[c] != c:
+                        assert p[c] in nb[c].tolist()
+                        c, seen = p[c], seen + 1
+                        assert seen <= k * k
+                    assert c == int(origin[row])
