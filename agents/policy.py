@@ -464,6 +464,47 @@ def unroll_core(
     return ys, state, ChoiceOut(get("choice"), _sum_to(get("log_prob"), 2), _sum_to(get("entropy"), 2))
 
 
+def segmented_unroll(core: Core, xs: Tensor, state: Any, resets: Tensor, resets_cpu: Tensor | None = None) -> Tensor:
+    """``core.unroll(xs, state, resets)[0]`` computed as ONE reset-free unroll over episode segments.
+
+    Cores such as ``lstm``/``gru`` run a fused multi-step kernel only when no row resets after ``t = 0``; with
+    episode starts inside the sequences they fall back to a Python step loop. Here every sequence is cut at its
+    episode starts into segments; segment ``s`` of row ``b`` covering steps ``t0 .. t1 - 1`` starts from the initial
+    state when ``t0 > 0`` (a reset), or from ``state[b]`` (reset if ``resets[0, b]``) when ``t0 = 0``. The segments
+    are stacked as columns of a ``[L_max, S, ...]`` batch, padded at their ends (padding comes after the valid
+    steps, so it cannot change them), unrolled once without resets and gathered back to ``[T, B, ...]``. That is
+    the step loop, step for step. The final state is not returned (padding runs past the segments' ends).
+
+    ``xs``: ``[T, B, I]``; ``resets``: ``[T, B]`` bool; ``resets_cpu``: the same on the host if already there (saves
+    the one device-to-host copy). Returns ``ys``: ``[T, B, O]``.
+    """
+    T, B = resets.shape
+    r = (resets if resets_cpu is None else resets_cpu).to("cpu", torch.bool).clone()
+    r[0] = True  # every row has a segment starting at t = 0
+    # segments in (row, time) order: flat row-major index f = b T + t0; a row's last segment ends at the row's end
+    f = r.t().reshape(-1).nonzero().squeeze(1)  # [S]
+    seg_b, seg_t0 = f // T, f % T
+    lengths = torch.diff(f, append=torch.tensor([B * T]))  # [S]
+    S, L_max = f.numel(), int(lengths.max())
+    j = torch.arange(L_max).unsqueeze(1)  # [L_max, 1]
+    valid = j < lengths.unsqueeze(0)  # [L_max, S]
+    src = (seg_t0.unsqueeze(0) + j) * B + seg_b.unsqueeze(0)  # time-major flat index into [T * B]
+    src = torch.where(valid, src, torch.zeros_like(src))
+    # inverse map: position in the padded [L_max * S] layout of each time-major [T * B] step
+    inv = torch.empty(T * B, dtype=torch.long)
+    inv[src[valid]] = (j * S + torch.arange(S).unsqueeze(0)).expand(L_max, S)[valid]
+    dev = xs.device
+    src, inv = src.to(dev, non_blocking=True), inv.to(dev, non_blocking=True)
+    seg_b_d, seg_reset = seg_b.to(dev), (seg_t0 > 0).to(dev) | resets[0].index_select(0, seg_b.to(dev))
+    x_seg = xs.reshape(T * B, -1).index_select(0, src.reshape(-1)).reshape(L_max, S, -1)  # [L_max, S, I]
+    s_seg = core.reset_state(tree_map(lambda t: t.index_select(0, seg_b_d), state), seg_reset)
+    ys_seg, _ = core.unroll(x_seg, s_seg, None)  # [L_max, S, O], no resets: fused
+    return ys_seg.reshape(L_max * S, -1).index_select(0, inv).reshape(T, B, -1)
+
+
+# Cores whose unroll is fused only without resets inside the sequence: the update uses segmented_unroll for them.
+SEGMENT_CORES = ("lstm", "gru")
+
 # ================================================================================================ actor-critic
 class AgentState(NamedTuple):
     """Recurrent state of an :class:`ActorCritic`: the actor core's state and, with ``shared_core=False``, the
@@ -515,6 +556,8 @@ class ActorCritic(nn.Module):
         shared_core: actor and critic share one encoder and core (default); False gives the critic its own.
         normalize_obs: keep running statistics of float ``Box`` observations and normalise them
             (:meth:`normalize_obs`).
+        segment_unroll: let :meth:`evaluate_sequence` use :func:`segmented_unroll` when asked (default: for the
+            cores in :data:`SEGMENT_CORES`).
     """
 
     def __init__(
@@ -526,6 +569,7 @@ class ActorCritic(nn.Module):
         embed_size: int = 128,
         shared_core: bool = True,
         normalize_obs: bool = False,
+        segment_unroll: bool | None = None,
     ) -> None:
         super().__init__()
         if embed_size <= 0:
@@ -558,6 +602,7 @@ class ActorCritic(nn.Module):
         self.actor_head = make_head(action_space, width)
         self.value_head = _layer_init(nn.Linear(critic_width, 1), gain=1.0)
         self.has_choices = core_has_choices(self.core) or core_has_choices(self.critic_core)
+        self.segment_unroll = self.core_name in SEGMENT_CORES if segment_unroll is None else bool(segment_unroll)
 
     # ----------------------------------------------------------------------------------------------- state
     @property
@@ -582,27 +627,31 @@ class ActorCritic(nn.Module):
     # ----------------------------------------------------------------------------------------------- torso
     def _torso(
         self, enc: nn.Module, core: Core | None, mlp: nn.Module | None, obs: Obs, state: Any, resets: Tensor | None,
-        choices: Any, greedy: bool = False,
+        choices: Any, greedy: bool = False, segmented: bool = False, resets_cpu: Tensor | None = None,
     ) -> tuple[Tensor, Any, ChoiceOut | None]:
         """Sequence torso: ``obs`` ``[T, B, ...]`` -> features ``[T, B, width]``, final core state, choices."""
         x = enc(obs)  # [T, B, embed]
         if core is None:
             return mlp(x), state, None
+        if segmented and self.segment_unroll and resets is not None and x.shape[0] > 1 and not core_has_choices(core):
+            return segmented_unroll(core, x, state, resets, resets_cpu), None, None
         return unroll_core(core, x, state, resets, choices, greedy)
 
     def _forward_seq(
-        self, obs: Obs, state: AgentState, resets: Tensor | None, choices: Any = None, greedy: bool = False
+        self, obs: Obs, state: AgentState, resets: Tensor | None, choices: Any = None, greedy: bool = False,
+        segmented: bool = False, resets_cpu: Tensor | None = None,
     ):
         """Shared forward over ``[T, B]``: actor features, value ``[T, B]``, new state, choice outputs."""
         actor_choices, critic_choices = (None, None) if choices is None else choices
         h, s_actor, ch_a = self._torso(
-            self.encoder, self.core, self.mlp, obs, state.actor, resets, actor_choices, greedy
+            self.encoder, self.core, self.mlp, obs, state.actor, resets, actor_choices, greedy, segmented, resets_cpu
         )
         if self.shared_core:
             hv, s_critic, ch_c = h, state.critic, None
         else:
             hv, s_critic, ch_c = self._torso(
-                self.critic_encoder, self.critic_core, self.critic_mlp, obs, state.critic, resets, critic_choices, greedy
+                self.critic_encoder, self.critic_core, self.critic_mlp, obs, state.critic, resets, critic_choices, greedy,
+                segmented, resets_cpu,
             )
         value = self.value_head(hv).squeeze(-1)
         T, B = value.shape
@@ -644,12 +693,19 @@ class ActorCritic(nn.Module):
         return value[0]
 
     def evaluate_sequence(
-        self, obs: Obs, state: AgentState, resets: Tensor, actions: Tensor, choices: Any = None
+        self, obs: Obs, state: AgentState, resets: Tensor, actions: Tensor, choices: Any = None,
+        segmented: bool = False, resets_cpu: Tensor | None = None,
     ) -> SeqOut:
         """Score stored actions (and core choices) over a sequence: ``obs`` ``[T, B, ...]``, ``state`` at ``t=0``,
         ``resets`` ``[T, B]``, ``actions`` ``[T, B, ...]``, ``choices`` as returned by the rollout, stacked over
-        time. Exactly the step loop of :meth:`get_action_and_value` (the core's ``unroll``)."""
-        h, value, new_state, (_, c_lp, c_ent) = self._forward_seq(obs, state, resets, choices)
+        time. Exactly the step loop of :meth:`get_action_and_value` (the core's ``unroll``).
+
+        ``segmented``: for cores in :data:`SEGMENT_CORES` run :func:`segmented_unroll` (same values, one fused
+        unroll instead of a step loop when episodes start inside the sequences); the returned state is then None.
+        ``resets_cpu``: ``resets`` already on the host (optional)."""
+        h, value, new_state, (_, c_lp, c_ent) = self._forward_seq(
+            obs, state, resets, choices, segmented=segmented, resets_cpu=resets_cpu
+        )
         dist = self.actor_head(h)
         return SeqOut(dist.log_prob(actions), dist.entropy(), value, c_lp, c_ent, new_state)
 

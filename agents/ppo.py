@@ -390,13 +390,15 @@ class PPO:
         data = self.sequences(r)
         N = data["starts"].shape[1]
         mb = N // cfg.num_minibatches
+        # the reset flags on the host once per update (segmented unroll of lstm/gru); none for other cores
+        data["starts_cpu"] = data["starts"].cpu() if policy.segment_unroll else None
         sums: dict[str, Tensor] = {}
         n_mb = 0
         for _epoch in range(cfg.update_epochs):
-            perm = torch.randperm(N, device=self.device)
+            perm = torch.randperm(N)  # on the host: indexes the host copy of the flags too
             for i in range(cfg.num_minibatches):
                 idx = perm[i * mb : (i + 1) * mb]
-                metrics = self._minibatch_step(data, idx)
+                metrics = self._minibatch_step(data, idx.to(self.device), idx)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_mb += 1
@@ -410,13 +412,16 @@ class PPO:
         self.update_count += 1
         return out
 
-    def _minibatch_step(self, data: dict[str, Any], idx: Tensor) -> dict[str, Tensor]:
+    def _minibatch_step(self, data: dict[str, Any], idx: Tensor, idx_cpu: Tensor | None = None) -> dict[str, Tensor]:
         cfg, policy = self.cfg, self.policy
+        starts_cpu = data.get("starts_cpu")
+        if starts_cpu is not None:
+            starts_cpu = starts_cpu[:, idx.cpu() if idx_cpu is None else idx_cpu]
         pick = lambda x: x[:, idx]  # noqa: E731  [L, N, ...] -> [L, M, ...]
         state = tree_map(lambda s: s[idx], data["states"])  # [M, ...]
         out = policy.evaluate_sequence(
             obs_map(pick, data["obs"]), state, pick(data["starts"]), pick(data["actions"]),
-            choices=tree_map_any(pick, data["choices"]),
+            choices=tree_map_any(pick, data["choices"]), segmented=policy.segment_unroll, resets_cpu=starts_cpu,
         )
         adv = pick(data["advantages"])
         if cfg.norm_adv:

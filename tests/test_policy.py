@@ -185,3 +185,30 @@ def test_obs_normalizer_statistics():
     assert abs(float(out.mean())) < 1e-3
     # saved with the policy
     assert "obs_norm.mean_obs" in pol.state_dict()
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru", "ntm"])
+def test_segmented_unroll_equals_unroll_with_resets(core):
+    """One reset-free unroll over episode segments gives the step loop's outputs and gradients."""
+    from agents.policy import segmented_unroll
+
+    if core not in memory_cores.CORES:
+        pytest.skip(f"{core} not registered")
+    torch.manual_seed(0)
+    c = memory_cores.make_core(core, 5, **CORE_KW[core])
+    with torch.no_grad():
+        for p in c.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        _, state = c.unroll(torch.randn(3, 6, 5), c.initial_state(6))
+    T = 12
+    xs = torch.randn(T, 6, 5, requires_grad=True)
+    resets = torch.rand(T, 6) < 0.2
+    resets[:, 0] = False  # a row without resets
+    resets[0, 1] = True  # a reset at t = 0
+    ref, _ = c.unroll(xs, state, resets)
+    seg = segmented_unroll(c, xs, state, resets)
+    torch.testing.assert_close(seg, ref, atol=1e-6, rtol=1e-6)
+    g_ref = torch.autograd.grad(ref.pow(2).sum(), [xs, *c.parameters()])
+    g_seg = torch.autograd.grad(seg.pow(2).sum(), [xs, *c.parameters()])
+    for a, b in zip(g_ref, g_seg):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

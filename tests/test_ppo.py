@@ -100,6 +100,12 @@ def test_update_reevaluates_rollout_exactly(core):
     ratio = (out.log_prob - data["log_probs"]).exp()
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.value, data["values"], atol=1e-5, rtol=1e-5)
+    if ppo.policy.segment_unroll:  # the update's fused path over episode segments scores the same
+        with torch.no_grad():
+            seg = ppo.policy.evaluate_sequence(data["obs"], data["states"], data["starts"], data["actions"],
+                                               segmented=True)
+        torch.testing.assert_close(seg.log_prob, data["log_probs"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(seg.value, data["values"], atol=1e-5, rtol=1e-5)
     if ppo.policy.has_choices:
         torch.testing.assert_close(out.choice_log_prob, data["choice_log_probs"], atol=1e-5, rtol=0)
         assert data["choice_log_probs"].abs().sum() > 0
