@@ -52,19 +52,34 @@ from .base import Core, LearnedInit
 
 
 # ---------------------------------------------------------------------------------------------- complex helpers
+# A complex vector of K units is stored as 2K reals, [real half, imaginary half]. Internally the same memory is
+# viewed "planar", [..., 2, K] (a free view), so that every operation runs vectorised over the K units; torch's
+# complex dtype is not used (on CPU its abs/division kernels and the reductions over an interleaved (re, im) pair
+# made the cell 2-3x slower than this real arithmetic).
+
+
+def _planar(a: Tensor) -> Tensor:
+    """``[..., 2K]`` [real half, imaginary half] -> ``[..., 2, K]`` view."""
+    return a.unflatten(-1, (2, a.shape[-1] // 2))
+
+
+def _cmul_planar(a: Tensor, b: Tensor) -> Tensor:
+    """``a (*) b`` on planar ``[..., 2, K]`` tensors (broadcastable):
+    ``(ar + i ai)(br + i bi) = (ar br - ai bi) + i (ar bi + ai br)``."""
+    ar, ai = a.unbind(-2)
+    br, bi = b.unbind(-2)
+    return torch.stack([ar * br - ai * bi, ar * bi + ai * br], dim=-2)
+
+
+def _bound_planar(z: Tensor) -> Tensor:
+    """``bound(z) = z / max(1, |z|)`` on planar ``[..., 2, K]``, as ``z / sqrt(max(1, Re^2 + Im^2))``."""
+    return z / torch.sqrt(torch.clamp(z.pow(2).sum(-2, keepdim=True), min=1.0))
+
+
 def complex_mul(a: Tensor, b: Tensor) -> Tensor:
-    """Element-wise complex product ``a (*) b`` of vectors stored as [real half, imaginary half].
-
-    ``(ar + i ai)(br + i bi) = (ar br - ai bi) + i (ar bi + ai br)``.
-
-    Args:
-        a, b: ``[..., 2K]`` (broadcastable), ``K`` complex units each.
-    Returns:
-        ``[..., 2K]``.
-    """
-    ar, ai = a.chunk(2, dim=-1)
-    br, bi = b.chunk(2, dim=-1)
-    return torch.cat([ar * br - ai * bi, ar * bi + ai * br], dim=-1)
+    """Element-wise complex product ``a (*) b`` (the paper's circled asterisk) of ``[..., 2K]`` tensors in the
+    [real half, imaginary half] layout (broadcastable): ``(ar br - ai bi) + i (ar bi + ai br)``."""
+    return _cmul_planar(_planar(a), _planar(b)).flatten(-2)
 
 
 def complex_conj(a: Tensor) -> Tensor:
@@ -75,81 +90,60 @@ def complex_conj(a: Tensor) -> Tensor:
 
 def complex_modulus(a: Tensor) -> Tensor:
     """``|a_k| = sqrt(Re a_k^2 + Im a_k^2)`` per complex unit: ``[..., 2K]`` -> ``[..., K]``."""
-    ar, ai = a.chunk(2, dim=-1)
-    return torch.sqrt(ar * ar + ai * ai)
+    return _planar(a).pow(2).sum(-2).sqrt()
 
 
 def to_complex(a: Tensor) -> Tensor:
-    """[real half, imaginary half] ``[..., 2K]`` -> complex ``[..., K]`` (exact; one copy, no per-half selects)."""
-    K = a.shape[-1] // 2
-    return torch.view_as_complex(a.unflatten(-1, (2, K)).transpose(-1, -2).contiguous())
+    """[real half, imaginary half] ``[..., 2K]`` -> torch complex ``[..., K]`` (exact; for tests and inspection)."""
+    p = _planar(a)
+    return torch.complex(p[..., 0, :], p[..., 1, :])
 
 
 def to_halves(z: Tensor) -> Tensor:
-    """Complex ``[..., K]`` -> [real half, imaginary half] ``[..., 2K]`` (exact)."""
-    return torch.view_as_real(z.resolve_conj()).transpose(-1, -2).flatten(-2)
-
-
-def scale_complex(z: Tensor, g: Tensor) -> Tensor:
-    """``g * z`` for complex ``z`` and real ``g`` (broadcastable to ``z``'s shape), without promoting ``g`` to a
-    complex tensor (a plain ``g * z`` copies ``g`` to complex first)."""
-    return torch.view_as_complex(torch.view_as_real(z.resolve_conj()) * g.unsqueeze(-1))
+    """Torch complex ``[..., K]`` -> [real half, imaginary half] ``[..., 2K]`` (exact)."""
+    return torch.cat([z.real, z.imag], dim=-1)
 
 
 def bound(h: Tensor) -> Tensor:
     """``bound(h) = h / max(1, |h|)`` per complex unit (paper, "Associative LSTM").
 
     The identity for units inside the unit disk; units outside are scaled onto the unit circle (phase kept).
-    Gradients are finite everywhere, ``h = 0`` included (``max(1, .)`` passes no gradient below 1).
+    Computed as ``h / sqrt(max(1, Re^2 + Im^2))``, which has a finite gradient everywhere, ``h = 0`` included
+    (``sqrt`` is never evaluated below 1, so there is no ``0/0`` in the backward pass).
 
     Args:
-        h: ``[..., 2K]`` real [real half, imaginary half], or a complex tensor ``[..., K]``.
+        h: ``[..., 2K]`` [real half, imaginary half].
     Returns:
-        Same shape and layout, every unit's modulus ``<= 1``.
+        ``[..., 2K]``, every unit's modulus ``<= 1``.
     """
-    if h.is_complex():  # real arithmetic on the modulus: cheaper than abs() and a complex division
-        mod2 = torch.view_as_real(h.resolve_conj()).pow(2).sum(-1)  # |h|^2, [..., K]
-        return scale_complex(h, torch.rsqrt(torch.clamp(mod2, min=1.0)))
-    hr, hi = h.chunk(2, dim=-1)
-    d = torch.sqrt(torch.clamp(hr * hr + hi * hi, min=1.0))  # max(1, |h|), [..., K]
-    return h / torch.cat([d, d], dim=-1)
-
-
-def _cmul(a: Tensor, b: Tensor) -> Tensor:
-    """``a (*) b`` for complex tensors or real [real half, imaginary half] tensors."""
-    return a * b if a.is_complex() else complex_mul(a, b)
+    return _bound_planar(_planar(h)).flatten(-2)
 
 
 def permute_keys(r: Tensor, permutations: Tensor) -> Tensor:
     """``P_s r`` for every copy ``s``: ``(P_s r)_k = r_{perm_s(k)}``, real and imaginary part moving together.
 
     Args:
-        r: ``[B, 2K]`` real [real half, imaginary half], or complex ``[B, K]``.
+        r: ``[B, 2K]`` [real half, imaginary half].
         permutations: ``[N_copies, K]`` long, row ``s`` a permutation of ``0..K-1``.
     Returns:
-        ``[B, N_copies, 2K]`` (or complex ``[B, N_copies, K]``).
+        ``[B, N_copies, 2K]``.
     """
-    if r.is_complex():
-        return r[:, permutations]
-    K = permutations.shape[-1]
-    return r[:, torch.cat([permutations, permutations + K], dim=-1)]
+    B, (N, K) = r.shape[0], permutations.shape
+    index = permutations.reshape(1, 1, N * K).expand(B, 2, N * K)
+    return torch.gather(_planar(r), -1, index).view(B, 2, N, K).transpose(1, 2).flatten(-2)
 
 
 def associative_write(c: Tensor, r_in: Tensor, forget: Tensor, write: Tensor) -> Tensor:
     """``c_s <- g_f * c_s + (P_s r_i) (*) (g_i * u)`` for every copy s.
 
-    Real [real half, imaginary half] layout (shapes below) or complex tensors with ``K`` in place of ``2K``.
-
     Args:
         c: ``[B, N_copies, 2K]`` cell copies c_s.
         r_in: ``[B, N_copies, 2K]`` permuted input keys P_s r_i.
-        forget: ``[B, 2K]`` forget gate g_f (each complex unit's gate on both halves; real ``[B, K]`` for complex).
+        forget: ``[B, 2K]`` forget gate g_f (each complex unit's gate repeated on both halves).
         write: ``[B, 2K]`` gated update g_i * u.
     Returns:
         ``[B, N_copies, 2K]`` new cell copies.
     """
-    if c.is_complex():
-        return scale_complex(c, forget.unsqueeze(1)) + r_in * write.unsqueeze(1)
     return forget.unsqueeze(1) * c + complex_mul(r_in, write.unsqueeze(1))
 
 
@@ -157,94 +151,13 @@ def associative_read(c: Tensor, r_out: Tensor) -> Tensor:
     """``1/N_copies sum_s (P_s r_o) (*) c_s``, before the ``bound`` and the output gate.
 
     Args:
-        c: ``[B, N_copies, 2K]`` (or complex ``[B, N_copies, K]``).
-        r_out: like ``c``, the permuted read keys P_s r_o (to retrieve an item stored under key ``r``, use
-            ``conj(r)``: the inverse of a unit-modulus key).
+        c: ``[B, N_copies, 2K]``.
+        r_out: ``[B, N_copies, 2K]``, the permuted read keys P_s r_o (to retrieve an item stored under key ``r``,
+            use ``conj(r)``: the inverse of a unit-modulus key).
     Returns:
-        ``[B, 2K]`` (or complex ``[B, K]``).
+        ``[B, 2K]``.
     """
-    return _cmul(r_out, c).mean(dim=1)
-
-
-# ---------------------------------------------------------------------------------------------- fused cell
-def _bound_scale(z: Tensor) -> tuple[Tensor, Tensor]:
-    """``s = 1 / max(1, |z|)`` (real) and the mask ``|z|^2 >= 1`` where the radial part of the gradient is kept
-    (the same boundary convention as ``torch.clamp``'s backward)."""
-    m2 = torch.view_as_real(z).pow(2).sum(-1)
-    return torch.rsqrt(torch.clamp(m2, min=1.0)), m2 >= 1.0
-
-
-def _bound_backward(grad: Tensor, y: Tensor, s: Tensor, outside: Tensor) -> Tensor:
-    """Gradient through ``y = z * s``, ``s = 1 / max(1, |z|)``: ``s (G - y Re(conj(y) G))`` where ``|z| >= 1``
-    (the radial component removed), ``G`` inside the unit disk."""
-    radial = torch.where(outside, (y.conj() * grad).real, torch.zeros_like(s))
-    return scale_complex(grad - scale_complex(y, radial), s)
-
-
-class _FusedCell(torch.autograd.Function):
-    """One associative LSTM cell step with a hand-written backward (a handful of kernels instead of ~40 autograd
-    nodes). Complex gradients follow torch's convention ``G = dL/dRe + i dL/dIm``.
-
-    forward(pre ``[B, 9K]`` real, c ``[B, N, K]`` complex, perm ``[N, K]``, inv_perm ``[N, K]``) ->
-    (h ``[B, K]`` complex, c_new ``[B, N, K]`` complex).
-    """
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, c: Tensor, perm: Tensor, inv_perm: Tensor) -> tuple[Tensor, Tensor]:
-        B, N, K = c.shape
-        g = torch.sigmoid(pre[:, : 3 * K]).view(B, 3, K)  # g_f, g_i, g_o
-        kr = pre[:, 3 * K :].view(B, 3, 2, K)
-        z = torch.view_as_complex(kr.transpose(-1, -2).contiguous())  # r_i, r_o, u before bound, [B, 3, K]
-        s, out_k = _bound_scale(z)
-        kb = scale_complex(z, s)  # bound(r_i), bound(r_o), bound(u)
-        index = perm.reshape(1, 1, N * K).expand(B, 2, N * K)
-        r_in, r_out = torch.gather(kb[:, :2], -1, index).view(B, 2, N, K).unbind(1)  # P_s r_i, P_s r_o
-        u = kb[:, 2]
-        w = scale_complex(u, g[:, 1])  # g_i * u
-        c_new = scale_complex(c, g[:, 0].unsqueeze(1)) + r_in * w.unsqueeze(1)  # g_f c_s + (P_s r_i)(*)(g_i u)
-        m = (r_out * c_new).mean(1)  # mean_s (P_s r_o) (*) c_s
-        sm, out_m = _bound_scale(m)
-        mb = scale_complex(m, sm)  # bound(m)
-        h = scale_complex(mb, g[:, 2])  # g_o * bound(m)
-        ctx.save_for_backward(g, s, out_k, kb, r_in, r_out, w, c, c_new, sm, out_m, mb, inv_perm)
-        return h, c_new
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_h: Tensor | None, grad_c: Tensor | None):
-        g, s, out_k, kb, r_in, r_out, w, c, c_new, sm, out_m, mb, inv_perm = ctx.saved_tensors
-        B, N, K = c.shape
-        if grad_h is None:
-            grad_h = torch.zeros_like(mb)
-        if grad_c is None:
-            grad_c = torch.zeros_like(c_new)
-        g_f, g_i, g_o = g.unbind(1)
-        # h = g_o * mb
-        d_go = (mb.conj() * grad_h).real
-        d_mb = scale_complex(grad_h, g_o)
-        # mb = bound(m)
-        d_m = _bound_backward(d_mb, mb, sm, out_m) / N
-        # m = mean_s r_out_s c_s
-        d_c = grad_c + r_out.conj() * d_m.unsqueeze(1)
-        d_rout = c_new.conj() * d_m.unsqueeze(1)
-        # c_new = g_f c + r_in w
-        d_cprev = scale_complex(d_c, g_f.unsqueeze(1))
-        d_gf = (c.conj() * d_c).real.sum(1)
-        d_rin = w.conj().unsqueeze(1) * d_c
-        d_w = (r_in.conj() * d_c).sum(1)
-        # w = g_i u
-        d_gi = (kb[:, 2].conj() * d_w).real
-        d_u = scale_complex(d_w, g_i)
-        # undo the permutations: (P_s r)_j = r_{perm_s(j)}  =>  dr_k = sum_s d(P_s r)_{inv_s(k)}
-        offset = torch.arange(N, device=inv_perm.device).unsqueeze(1) * K  # copy s lives at [s K, (s + 1) K)
-        index = (inv_perm + offset).reshape(1, 1, N * K).expand(B, 2, N * K)
-        d_keys = torch.gather(torch.stack([d_rin, d_rout], 1).view(B, 2, N * K), -1, index).view(B, 2, N, K).sum(2)
-        d_kb = torch.cat([d_keys, d_u.unsqueeze(1)], 1)  # [B, 3, K]
-        d_z = _bound_backward(d_kb, kb, s, out_k)
-        d_g = torch.stack([d_gf, d_gi, d_go], 1) * g * (1 - g)  # sigmoid'
-        d_kr = torch.view_as_real(d_z).transpose(-1, -2)  # [B, 3, 2, K]
-        d_pre = torch.cat([d_g.reshape(B, 3 * K), d_kr.reshape(B, 6 * K)], dim=-1)
-        return d_pre, d_cprev, None, None
+    return complex_mul(r_out, c).mean(dim=1)
 
 
 # ---------------------------------------------------------------------------------------------- parameter counts
@@ -337,10 +250,6 @@ class AssociativeLSTMCore(Core):
     The linear map from ``[x_t, h_{t-1}]`` is one ``nn.Linear`` (``self.proj``: ``input_size + N_h ->
     4.5 N_h``); its output rows are ``[g_f | g_i | g_o | r_i | r_o | u]`` of widths ``K, K, K, 2K, 2K, 2K``.
     :meth:`unroll` applies its ``x`` columns to all ``T`` inputs in one matmul and loops over the recurrent part.
-
-    The cell runs in complex arithmetic with a hand-written backward (``_FusedCell``; checked against the
-    equations written with the public helpers and plain autograd, and by ``gradcheck``). It is differentiable
-    once: second derivatives (e.g. gradient penalties) are not supported.
     """
 
     def __init__(
@@ -425,41 +334,45 @@ class AssociativeLSTMCore(Core):
 
     def _activate(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """Pre-activations ``[B, 4.5 N_h]`` -> gates ``[B, 3, K]`` (g_f, g_i, g_o: sigmoid, one per complex unit)
-        and bounded keys ``[B, 3, 2, K]`` (r_i, r_o, u) x (real half, imaginary half), real."""
+        and bounded keys ``[B, 3, 2, K]``: (r_i, r_o, u) x (real half, imaginary half)."""
         B, K = pre.shape[0], self.num_units
         g, k = pre.split([3 * K, 6 * K], dim=-1)  # split, not slicing: one backward node, no zero-filled grads
-        g = torch.sigmoid(g).view(B, 3, K)
-        k = k.view(B, 3, 2, K)
-        # bound(k) = k / max(1, |k|), in real arithmetic (cheaper than a complex division)
-        k = k / torch.sqrt(torch.clamp(k.pow(2).sum(2, keepdim=True), min=1.0))
-        return g, k
+        return torch.sigmoid(g).view(B, 3, K), _bound_planar(k.view(B, 3, 2, K))
 
     def gates(self, pre: Tensor) -> ALSTMGates:
         """The activated gates and keys of pre-activations ``pre`` ``[B, 4.5 N_h]`` (for inspection): gates
         ``[B, N_h/2]`` per complex unit, keys and update ``[B, N_h]`` in the [real half, imaginary half] layout."""
         g, k = self._activate(pre)
-        B = pre.shape[0]
-        r_i, r_o, u = (k[:, j].reshape(B, -1) for j in range(3))  # [B, 2, K] -> [B, 2K] (real half, imag half)
-        return ALSTMGates(g[:, 0], g[:, 1], g[:, 2], r_i, r_o, u)
+        g_f, g_i, g_o = g.unbind(1)
+        r_i, r_o, u = k.flatten(-2).unbind(1)
+        return ALSTMGates(g_f, g_i, g_o, r_i, r_o, u)
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        """Real dtype of the cell math: fp32 for half/bfloat16 states, else the state's own."""
+        """Dtype of the cell math: fp32 for half/bfloat16 states, else the state's own."""
         return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
     def _cell(self, pre: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """The holographic cell, in complex arithmetic (callers disable autocast and pass ``pre`` in the real
-        dtype of ``c``).
+        """The holographic cell from the pre-activations (callers disable autocast and pass ``pre`` and ``c`` in
+        the same real dtype).
 
         Args:
-            pre: ``[B, 4.5 N_h]`` pre-activations (real).
-            c: complex ``[B, N_copies, K]`` cell copies c_{s,t-1}.
+            pre: ``[B, 4.5 N_h]`` pre-activations.
+            c: ``[B, N_copies, N_h]`` cell copies c_{s,t-1}.
         Returns:
-            complex ``h_t`` ``[B, K]`` and complex ``c_{s,t}`` ``[B, N_copies, K]``.
+            ``h_t`` ``[B, N_h]`` and ``c_{s,t}`` ``[B, N_copies, N_h]``.
         """
-        perm = self.permutations
-        inv_perm = torch.argsort(perm, dim=-1)  # P_s^-1 (derived, so it always matches the loaded buffer)
-        return _FusedCell.apply(pre, c, perm, inv_perm)
-        return h, c
+        B, K, N = pre.shape[0], self.num_units, self.num_copies
+        g, k = self._activate(pre)  # [B, 3, K], [B, 3, 2, K]
+        g_f, g_i, g_o = g.unsqueeze(2).unbind(1)  # [B, 1, K] each: one gate per complex unit, on both halves
+        keys, u = k.split([2, 1], dim=1)  # (r_i, r_o) [B, 2, 2, K], u [B, 1, 2, K]
+        # P_s r_i, P_s r_o for every copy s: gather the units (real and imaginary part alike)
+        index = self.permutations.reshape(1, 1, 1, N * K).expand(B, 2, 2, N * K)
+        r_in, r_out = torch.gather(keys, -1, index).view(B, 2, 2, N, K).transpose(2, 3).unbind(1)  # [B, N, 2, K]
+        # c_{s,t} = g_f * c_{s,t-1} + (P_s r_i) (*) (g_i * u)
+        c = g_f.unsqueeze(1) * _planar(c) + _cmul_planar(r_in, (g_i * u.squeeze(1)).unsqueeze(1))
+        # h_t = g_o * bound(mean_s (P_s r_o) (*) c_{s,t})
+        h = g_o * _bound_planar(_cmul_planar(r_out, c).mean(dim=1))
+        return h.flatten(-2), c.flatten(-2)
 
     # ------------------------------------------------------------------ contract
     def step(self, x: Tensor, state: ALSTMState) -> tuple[Tensor, ALSTMState]:
@@ -468,9 +381,9 @@ class AssociativeLSTMCore(Core):
         dtype = state.c.dtype
         work = self._work_dtype(dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            h, c = self._cell(pre.to(work), to_complex(state.c.to(work)))
-            h, c = to_halves(h).to(dtype), to_halves(c).to(dtype)
-        return h, ALSTMState(h, c)
+            h, c = self._cell(pre.to(work), state.c.to(work))
+        h = h.to(dtype)
+        return h, ALSTMState(h, c.to(dtype))
 
     def unroll(self, xs: Tensor, state: ALSTMState, resets: Tensor | None = None) -> tuple[Tensor, ALSTMState]:
         """Time-major unroll, equal to the step loop::
@@ -480,9 +393,8 @@ class AssociativeLSTMCore(Core):
 
         Why it is the same computation: the input half of the projection, ``W_x x_t + b``, does not depend on the
         state, so it is computed for all ``T`` steps in one matmul; the loop adds ``W_h h_{t-1}`` and runs the same
-        :meth:`_cell` as :meth:`step`. The cell copies stay complex between steps (the conversion to and from the
-        [real half, imaginary half] layout is exact, so skipping it changes no value). Resets use the base class's
-        rule inside the loop (``select_rows`` with the initial state, as :meth:`reset_state`), without a host sync.
+        :meth:`_cell` as :meth:`step`. Resets use the base class's rule inside the loop (``torch.where`` with the
+        initial state, as :meth:`reset_state` / ``select_rows``), without a host sync.
 
         ``xs``: ``[T, B, input_size]``; ``resets``: ``[T, B]`` bool or None. Returns ``[T, B, N_h]`` and the state.
         """
@@ -498,23 +410,20 @@ class AssociativeLSTMCore(Core):
         if resets is not None:
             resets = resets.to(torch.bool)
             init = self.initial_state(B, device=xs.device)
-            init_c = to_complex(init.c.to(work))
-        h_real, c = state.h, to_complex(state.c.to(work))  # [B, N_h], complex [B, N_copies, K]
+        h, c = state
         ys = []
         # unbind, not pre_x[t]: its backward stacks the T gradients once (indexing would add T full-size zeros)
         for t, pre_x_t in enumerate(pre_x.unbind(0)):
             if init is not None:
                 r = resets[t]
-                h_real = torch.where(r[:, None], init.h, h_real)
-                c = torch.where(r[:, None, None], init_c, c)
-            pre = pre_x_t + self._recurrent_projection(h_real)
+                h = torch.where(r[:, None], init.h, h)
+                c = torch.where(r[:, None, None], init.c, c)
+            pre = pre_x_t + self._recurrent_projection(h)
             with torch.autocast(device_type=xs.device.type, enabled=False):
-                h, c = self._cell(pre.to(work), c)
-                h_real = to_halves(h).to(dtype)
-                if work != dtype:  # half/bfloat16 state: round the copies as the step loop's state does
-                    c = to_complex(to_halves(c).to(dtype).to(work))
-            ys.append(h_real)
-        return torch.stack(ys), ALSTMState(h_real, to_halves(c).to(dtype))
+                h, c = self._cell(pre.to(work), c.to(work))
+            h, c = h.to(dtype), c.to(dtype)
+            ys.append(h)
+        return torch.stack(ys), ALSTMState(h, c)
 
 
 __all__ = [
@@ -532,7 +441,6 @@ __all__ = [
     "lstm_param_count",
     "matching_hidden_size",
     "permute_keys",
-    "scale_complex",
     "to_complex",
     "to_halves",
 ]
