@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 
 from .base import Core, select_rows, stack_states, tree_leaves, tree_map
+from .dnc import DNCCore
 from .alstm import AssociativeLSTMCore
 from .ntm import NTMCore
 from .rnn import GRUCore, LSTMCore
@@ -25,6 +26,7 @@ CORES: dict[str, type[Core]] = {
     "ntm": NTMCore,
     "alstm": AssociativeLSTMCore,
     "rl_access": RLAccessCore,
+    "dnc": DNCCore,
 }
 
 
