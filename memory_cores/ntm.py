@@ -226,9 +226,9 @@ class NTMCore(Core):
             inp = torch.cat([x, reads.reshape(B, -1).to(x.dtype), ctrl.h.to(x.dtype)], dim=1)
             gates = self.controller(inp)  # [B, 4 hidden]: i, f, o, c~
             Hd = self.hidden_size
-            ifo = torch.sigmoid(gates[:, : 3 * Hd])
-            i, f, o = ifo[:, :Hd], ifo[:, Hd : 2 * Hd], ifo[:, 2 * Hd :]
-            c = torch.addcmul(f * ctrl.c, i, torch.tanh(gates[:, 3 * Hd :]))  # c_t = f c_{t-1} + i c~
+            ifo, c_hat = gates.split([3 * Hd, Hd], dim=1)
+            i, f, o = torch.sigmoid(ifo).chunk(3, dim=1)
+            c = torch.addcmul(f * ctrl.c, i, torch.tanh(c_hat))  # c_t = f c_{t-1} + i c~
             h = o * torch.tanh(c)
             return h, LSTMControllerState(h.to(ctrl.h.dtype), c.to(ctrl.c.dtype))
         inp = torch.cat([x, reads.reshape(B, -1).to(x.dtype)], dim=1)
@@ -269,36 +269,28 @@ class NTMCore(Core):
             key_flat, add_flat, sp_flat, sg_flat, shift_flat = torch.split(
                 params, [sz["key"], sz["add"], sz["softplus"], sz["sigmoid"], sz["shift"]], dim=1
             )
-            keys = key_flat.view(B, H, W)  # k_t, [B, H, W]
+            # Activations on contiguous groups, then one split per group into write heads (first H_w) and read
+            # heads (split/unbind: one autograd node for all pieces, unlike per-piece slicing).
+            k_w, k_r = key_flat.view(B, H, W).split([Hw, R], dim=1)  # k_t, [B, H_w | R, W]
             add = add_flat.view(B, Hw, W)  # a_t, [B, H_w, W]
-            sp = F.softplus(sp_flat)  # [B, 2H]
-            beta, gamma = sp[:, :H], 1.0 + sp[:, H:]  # beta_t >= 0; gamma_t >= 1
-            sg = torch.sigmoid(sg_flat)  # [B, H + H_w W]
-            gate, erase = sg[:, :H], sg[:, H:].view(B, Hw, W)  # g_t in (0, 1); e_t in (0, 1)^W
-            shift = torch.softmax(shift_flat.view(B, H, -1), dim=-1)  # s_t over shifts -K..K, [B, H, 2K+1]
+            sp_w, sp_r = F.softplus(sp_flat).view(B, 2, H).split([Hw, R], dim=2)  # [B, 2, H_w | R]
+            beta_w, gamma_w = sp_w.unbind(1)  # beta_t = softplus >= 0
+            beta_r, gamma_r = sp_r.unbind(1)
+            gamma_w, gamma_r = 1.0 + gamma_w, 1.0 + gamma_r  # gamma_t = 1 + softplus >= 1
+            gate, erase = torch.sigmoid(sg_flat).split([H, Hw * W], dim=1)  # g_t in (0, 1); e_t in (0, 1)^W
+            gate_w, gate_r = gate.split([Hw, R], dim=1)
+            erase = erase.view(B, Hw, W)
+            # s_t: softmax over the shifts -K..K, [B, H_w | R, 2K+1]
+            shift_w, shift_r = torch.softmax(shift_flat.view(B, H, -1), dim=-1).split([Hw, R], dim=1)
 
             memory = state.memory.to(mem_dtype)  # M_{t-1}, [B, N, W]
-            # ---- write heads (first Hw of every parameter group) address M_{t-1}, then erase and add
-            w_write = self._address(
-                memory,
-                state.write_weights.to(mem_dtype),
-                keys[:, :Hw],
-                beta[:, :Hw],
-                gate[:, :Hw],
-                shift[:, :Hw],
-                gamma[:, :Hw],
-            )  # [B, H_w, N]
+            # ---- write heads address M_{t-1}, then erase and add
+            w_prev = state.write_weights.to(mem_dtype)
+            w_write = self._address(memory, w_prev, k_w, beta_w, gate_w, shift_w, gamma_w)  # [B, H_w, N]
             memory = erase_and_add(memory, w_write, erase, add)  # M_t, eqs. 3-4
             # ---- read heads address the updated memory M_t
-            w_read = self._address(
-                memory,
-                state.read_weights.to(mem_dtype),
-                keys[:, Hw:],
-                beta[:, Hw:],
-                gate[:, Hw:],
-                shift[:, Hw:],
-                gamma[:, Hw:],
-            )  # [B, R, N]
+            w_prev = state.read_weights.to(mem_dtype)
+            w_read = self._address(memory, w_prev, k_r, beta_r, gate_r, shift_r, gamma_r)  # [B, R, N]
             reads = read_memory(memory, w_read)  # r_t = sum_i w_t(i) M_t(i), [B, R, W]
 
         y = torch.cat([h, reads.reshape(B, R * W).to(h.dtype)], dim=1)  # [B, hidden + R W]
