@@ -241,3 +241,30 @@ def test_gradcheck_erase_and_add_float64():
             torch.randn(2, H, 3, **d),
         )
         assert torch.autograd.gradcheck(erase_and_add, args)
+
+
+def test_gradcheck_cosine_similarity_float64_with_a_zero_row():
+    """The hand-written backward of cosine_similarity against numerical derivatives, a zero memory row included."""
+    torch.manual_seed(8)
+    memory = torch.randn(2, 5, 3, dtype=torch.float64)
+    memory[0, 2] = 0.0
+    keys = torch.randn(2, 4, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(cosine_similarity, (memory.requires_grad_(), keys.requires_grad_()))
+    # gradient with respect to one input only
+    assert torch.autograd.gradcheck(lambda m: cosine_similarity(m, keys.detach()), (memory,))
+
+
+def test_cosine_similarity_first_derivatives_only():
+    memory = torch.randn(1, 3, 2, requires_grad=True)
+    keys = torch.randn(1, 1, 2, requires_grad=True)
+    (g,) = torch.autograd.grad(cosine_similarity(memory, keys).sum(), memory, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
+def test_one_head_erase_and_add_equals_the_product_form():
+    torch.manual_seed(9)
+    memory, w = torch.randn(3, 6, 4), torch.softmax(torch.randn(3, 1, 6), -1)
+    erase, add = torch.rand(3, 1, 4), torch.randn(3, 1, 4)
+    expected = memory * (1 - w.transpose(1, 2) * erase) + w.transpose(1, 2) * add  # M(i)(1 - w(i) e) + w(i) a
+    torch.testing.assert_close(erase_and_add(memory, w, erase, add), expected)
