@@ -31,7 +31,8 @@ subclasses that draw with ``torch.rand(..., generator=self.generator)``) and der
 ``row_seed[i] = hash(s, i)``. Subclasses may instead draw *counter-based* random numbers: :meth:`episode_keys`
 gives a 32-bit key per row that is a hash of ``(row_seed, episode_id)``, where ``episode_id[i]`` counts the
 episodes row ``i`` has started since the seed; :func:`hash32` of ``key + index`` gives any number of further
-values. Counter-based tasks draw nothing from a shared stream, so row ``i``'s episodes depend only on ``(s, i)``:
+values (``episode_id`` is maintained while the class attribute ``counter_based`` is True, the default).
+Counter-based tasks draw nothing from a shared stream, so row ``i``'s episodes depend only on ``(s, i)``:
 row 0 of a batched env seeded ``s`` plays exactly the episodes of the single env seeded ``s``, independent of
 ``num_envs`` and bit-identical on CPU and CUDA (integer arithmetic only).
 
@@ -42,8 +43,9 @@ single_action_space, device=..., return_final_obs=...)`` and implement
   rows untouched (``torch.where``); called with all rows True by ``reset`` and with ``terminated | truncated`` by
   ``step``; ``self.episode_id`` has already been advanced for those rows;
 - ``_step(actions) -> (reward, terminated, truncated, episode_info)``: advance every row by one step, with
-  ``actions`` already checked (shape, device, dtype of ``single_action_space``); ``episode_info`` is a dict of
-  ``[N]`` tensors valid on rows whose episode ends now (they go into ``info["episode"]``);
+  ``actions`` already checked (shape, device, dtype of ``single_action_space``); ``truncated`` may be ``None`` for
+  a task that never truncates; ``episode_info`` is a dict of ``[N]`` tensors valid on rows whose episode ends now
+  (they go into ``info["episode"]``);
 - ``_observe() -> obs``: the ``[N, *obs_shape]`` observation of the current state (a new tensor).
 
 Numpy users: :class:`NumpyVectorEnv` wraps a batched env into numpy in / numpy out (SAME_STEP autoreset, like
@@ -177,6 +179,7 @@ class BatchedEnv(VectorEnv):
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    counter_based: bool = True  # keep ``episode_id`` up to date (for :meth:`episode_keys`); False saves an op a step
 
     def __init__(
         self,
@@ -212,6 +215,7 @@ class BatchedEnv(VectorEnv):
         self._all_rows = torch.ones(N, dtype=torch.bool, device=dev)
         self._zero_f = torch.zeros((), dtype=torch.float32, device=dev)
         self._zero_i = torch.zeros((), dtype=torch.int32, device=dev)
+        self._never = torch.zeros(N, dtype=torch.bool, device=dev)  # returned as ``truncated`` by tasks that never truncate
 
     # ---- to implement in a task ------------------------------------------------------------------------------------
 
@@ -268,7 +272,10 @@ class BatchedEnv(VectorEnv):
             raise RuntimeError("call reset() before step()")
         a = self.check_actions(actions)
         reward, terminated, truncated, ep_info = self._step(a)
-        done = terminated | truncated
+        if truncated is None:  # a task that never truncates
+            truncated, done = self._never, terminated
+        else:
+            done = terminated | truncated
         ep_return = self._ep_return + reward  # [N]
         ep_length = self._ep_length + 1  # [N]
         info: dict[str, Any] = {"episode": {"r": ep_return, "l": ep_length, **ep_info}, "_episode": done}
@@ -277,7 +284,8 @@ class BatchedEnv(VectorEnv):
         if self.return_final_obs:
             info["final_obs"] = self._observe()
             info["_final_obs"] = done
-        self.episode_id = self.episode_id + done
+        if self.counter_based:
+            self.episode_id = self.episode_id + done
         self._reset_rows(done)
         return self._observe(), reward, terminated, truncated, info
 

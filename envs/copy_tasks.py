@@ -7,7 +7,7 @@ is the number of answer steps. The observation is the paper's input vector at th
 repeat count) and all zeros while the answer is due.
 
 Episode statistics (``info["episode"]`` of the batched env, masked by ``info["_episode"]``; ``info`` at the last
-step of the single env): ``bit_errors`` (int64, wrong output bits over the answer steps) and ``success`` (bool, no
+step of the single env): ``bit_errors`` (int32, wrong output bits over the answer steps) and ``success`` (bool, no
 wrong bit).
 
 Implementation (why a step is ~35 small tensor ops whatever the episode length): all rows advance in lock step,
@@ -64,8 +64,11 @@ def _bit_rows(width: int) -> np.ndarray:
 class _RecallTask(BatchedEnv):
     """Shared machinery: the lock-step ring buffer of shown vectors, the random draw, the episode-type table.
 
-    Subclasses call :meth:`_setup` from ``__init__`` and use :meth:`_draw`, :meth:`_recall`, :meth:`_score`.
+    Subclasses call :meth:`_setup` from ``__init__`` and use :meth:`_draw`, :meth:`_recall`, :meth:`_score`;
+    ``self.cols[k]`` is the ``[N]`` tensor of per-episode constant ``k``.
     """
+
+    counter_based = False  # draws come from self.generator
 
     def _setup(self, width: int, buffer_len: int, obs_rows: np.ndarray, target_rows: np.ndarray,
                episode_types: np.ndarray) -> None:
@@ -81,12 +84,15 @@ class _RecallTask(BatchedEnv):
         self._obs_table = torch.as_tensor(obs_rows, dtype=torch.float32, device=dev)  # [R, obs_dim]
         self._target_table = torch.as_tensor(target_rows, dtype=torch.bool, device=dev)  # [T, act_dim]
         self._types = torch.as_tensor(episode_types, dtype=torch.int64, device=dev)  # [E, P]
-        self.params = self._types[torch.zeros(N, dtype=torch.int64, device=dev)].clone()  # [N, P] per-row constants
+        self.params = self._types[:1].expand(N, -1).clone()  # [N, P] per-row constants
+        self.cols = self.params.unbind(1)  # P tensors [N]
         self.t = torch.zeros(N, dtype=torch.int64, device=dev)  # [N] step within the episode
-        self.errors = torch.zeros(N, dtype=torch.int64, device=dev)  # [N] wrong output bits so far
+        self.errors = torch.zeros(N, dtype=torch.int32, device=dev)  # [N] wrong output bits so far
         self.content = torch.zeros(N, dtype=torch.int64, device=dev)  # [N] fresh vector code of this step
-        self._no = torch.zeros(N, dtype=torch.bool, device=dev)  # [N] all False (truncated)
         self._zero = torch.zeros((), dtype=torch.int64, device=dev)
+        self._zero32 = torch.zeros((), dtype=torch.int32, device=dev)
+        self._zero_code_t = torch.tensor(self._zero_code, dtype=torch.int64, device=dev)
+        self._end_code_t = torch.tensor(getattr(self, "_end_code", 0), dtype=torch.int64, device=dev)
         self._outputs = int(target_rows.shape[1])  # outputs per answer step
         self._inv_outputs = 1.0 / self._outputs
 
@@ -104,8 +110,9 @@ class _RecallTask(BatchedEnv):
     def _reset_common(self, mask: torch.Tensor, etype: torch.Tensor) -> None:
         """Rows in ``mask`` start an episode of type ``etype [N]``."""
         self.params = torch.where(mask[:, None], self._types.index_select(0, etype), self.params)  # [N, P]
-        self.t = self.t.masked_fill(mask, 0)
-        self.errors = self.errors.masked_fill(mask, 0)
+        self.cols = self.params.unbind(1)
+        self.t = torch.where(mask, self._zero, self.t)
+        self.errors = torch.where(mask, self._zero32, self.errors)
 
     def _recall(self, back: torch.Tensor) -> torch.Tensor:
         """``[N]`` codes stored ``back [N]`` steps ago (``0 <= back < buffer length``), at global step ``G - back``."""
@@ -116,12 +123,12 @@ class _RecallTask(BatchedEnv):
                ep_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Reward of the answer steps, error count, step count; the ``_step`` return value."""
         target = self._target_table.index_select(0, target_code)  # [N, act_dim]
-        wrong = (target != actions).sum(-1) * answering  # [N] wrong outputs at answer steps, 0 elsewhere
-        reward = (answering * self._outputs - wrong) * self._inv_outputs  # [N] float32 fraction correct
+        wrong = torch.where(answering, (target != actions).sum(-1, dtype=torch.int32), self._zero32)  # [N] 0 if no answer
+        reward = answering.float() - wrong * self._inv_outputs  # [N] float32 fraction correct
         self.errors = errors = self.errors + wrong
         self.t = t = self.t + 1
         self.G += 1
-        return reward, t == ep_steps, self._no, {"bit_errors": errors, "success": errors == 0}
+        return reward, t == ep_steps, None, {"bit_errors": errors, "success": errors == 0}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -219,7 +226,12 @@ class RepeatCopyVecEnv(_RecallTask):
         types = np.stack(
             [L, 2 * L + 1, copy_end, copy_end + int(self.end_marker), nV + 1 + R - self.min_repeats, L + 1], 1
         )
-        self._nL, self._nR = nL, nR
+        self._n_types = nL * nR
+        if self._n_types > 1 << 20:
+            raise ValueError(
+                f"max_repeats={max_repeats}: (max_length - min_length + 1) * (max_repeats - min_repeats + 1) = "
+                f"{self._n_types} is over the limit of {1 << 20} (length, repeats) combinations"
+            )
 
         super().__init__(num_envs, spaces.Box(low, high, (obs_dim,), np.float32), spaces.MultiBinary(act_dim),
                          device=device, return_final_obs=return_final_obs)
@@ -228,34 +240,32 @@ class RepeatCopyVecEnv(_RecallTask):
 
     def _reset_rows(self, mask: torch.Tensor) -> None:
         w = self._draw()  # [N]
-        etype = (w >> 16) % self._nL  # L index (bits 16..61: modulo bias < 2^-33, near-independent of R's bits)
-        if self._nR > 1:
-            etype = etype * self._nR + (w >> 40) % self._nR  # L index * nR + R index
-        self._reset_common(mask, etype)
+        # the type table is the product (L, R): a uniform row is a uniform L and an independent uniform R
+        self._reset_common(mask, (w >> 16) % self._n_types)  # bits 16..61: modulo bias < 2^-26
 
     def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        t, p = self.t, self.params
-        L, copy_end = p[:, _L], p[:, _CEND]
+        t, p = self.t, self.cols
+        L, copy_end = p[_L], p[_CEND]
         if self._refresh:
             in_copy = (t > L) & (t < copy_end)  # [N]
             # first copy (t < 2 L + 1): the vector was shown L + 1 steps ago; later copies: re-stored L steps ago
-            code = self._recall((t < p[:, _FIRST]) + L)
+            code = self._recall((t < p[_FIRST]) + L)
             slot = self.buf[self.G & self._buffer_mask]
             slot.copy_(torch.where(in_copy, code, slot))
         else:  # a single copy: the episode ends at (or one step after, with end marker) copy_end = 2 L + 1
             in_copy = (t > L) if not self.end_marker else (t > L) & (t < copy_end)
-            code = self._recall(p[:, _L1])  # L + 1 steps back
+            code = self._recall(p[_L1])  # L + 1 steps back
         if self.end_marker:
             answering = in_copy | (t == copy_end)
-            code = torch.where(in_copy, code, self._end_code)  # [N] END at the last step
+            code = torch.where(in_copy, code, self._end_code_t)  # [N] END at the last step
         else:
             answering = in_copy
-        return self._score(code, actions, answering, p[:, _T])
+        return self._score(code, actions, answering, p[_T])
 
     def _observe(self) -> torch.Tensor:
-        t, p = self.t, self.params
-        L = p[:, _L]
-        code = torch.where(t < L, self.content, torch.where(t == L, p[:, _DCODE], self._zero_code))  # [N]
+        t, p = self.t, self.cols
+        L = p[_L]
+        code = torch.where(t < L, self.content, torch.where(t == L, p[_DCODE], self._zero_code_t))  # [N]
         return self._obs_table.index_select(0, code)
 
 
@@ -384,6 +394,14 @@ class AssociativeRecallVecEnv(_RecallTask):
                 types.append(types[-1])  # padding: type index = K index * (max_items - 1) + q
         self._phase = torch.as_tensor(phase.reshape(-1))  # moved to the device below
         self._nK, self._nQ = self.max_items - self.min_items + 1, self.max_items - 1
+        # K uniform, then q uniform in 0..K-2: when small enough, a table where each (K, q) is repeated
+        # lcm / (K - 1) times makes one uniform draw over its rows do both (fewer ops per reset)
+        lcm = int(np.lcm.reduce(np.arange(max(1, self.min_items - 1), self.max_items)))
+        self._flat_types = self._nK * lcm <= 1 << 16
+        if self._flat_types:
+            types = [types[i * self._nQ + q] for i, K in enumerate(range(self.min_items, self.max_items + 1))
+                     for q in range(K - 1) for _ in range(lcm // (K - 1))]
+            self._n_types = len(types)
         target_rows = _bit_rows(W)
         super().__init__(num_envs, spaces.Box(0.0, 1.0, (W + 2,), np.float32), spaces.MultiBinary(W),
                          device=device, return_final_obs=return_final_obs)
@@ -392,20 +410,23 @@ class AssociativeRecallVecEnv(_RecallTask):
 
     def _reset_rows(self, mask: torch.Tensor) -> None:
         w = self._draw()  # [N]
+        if self._flat_types:
+            self._reset_common(mask, (w >> 16) % self._n_types)
+            return
         k_idx = ((w >> 16) & 0xFFFFFF) % self._nK  # [N] K - min_items
         q = (w >> 40) % (k_idx + (self.min_items - 1))  # [N] query item, uniform in 0..K-2
         self._reset_common(mask, k_idx * self._nQ + q)
 
     def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        t, p = self.t, self.params
-        answering = t >= p[:, _A0]  # [N]
-        code = self._recall(p[:, _AOFF])  # [N] item q + 1's vector t - A0 (meaningful when answering)
-        return self._score(code, actions, answering, p[:, _AT])
+        t, p = self.t, self.cols
+        answering = t >= p[_A0]  # [N]
+        code = self._recall(p[_AOFF])  # [N] item q + 1's vector t - A0 (meaningful when answering)
+        return self._score(code, actions, answering, p[_AT])
 
     def _observe(self) -> torch.Tensor:
-        t, p = self.t, self.params
-        ph = self._phase.take(p[:, _PBASE] + t)  # [N] obs code or marker
-        query = self._recall(p[:, _QOFF])  # [N] item q's vector t - Q0 - 1 (used in the query phase)
+        t, p = self.t, self.cols
+        ph = self._phase.take(p[_PBASE] + t)  # [N] obs code or marker
+        query = self._recall(p[_QOFF])  # [N] item q's vector t - Q0 - 1 (used in the query phase)
         code = torch.where(ph == _FRESH, self.content, torch.where(ph == _QUERY, query, ph))
         return self._obs_table.index_select(0, code)
 

@@ -7,8 +7,10 @@ Example::
     python3 scripts/benchmark_envs.py --device cuda --num-envs 1 4096 65536
 
 Random actions come from a pool generated before timing (``--action-pool`` batches, cycled), so the figure is the
-env's own step rate, autoresets included. A step of N envs counts as N steps. On CUDA the clock is read after
-``torch.cuda.synchronize()``.
+env's own step rate, autoresets included. A step of N envs counts as N steps. Two rates are printed: by the wall
+clock, and by this process's CPU time (on a shared machine the wall-clock rate drops with the other processes'
+load; the CPU-time rate is closer to what an idle machine gives). On CUDA the clock is read after
+``torch.cuda.synchronize()`` and only the wall-clock rate is meaningful.
 """
 
 from __future__ import annotations
@@ -82,8 +84,9 @@ def random_actions(env, pool: int, generator: torch.Generator) -> list[torch.Ten
     return out
 
 
-def bench(task: str, num_envs: int, device: str, seconds: float, pool: int, options: dict) -> tuple[float, int]:
-    """Steps per second (num_envs * env.step calls / time) of one task; returns (rate, number of step calls)."""
+def bench(task: str, num_envs: int, device: str, seconds: float, pool: int, options: dict) -> tuple[float, float]:
+    """Steps per second (num_envs * env.step calls / time) of one task, by the wall clock and by this process's CPU
+    time (which leaves out the time other processes hold the cores; on CUDA only the wall clock means anything)."""
     env = gym.make_vec(
         f"MemoryCores/{task}-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", device=device, **options
     )
@@ -93,7 +96,7 @@ def bench(task: str, num_envs: int, device: str, seconds: float, pool: int, opti
     for i in range(20):  # warm-up
         env.step(actions[i % pool])
     sync()
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while True:
         for _ in range(50):
             env.step(actions[calls % pool])
@@ -102,8 +105,9 @@ def bench(task: str, num_envs: int, device: str, seconds: float, pool: int, opti
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             break
+    cpu = time.process_time() - cpu_start
     env.close()
-    return calls * num_envs / elapsed, calls
+    return calls * num_envs / elapsed, calls * num_envs / max(cpu, 1e-9)
 
 
 def main() -> None:
@@ -130,19 +134,20 @@ def main() -> None:
         parser.error(f"unknown tasks {unknown}: valid are {list(TASKS)}")
     sizes = args.num_envs or ([1, 64, 4096, 65536] if args.device.startswith("cuda") else [1, 64, 4096])
     dev_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, device {args.device} ({dev_name}), torch threads {torch.get_num_threads()}, "
-          f"os cpus {os.cpu_count()}")
-    print(f"{'task':<20}{'num_envs':>10}{'steps/s':>16}{'us/step call':>15}")
+          f"os cpus {os.cpu_count()}, load average {load:.1f}")
+    print(f"{'task':<20}{'num_envs':>10}{'steps/s (wall)':>17}{'us/call':>10}{'steps/s (cpu)':>17}")
     for task in args.tasks:
         for n in sizes:
-            rate, calls = bench(task, n, args.device, args.seconds, args.action_pool, TASKS[task])
-            print(f"{task:<20}{n:>10}{rate:>16,.0f}{1e6 * n / rate:>15.1f}", flush=True)
+            rate, cpu_rate = bench(task, n, args.device, args.seconds, args.action_pool, TASKS[task])
+            print(f"{task:<20}{n:>10}{rate:>17,.0f}{1e6 * n / rate:>10.1f}{cpu_rate:>17,.0f}", flush=True)
         if task == "MiniGridMemory" and args.minigrid_sync_num_envs:
             for env_id in MINIGRID_SYNC:
                 for n in args.minigrid_sync_num_envs:
                     rate = bench_minigrid_sync(env_id, n, args.seconds)
                     name = env_id.replace("-v0", "").replace("MiniGrid-", "") + " sync"
-                    print(f"{name:<20}{n:>10}{rate:>16,.0f}{1e6 * n / rate:>15.1f}", flush=True)
+                    print(f"{name:<20}{n:>10}{rate:>17,.0f}{1e6 * n / rate:>10.1f}{'-':>17}", flush=True)
 
 
 if __name__ == "__main__":
