@@ -508,7 +508,7 @@ def access_step(state: DNCAccessState, xi: DNCInterface, erase_freed: bool = Fal
 
 def _content_forward(memory: Tensor, keys: Tensor, beta: Tensor, eps: float = EPS):
     """C(M, k, beta) without autograd. Returns ``(w [B, H, N], sim, m_norm [B, N], k_norm [B, H])``."""
-    m_norm = torch.sqrt(memory.square().sum(-1) + eps)  # |M(i)|: [B, N]
+    m_norm = torch.sqrt(torch.linalg.vector_norm(memory, dim=-1).square_().add_(eps))  # |M(i)|: [B, N]
     k_norm = torch.sqrt(keys.square().sum(-1) + eps)  # |k|: [B, H]
     sim = torch.bmm(keys, memory.transpose(1, 2))  # k . M(i): [B, H, N]
     sim.div_(k_norm.unsqueeze(-1)).div_(m_norm.unsqueeze(1))  # K[k, M(i)]
@@ -516,8 +516,9 @@ def _content_forward(memory: Tensor, keys: Tensor, beta: Tensor, eps: float = EP
     return w, sim, m_norm, k_norm
 
 
-def _content_backward(g_w, memory, keys, beta, w, sim, m_norm, k_norm):
-    """Gradients of :func:`_content_forward` w.r.t. ``(memory, keys, beta)`` given ``g_w`` ``[B, H, N]``."""
+def _content_backward(g_w, memory, keys, beta, w, sim, m_norm, k_norm, g_memory: Tensor):
+    """Gradients of :func:`_content_forward` w.r.t. ``(keys, beta)`` given ``g_w`` ``[B, H, N]``; the gradient
+    w.r.t. ``memory`` is added in place to ``g_memory`` (contiguous ``[B, N, W]``)."""
     g_z = w * (g_w - (g_w * w).sum(-1, keepdim=True))  # softmax backward
     g_beta = (g_z * sim).sum(-1)
     g_sim = g_z * beta.unsqueeze(-1)
@@ -525,8 +526,12 @@ def _content_backward(g_w, memory, keys, beta, w, sim, m_norm, k_norm):
     # K = dot / (|k| |M|):  dK/dk = M / (|k||M|) - K k / |k|^2;  dK/dM = k / (|k||M|) - K M / |M|^2
     g_dot = g_sim / k_norm.unsqueeze(-1) / m_norm.unsqueeze(1)
     g_k = torch.bmm(g_dot, memory) - keys * (g_sim_sim.sum(-1) / k_norm.square()).unsqueeze(-1)
-    g_m = torch.bmm(g_dot.transpose(1, 2), keys) - memory * (g_sim_sim.sum(1) / m_norm.square()).unsqueeze(-1)
-    return g_m, g_k, g_beta
+    g_memory.addcmul_(memory, (g_sim_sim.sum(1) / m_norm.square()).unsqueeze(-1), value=-1.0)
+    if keys.shape[1] == 1:  # an outer product: broadcasting beats a bmm with an inner size of 1
+        g_memory.addcmul_(g_dot.transpose(1, 2), keys)
+    else:
+        g_memory.baddbmm_(g_dot.transpose(1, 2), keys)
+    return g_k, g_beta
 
 
 class _FusedAccess(torch.autograd.Function):
@@ -571,10 +576,12 @@ class _FusedAccess(torch.autograd.Function):
         ww1 = g_w * mix  # [B, N]
         w_col = ww1.unsqueeze(-1)  # [B, N, 1]
         # ---- write: M_t = M_{t-1} o (E - w e^T) [o psi 1^T] + w v^T
-        keep = torch.mul(w_col, e.unsqueeze(1)).neg_().add_(1.0)
         if erase_freed:
-            keep.mul_(psi.unsqueeze(-1))
-        mem1 = keep.mul_(memory).baddbmm_(w_col, v.unsqueeze(1))
+            mem1 = torch.addcmul(memory, memory * e.unsqueeze(1), w_col, value=-1.0)  # M - w (M e)
+            mem1.mul_(psi.unsqueeze(-1)).addcmul_(w_col, v.unsqueeze(1))  # psi (...) + w v^T
+        else:
+            t = (memory * e.unsqueeze(1)).sub_(v.unsqueeze(1))  # M o e - v
+            mem1 = torch.addcmul(memory, t, w_col, value=-1.0)  # M - w (M o e - v) = M o (1 - w e) + w v
         # ---- links: L_t = (1 - w[i] - w[j]) L_{t-1} + w[i] p_{t-1}[j], zero diagonal; precedence
         w_row = ww1.unsqueeze(1)  # [B, 1, N]
         link1 = torch.sub(1.0 - w_col, w_row).mul_(link).addcmul_(w_col, precedence.unsqueeze(1))
@@ -626,8 +633,7 @@ class _FusedAccess(torch.autograd.Function):
         g_modes = pi.unsqueeze(-1) * g_wr1.unsqueeze(2)  # [B, R, 3, N]
         g_bwd, g_cr, g_fwd = g_modes.unbind(2)
         # ---- content read on M_t
-        gm, g_kr, g_beta_r = _content_backward(g_cr, mem1, kr, beta_r, modes[:, :, 1], sim_r, mn1, kn_r)
-        g_mem1 += gm
+        g_kr, g_beta_r = _content_backward(g_cr, mem1, kr, beta_r, modes[:, :, 1], sim_r, mn1, kn_r, g_mem1)
         # ---- precedence p_t = (1 - sum w) p + w
         g_ww = zeros(ww1)  # [B, N]
         g_p0 = zeros(precedence)
@@ -635,9 +641,13 @@ class _FusedAccess(torch.autograd.Function):
             g_p0 += (1.0 - ww1.sum(-1, keepdim=True)) * g_p1
             g_ww += g_p1 - (g_p1 * precedence).sum(-1, keepdim=True)
         # ---- links and temporal reads: G = dL_t + G_f^T W_r + W_r^T G_b, masked diagonal
-        g_l = torch.bmm(g_fwd.transpose(1, 2), read_w).baddbmm_(read_w.transpose(1, 2), g_bwd)
-        if g_link1 is not None:
-            g_l += g_link1
+        if g_link1 is not None and g_link1.is_contiguous():
+            g_l = torch.baddbmm(g_link1, g_fwd.transpose(1, 2), read_w)
+        else:
+            g_l = torch.bmm(g_fwd.transpose(1, 2), read_w)
+            if g_link1 is not None:
+                g_l += g_link1
+        g_l.baddbmm_(read_w.transpose(1, 2), g_bwd)
         g_l.diagonal(dim1=1, dim2=2).zero_()
         g_rw0 = torch.bmm(g_fwd, link1).baddbmm_(g_bwd, link1.transpose(1, 2))  # [B, R, N]
         g_link0 = torch.sub(1.0 - w_col, w_row).mul_(g_l)
@@ -647,10 +657,8 @@ class _FusedAccess(torch.autograd.Function):
         # ---- write M_t = M o keep + w v^T, keep = (1 - w e^T) [psi]
         gmm = g_mem1 * memory  # G o M_{t-1}
         gmm_e = torch.bmm(gmm, e.unsqueeze(-1)).squeeze(-1)  # sum_j G M e_j: [B, N]
-        keep = torch.mul(w_col, e.unsqueeze(1)).neg_().add_(1.0)
         g_psi = zeros(psi)
         if ctx.erase_freed:
-            keep.mul_(psi.unsqueeze(-1))
             g_ww += torch.bmm(g_mem1, v.unsqueeze(-1)).squeeze(-1) - psi * gmm_e
             g_e = -torch.bmm((ww1 * psi).unsqueeze(1), gmm).squeeze(1)
             g_psi += gmm.sum(-1) - ww1 * gmm_e
@@ -658,7 +666,10 @@ class _FusedAccess(torch.autograd.Function):
             g_ww += torch.bmm(g_mem1, v.unsqueeze(-1)).squeeze(-1) - gmm_e
             g_e = -torch.bmm(w_row, gmm).squeeze(1)
         g_v = torch.bmm(w_row, g_mem1).squeeze(1)
-        g_mem0 = keep.mul_(g_mem1)
+        # dM_t / dM_{t-1} = (1 - w e^T) [psi]: G - w (G o e)
+        g_mem0 = torch.addcmul(g_mem1, g_mem1 * e.unsqueeze(1), w_col, value=-1.0)
+        if ctx.erase_freed:
+            g_mem0.mul_(psi.unsqueeze(-1))
         if g_ww1 is not None:  # only if the caller uses the state's write weights directly
             g_ww += g_ww1.squeeze(1)
         # ---- write weights w = g^w (c + g^a (a - c))
@@ -668,8 +679,7 @@ class _FusedAccess(torch.autograd.Function):
         g_ga = (g_mix * (alloc - cw)).sum(-1, keepdim=True)
         g_alloc = g_mix * g_a
         g_cw = g_mix - g_alloc
-        gm, g_kw, g_beta_w = _content_backward(g_cw.unsqueeze(1), memory, kw, beta_w, cw3, sim_w, mn0, kn_w)
-        g_mem0 += gm
+        g_kw, g_beta_w = _content_backward(g_cw.unsqueeze(1), memory, kw, beta_w, cw3, sim_w, mn0, kn_w, g_mem0)
         # ---- allocation: a_j = (1 - s_j) P_j, P_j = prod_{i<j} s_i  ->  dL/ds_j = -g_j P_j + sum_{k>j} g_k a_k / s_j
         g_as = torch.gather(g_alloc, -1, phi)
         ga_a = g_as * a_sorted
