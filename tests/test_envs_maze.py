@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import envs  # noqa: F401  (registers the tasks)
-from envs.memory_maze import cell_graph, trees_to_grids
+from envs.base import hash32
+from envs.memory_maze import ShuffleTables, binary_tree_mazes, cell_graph, origin_shift_, trees_to_grids, wall_table
 from envs.minigrid_wrappers import MINIGRID_MEMORY_IDS
 from envs.minigrid_memory import (
     BALL, CODE_TO_ENCODING, EMPTY, KEY, UNSEEN, WALL, MiniGridMemory, pad_grids, view_offsets, visibility_mask,
@@ -499,3 +501,103 @@ def test_mazes_stay_perfect_under_origin_shift():
                         c, seen = p[c], seen + 1
                         assert seen <= k * k
                     assert c == int(origin[row])
+
+
+def test_mazes_differ_between_episodes():
+    """No maze repeats across envs and episodes (fresh mazes, nothing to memorise). 13x13: 6x6 cells have about
+    3e13 spanning trees (9x9 mazes have only 100352, so a repeat among 128 uniform draws has an 8 % chance)."""
+    env = make_vec("MemoryMaze", 32, maze_size=13, view_size=3, max_steps=40)
+    u = env.unwrapped
+    env.reset(seed=4)
+    seen = [u.maze().clone()]
+    for t in range(3 * 40):
+        env.step(torch.randint(0, 3, (32,)))
+        if (t + 1) % 40 == 0:
+            seen.append(u.maze().clone())
+    walls = torch.cat(seen).eq(1).flatten(1)  # [4 * 32, S * S]
+    assert torch.unique(walls, dim=0).shape[0] == walls.shape[0]
+
+
+# ================================================ no host round trip in step ======================================
+class _RecordOps(TorchDispatchMode):
+    """Records the aten ops run under it, flagging the ones that need the host to read device values."""
+
+    FORBIDDEN = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.item", "aten.unique_dim",
+                 "aten._unique2"}
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device, self.bad = device, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func.overloadpacket)
+        if name in self.FORBIDDEN:
+            self.bad.append(name)
+        if name in ("aten.index", "aten.index_put", "aten.index_put_") and any(
+                i is not None and i.dtype == torch.bool for i in args[1]):
+            self.bad.append(name + " with a bool mask")
+        if name == "aten._to_copy" and kwargs.get("device") not in (None, self.device):
+            self.bad.append(f"copy to {kwargs['device']}")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("task,options", [
+    ("MemoryMaze", {"max_steps": 3}), ("MiniGridMemory", {"max_steps": 3}),
+    ("MiniGridMemory", {"max_steps": 3, "obs_cache": False}),
+])
+def test_step_has_no_host_round_trip(task, options):
+    """step (auto-resets included) runs no op that makes the host read device values (.item, nonzero, masks)."""
+    env = make_vec(task, 4, return_final_obs=True, **options)
+    env.reset(seed=0)
+    actions = torch.tensor([2, 2, 0, 1])
+    with _RecordOps(env.unwrapped.device) as rec:
+        for _ in range(7):
+            env.step(actions)
+    assert rec.bad == []
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("task", ["MemoryMaze", "MiniGridMemory"])
+def test_cuda_matches_cpu_without_sync(task):
+    """On CUDA: bit-identical to CPU (integer rules and counter-based randomness), and no synchronisation in step."""
+    out = {}
+    actions = torch.randint(0, 3, (60, 64), generator=torch.Generator().manual_seed(0))
+    for device in ("cpu", "cuda"):
+        env = make_vec(task, 64, device=device, max_steps=20)
+        obs, _ = env.reset(seed=1)
+        seq = [obs.cpu()]
+        a = actions.to(device)
+        torch.cuda.set_sync_debug_mode("error" if device == "cuda" else "default")
+        try:
+            steps = [env.step(a[t]) for t in range(60)]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        seq += [torch.cat([s[0].float(), s[1].unsqueeze(1), s[2].unsqueeze(1), s[3].unsqueeze(1)], 1).cpu()
+                for s in steps]
+        out[device] = seq
+    for x, y in zip(out["cpu"], out["cuda"]):
+        assert torch.equal(x.float(), y.float())
+
+
+def test_origin_shift_chain_is_uniform_over_spanning_trees():
+    """On the 3x3 cell graph (192 spanning trees) the shuffled mazes visit every tree, equally often."""
+    k, n, B, Sp = 3, 9, 1000, 7
+    _, _, nb = cell_graph(k)
+    nb = torch.where(nb >= 0, nb, torch.arange(n).view(-1, 1))
+    parent, origin = binary_tree_mazes(hash32(torch.arange(B)), k)
+    grid = trees_to_grids(parent, k, 0, extra=1)
+    ar = torch.arange(B)
+    tables = ShuffleTables(nb.view(-1), wall_table(k, Sp, 0, sink=Sp * Sp), ar * n, ar * (Sp * Sp + 1),
+                           torch.ones(B, dtype=torch.uint8), torch.zeros(B, dtype=torch.uint8))
+    g = torch.Generator().manual_seed(1)
+    samples = []
+    for step in range(1, 1201):
+        origin = origin_shift_(parent, origin, grid, torch.randint(0, 4, (B,), generator=g), tables)
+        if step >= 400 and step % 50 == 0:
+            samples.append(grid[:, :Sp * Sp].clone())
+    counts = torch.unique(torch.cat(samples), dim=0, return_counts=True)[1].float()
+    assert counts.numel() == 192
+    mean = counts.mean()
+    assert float((counts - mean).abs().max()) < 5 * float(mean.sqrt())  # Poisson-like spread around the mean
