@@ -97,6 +97,8 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
             raise ValueError(f"device={device!r}: CUDA is not available on this machine (use 'cpu')")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device={device!r}: valid CUDA indices are 0..{torch.cuda.device_count() - 1}")
+        if dev.index is None:  # tensors report cuda:<index>; compare like with like
+            dev = torch.device("cuda", torch.cuda.current_device())
     elif dev.type not in ("cpu", "mps", "xpu", "meta"):
         raise ValueError(f"device={device!r} is not supported (use 'cpu' or 'cuda')")
     return dev
