@@ -28,6 +28,14 @@ De-allocation, and Link Distribution Sharpness Control", ICLR), all off by defau
   ``S(d, s)_i = d_i^s / sum_j d_j^s`` with ``s = oneplus(.)`` in [1, inf) (a separate ``s`` for f and b).
 
 Shapes: ``B`` batch, ``N`` slots, ``W`` word width, ``R`` read heads, ``H`` controller units. One write head.
+
+Speed. On a CPU the step is bound by passes through memory over the ``[B, N, N]`` link matrix and the
+``[B, N, W]`` memory, and by per-op overhead. With ``fused=True`` (default; without the masked-content and
+link-sharpness options) everything after the interface Linear is one autograd node (:class:`_FusedAccess`) whose
+hand-written backward keeps no temporaries but small ``[B, R, N]`` tensors and touches the big tensors a few times.
+The plain functions below (:func:`update_link`, :func:`write_weighting`, :func:`read_weighting`, ...) are the
+readable reference; ``fused=False`` runs them under autograd, and tests/test_dnc.py checks that both paths agree
+(values and gradients, float64) and gradchecks the fused functions.
 """
 
 from __future__ import annotations
@@ -747,7 +755,8 @@ class DNCCore(Core):
             (default zeros). Memory, usage, links, precedence and weightings always start at zero.
         fused: run the memory access as one autograd node with a hand-written backward (:func:`fused_access_step`;
             without masked_content/link_sharpness) or fused pieces (with them). False: the plain autograd
-            formulas, the readable reference (same values up to rounding, about 1.5x slower on a CPU).
+            formulas, the readable reference (same values up to rounding, about 1.2x slower on a CPU); use it
+            for double backward (the fused backward is once-differentiable) or forward-mode AD.
 
     ``output_size`` (attribute): ``H + R*W`` or the given ``output_size``.
     """
