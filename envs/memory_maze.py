@@ -279,12 +279,15 @@ class MemoryMaze(BatchedEnv):
         self.origin, self.next_origin = z.clone(), z.clone()  # [N]
         self.pos = z.clone()  # [N] flat index of the agent in its padded grid (row i starts at grid_base[i])
         self.dir, self.goal_pos, self.teleport_base = z.clone(), z.clone(), z.clone()
-        self.steps, self.goals, self.ep_key = z.clone(), z.clone(), z.clone()
+        self.goals, self.ep_key = z.clone(), z.clone()
+        self._true = torch.ones(N, dtype=torch.bool, device=dev)  # constant flags (never written into)
+        self._false = torch.zeros(N, dtype=torch.bool, device=dev)
         self.warmup_moves = 8 * S * S  # = shuffle_moves * max_steps at the defaults
         self._regenerate = False
         self._in_step = False  # host bookkeeping: inside step(), and whether this step ends the episodes
         self._episodes_end = False
         self._host_steps = 0
+        self._t = 0
 
     # ---- reset -----------------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -299,6 +302,7 @@ class MemoryMaze(BatchedEnv):
     def step(self, actions: torch.Tensor | np.ndarray):
         """As :meth:`BatchedEnv.step` (every row's episode ends on the same step, the ``max_steps``-th)."""
         self._host_steps += 1
+        self._t = self._host_steps  # this step's number in the episode, 1..max_steps
         self._episodes_end = self._host_steps >= self.max_steps
         if self._episodes_end:
             self._host_steps = 0
@@ -343,15 +347,13 @@ class MemoryMaze(BatchedEnv):
         self.grid.view(-1).scatter_(0, gb + self.goal_pos, self.goal_value)
         self.pos = self.teleport.gather(0, self.teleport_base + hash32(keys + 0x2F) % (n - 1))  # another cell
         self.dir = keys & 3  # the key's bits 0..1
-        self.steps = torch.zeros_like(self.steps)
         self.goals = torch.zeros_like(self.goals)
         self.ep_key = keys
 
     # ---- step ------------------------------------------------------------------------------------------------------
     def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         gb = self.tables.grid_base
-        self.steps = self.steps + 1
-        h = hash32(self.ep_key + self.steps * GOLDEN32)  # [N] this step's 32 random bits
+        h = hash32(self.ep_key + self._t * GOLDEN32)  # [N] this step's 32 random bits (t: step in the episode)
         self.dir = (self.dir + self.turn.gather(0, actions)) & 3
         fwd = self.pos + self.delta.gather(0, self.dir)
         cell = self.grid.view(-1).gather(0, gb + fwd)
@@ -361,12 +363,12 @@ class MemoryMaze(BatchedEnv):
         self.pos = torch.where(reach, self.teleport.gather(0, self.teleport_base + (h & 0xFFFF) % (self.n - 1)), pos)
         self.dir = torch.where(reach, (h >> 16) & 3, self.dir)
         self.goals = self.goals + reach
-        truncated = self.steps >= self.max_steps
+        truncated = self._true if self._episodes_end else self._false  # lockstep: known on the host
         for m in range(self.shuffle_moves):  # re-randomise the next mazes (bits 18.. of h: two per move)
             self.next_origin = origin_shift_(self.next_parent, self.next_origin, self.next_grid,
                                              (h >> (18 + 2 * m)) & 3, self.tables)
         reward = reach.to(torch.float32)
-        return reward, torch.zeros_like(truncated), truncated, {"success": self.goals > 0,
+        return reward, self._false, truncated, {"success": self.goals > 0,
                                                                 "goals": self.goals.to(torch.int32)}
 
     # ---- observation -----------------------------------------------------------------------------------------------
