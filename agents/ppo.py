@@ -56,6 +56,9 @@ class TrainConfig:
     """Width of the observation encoder's output (the core's input)."""
     shared_core: bool = True
     """Actor and critic share encoder and core (False: the critic has its own)."""
+    chrono_init: int = 0
+    """Chrono-initialise the LSTM gate biases inside the core for memory time scales up to this many steps (0: torch's
+    default init, which forgets about half per step)."""
     normalize_obs: bool = False
     """Normalise float Box observations by running mean/std (stored normalised, so the update sees the same)."""
 

@@ -42,6 +42,7 @@ def build_policy(cfg: TrainConfig, observation_space, action_space) -> ActorCrit
         embed_size=cfg.embed_size,
         shared_core=cfg.shared_core,
         normalize_obs=cfg.normalize_obs,
+        chrono_init=cfg.chrono_init,
     )
 
 

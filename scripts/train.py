@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import tyro
 
     from agents.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-    from agents.presets import task_defaults
+    from agents.presets import env_kwargs_for, task_defaults
     from agents.ppo import TrainConfig
     from agents.runner import TrainingStopped, default_run_dir, train
 
@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = tyro.cli(TrainConfig, args=argv, default=TrainConfig(**defaults), description=__doc__)
         if not known.resume:
             # env keywords of the task defaults that the command line did not set are kept
-            preset_env = json.loads(task_defaults(cfg.env).get("env_kwargs", "{}"))
-            given = cfg.env_kwargs_dict()
-            cfg = dataclasses.replace(cfg, env_kwargs=json.dumps({**preset_env, **given}))
+            cfg = dataclasses.replace(cfg, env_kwargs=json.dumps(env_kwargs_for(cfg.env, cfg.env_kwargs_dict())))
         if not cfg.run_dir:
             cfg = dataclasses.replace(cfg, run_dir=default_run_dir(cfg))
         summary = train(cfg)

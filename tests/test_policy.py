@@ -212,3 +212,13 @@ def test_segmented_unroll_equals_unroll_with_resets(core):
     g_seg = torch.autograd.grad(seg.pow(2).sum(), [xs, *c.parameters()])
     for a, b in zip(g_ref, g_seg):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_chrono_init_sets_lstm_gate_biases():
+    pol = ActorCritic(OBS_SPACES["box"], ACT_SPACES["discrete"], core="lstm", core_kwargs=dict(hidden_size=8),
+                      embed_size=8, chrono_init=100)
+    H = 8
+    b_ih, b_hh = pol.core.rnn.bias_ih_l0, pol.core.rnn.bias_hh_l0
+    f = b_ih[H : 2 * H] + b_hh[H : 2 * H]
+    assert (f >= 0).all() and (f <= torch.log(torch.tensor(99.0))).all() and f.std() > 0
+    torch.testing.assert_close(b_ih[:H], -b_ih[H : 2 * H])

@@ -267,7 +267,7 @@ def test_train_and_evaluate_scripts(tmp_path):
                    "--no-tensorboard", "--run-dir", run)
     assert p.returncode == 0, p.stderr
     cfg = load_checkpoint(run)["config"]
-    assert json.loads(cfg["env_kwargs"]) == {"wrong_arm_reward": 0.0, "length": 2}  # task default kept, merged
+    assert json.loads(cfg["env_kwargs"]) == {"wrong_arm_reward": 0.0, "length": 2, "max_steps": 12}  # task default kept, merged
     p = run_script("scripts/evaluate.py", run, "--episodes", "5", "--json")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
