@@ -80,6 +80,9 @@ class _RecallTask(BatchedEnv):
         self._buffer_len = 1 << max(1, int(np.ceil(np.log2(buffer_len))))  # a power of two: index & (B - 1)
         self._buffer_mask = self._buffer_len - 1
         self.buf = torch.zeros(self._buffer_len, N, dtype=torch.int64, device=dev)  # [B, N] shown vector codes
+        self._flat_buf = self.buf.view(-1)  # [B * N]
+        # _slot_base[g, j] = g N + j: flat index of row j's slot g
+        self._slot_base = torch.arange(self._buffer_len * N, dtype=torch.int64, device=dev).view(-1, N)
         self.G = 0  # global step counter (same for all rows)
         self._obs_table = torch.as_tensor(obs_rows, dtype=torch.float32, device=dev)  # [R, obs_dim]
         self._target_table = torch.as_tensor(target_rows, dtype=torch.bool, device=dev)  # [T, act_dim]
@@ -114,6 +117,11 @@ class _RecallTask(BatchedEnv):
         self.t = torch.where(mask, self._zero, self.t)
         self.errors = torch.where(mask, self._zero32, self.errors)
 
+    def _recall_scaled(self, back_n: torch.Tensor) -> torch.Tensor:
+        """As :meth:`_recall` with ``back_n = back * N`` (a per-episode constant column): one ``take`` of the
+        flat buffer, whose negative indices wrap around the ring."""
+        return self._flat_buf.take(self._slot_base[self.G & self._buffer_mask] - back_n)
+
     def _recall(self, back: torch.Tensor) -> torch.Tensor:
         """``[N]`` codes stored ``back [N]`` steps ago (``0 <= back < buffer length``), at global step ``G - back``."""
         idx = (self.G - back) & self._buffer_mask  # [N]
@@ -137,7 +145,7 @@ class _RecallTask(BatchedEnv):
 
 # columns of RepeatCopy's per-episode constants
 # L, 2 L + 1, L + 1 + R L, episode length, delimiter obs code, L + 1
-_L, _FIRST, _CEND, _T, _DCODE, _L1 = range(6)
+_L, _FIRST, _CEND, _T, _DCODE, _L1N = range(6)  # _L1N: (L + 1) N
 
 
 class RepeatCopyVecEnv(_RecallTask):
@@ -236,6 +244,7 @@ class RepeatCopyVecEnv(_RecallTask):
         super().__init__(num_envs, spaces.Box(low, high, (obs_dim,), np.float32), spaces.MultiBinary(act_dim),
                          device=device, return_final_obs=return_final_obs)
         # a vector is read back at most L + 1 steps after it was stored
+        types[:, _L1N] *= self.num_envs
         self._setup(W, self.max_length + 2, obs_rows, target_rows, types)
 
     def _reset_rows(self, mask: torch.Tensor) -> None:
@@ -254,7 +263,7 @@ class RepeatCopyVecEnv(_RecallTask):
             slot.copy_(torch.where(in_copy, code, slot))
         else:  # a single copy: the episode ends at (or one step after, with end marker) copy_end = 2 L + 1
             in_copy = (t > L) if not self.end_marker else (t > L) & (t < copy_end)
-            code = self._recall(p[_L1])  # L + 1 steps back
+            code = self._recall_scaled(p[_L1N])  # L + 1 steps back
         if self.end_marker:
             answering = in_copy | (t == copy_end)
             code = torch.where(in_copy, code, self._end_code_t)  # [N] END at the last step
@@ -322,7 +331,7 @@ class RepeatCopyEnv(SingleEnv):
 # --------------------------------------------------------------------------------------------------------------------
 
 # columns of AssociativeRecall's per-episode constants
-_A0, _AOFF, _QOFF, _PBASE, _AT = range(5)  # AOFF, QOFF: steps back to the answer / query vector
+_A0, _AOFF, _QOFF, _PBASE, _AT = range(5)  # AOFF, QOFF: steps back to the answer / query vector, times N
 _FRESH, _QUERY = -1, -2  # phase-table markers: show the fresh vector / the recalled query vector
 
 
@@ -406,7 +415,9 @@ class AssociativeRecallVecEnv(_RecallTask):
         super().__init__(num_envs, spaces.Box(0.0, 1.0, (W + 2,), np.float32), spaces.MultiBinary(W),
                          device=device, return_final_obs=return_final_obs)
         self._phase = self._phase.to(self.device)
-        self._setup(W, t_max + 1, obs_rows, target_rows, np.array(types, np.int64))
+        types = np.array(types, np.int64)
+        types[:, [_AOFF, _QOFF]] *= self.num_envs
+        self._setup(W, t_max + 1, obs_rows, target_rows, types)
 
     def _reset_rows(self, mask: torch.Tensor) -> None:
         w = self._draw()  # [N]
@@ -420,13 +431,13 @@ class AssociativeRecallVecEnv(_RecallTask):
     def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         t, p = self.t, self.cols
         answering = t >= p[_A0]  # [N]
-        code = self._recall(p[_AOFF])  # [N] item q + 1's vector t - A0 (meaningful when answering)
+        code = self._recall_scaled(p[_AOFF])  # [N] item q + 1's vector t - A0 (meaningful when answering)
         return self._score(code, actions, answering, p[_AT])
 
     def _observe(self) -> torch.Tensor:
         t, p = self.t, self.cols
         ph = self._phase.take(p[_PBASE] + t)  # [N] obs code or marker
-        query = self._recall(p[_QOFF])  # [N] item q's vector t - Q0 - 1 (used in the query phase)
+        query = self._recall_scaled(p[_QOFF])  # [N] item q's vector t - Q0 - 1 (used in the query phase)
         code = torch.where(ph == _FRESH, self.content, torch.where(ph == _QUERY, query, ph))
         return self._obs_table.index_select(0, code)
 

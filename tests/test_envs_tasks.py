@@ -553,3 +553,25 @@ def test_cuda_step_has_no_host_sync(task):
 def test_cuda_rows_follow_the_rules(task):
     eps = run_checked(task, n=8, steps=80, policy="oracle", device="cuda")
     assert eps and all(e["success"] for e in eps)
+
+
+def test_episode_parameters_are_uniform():
+    """K uniform and the query item uniform in 0..K-2 (AssociativeRecall); L and R uniform and independent."""
+    n = 6000
+    ar = make_vec("AssociativeRecall", n).unwrapped  # K in 2..6, S = 3
+    ar.reset(seed=0)
+    P, S = ar.item_size + 1, ar.item_size
+    a0 = ar.cols[0]  # first answer step K P + S + 2
+    K = (a0 - S - 2) // P
+    q = (a0 - ar.cols[1] // n - 1) // P - 1  # answer offset A0 - (q + 1) P - 1
+    counts = torch.bincount(K - 2, minlength=5).float()
+    assert (counts / n - 0.2).abs().max() < 0.03, counts
+    for k in range(3, 7):
+        qs = torch.bincount(q[K == k], minlength=k - 1)[: k - 1].float()
+        assert (qs / qs.sum() - 1 / (k - 1)).abs().max() < 0.06 and ((q[K == k] >= 0) & (q[K == k] <= k - 2)).all()
+    rc = make_vec("RepeatCopy", n, min_length=1, max_length=3, min_repeats=1, max_repeats=4).unwrapped
+    rc.reset(seed=0)
+    L = rc.cols[0]
+    R = (rc.cols[2] - L - 1) // L  # copy_end = L + 1 + R L
+    joint = torch.bincount((L - 1) * 4 + (R - 1), minlength=12).float() / n
+    assert (joint - 1 / 12).abs().max() < 0.02, joint
