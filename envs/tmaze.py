@@ -52,6 +52,8 @@ class TMazeVecEnv(BatchedEnv):
         device, return_final_obs: see :class:`envs.base.BatchedEnv`.
     """
 
+    counter_based = False  # the cue comes from self.generator
+
     def __init__(
         self,
         num_envs: int = 1,
@@ -81,6 +83,7 @@ class TMazeVecEnv(BatchedEnv):
         N, dev = self.num_envs, self.device
         self._obs_table = torch.tensor(_OBS_TABLE, dtype=torch.float32, device=dev)  # [4, 3]
         self._rewards = torch.tensor([self.correct_reward, self.wrong_arm_reward, 0.0], device=dev)
+        self._zero = torch.zeros((), dtype=torch.int64, device=dev)
         self.x = torch.zeros(N, dtype=torch.int64, device=dev)  # [N] position, 0 .. L
         self.cue = torch.zeros(N, dtype=torch.int64, device=dev)  # [N] rewarded arm: 0 north, 1 south
         self.t = torch.zeros(N, dtype=torch.int64, device=dev)  # [N] steps so far
@@ -88,8 +91,8 @@ class TMazeVecEnv(BatchedEnv):
     def _reset_rows(self, mask: torch.Tensor) -> None:
         cue = torch.randint(0, 2, (self.num_envs,), generator=self.generator, device=self.device)  # [N] fair bits
         self.cue = torch.where(mask, cue, self.cue)
-        self.x = self.x.masked_fill(mask, 0)
-        self.t = self.t.masked_fill(mask, 0)
+        self.x = torch.where(mask, self._zero, self.x)
+        self.t = torch.where(mask, self._zero, self.t)
 
     def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         x = self.x

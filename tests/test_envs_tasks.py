@@ -575,3 +575,20 @@ def test_episode_parameters_are_uniform():
     R = (rc.cols[2] - L - 1) // L  # copy_end = L + 1 + R L
     joint = torch.bincount((L - 1) * 4 + (R - 1), minlength=12).float() / n
     assert (joint - 1 / 12).abs().max() < 0.02, joint
+
+
+@pytest.mark.parametrize(
+    "task, opts",
+    [
+        ("RepeatCopy", dict(end_marker=False)),
+        ("RepeatCopy", dict(min_repeats=2, max_repeats=2, min_length=4, max_length=4)),
+        ("Copy", dict(width=16, min_length=7, max_length=7)),
+        ("AssociativeRecall", dict(min_items=3, max_items=3, item_size=1)),
+        ("AssociativeRecall", dict(width=8, min_items=2, max_items=12)),  # the general (K, q) draw
+        ("TMaze", dict(length=1, wall_reward=-0.1, wrong_arm_reward=-0.5)),
+    ],
+)
+def test_other_configurations_follow_the_rules(task, opts):
+    eps = run_checked(task, n=6, steps=90, policy="oracle", seed=2, **opts)
+    assert eps and all(e["success"] or e["ambiguous"] for e in eps)
+    run_checked(task, n=6, steps=60, policy="random", seed=3, **opts)
