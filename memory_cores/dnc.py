@@ -470,8 +470,8 @@ def read_weighting(
         backward = sharpen_link_weights(backward, backward_sharpness)
     content_fn = content_weighting_fast if fused else content_weighting
     content = content_fn(memory, read_keys, read_strengths, mask=read_masks)  # [B, R, N]
-    modes = torch.stack((backward, content, forward), dim=2)  # [B, R, 3, N]
-    return torch.matmul(read_modes.unsqueeze(2), modes).squeeze(2)  # sum over the 3 modes: [B, R, N]
+    pi_b, pi_c, pi_f = read_modes.unsqueeze(-1).unbind(2)  # [B, R, 1] each
+    return pi_b * backward + pi_c * content + pi_f * forward  # [B, R, N]
 
 
 def access_step(state: DNCAccessState, xi: DNCInterface, erase_freed: bool = False, fused: bool = True) -> DNCAccessState:
@@ -603,8 +603,8 @@ class _FusedAccess(torch.autograd.Function):
         fwd = torch.bmm(read_w, link1.transpose(1, 2))  # [B, R, N]
         bwd = torch.bmm(read_w, link1)
         cr, sim_r, mn1, kn_r = _content_forward(mem1, kr, beta_r)
-        modes = torch.stack((bwd, cr, fwd), dim=2)  # [B, R, 3, N]
-        wr1 = torch.matmul(pi.unsqueeze(2), modes).squeeze(2)  # [B, R, N]
+        modes = torch.stack((bwd, cr, fwd), dim=2)  # [B, R, 3, N] (saved for the backward)
+        wr1 = (bwd * pi[..., 0:1]).addcmul_(cr, pi[..., 1:2]).addcmul_(fwd, pi[..., 2:3])  # [B, R, N]
         reads = torch.bmm(wr1, mem1)  # r^i = M_t^T w^{r,i}: [B, R, W]
         ctx.set_materialize_grads(False)
         ctx.erase_freed = erase_freed
@@ -641,7 +641,7 @@ class _FusedAccess(torch.autograd.Function):
         g_mem1_r = torch.bmm(wr1.transpose(1, 2), g_reads)  # [B, N, W]
         g_mem1 = g_mem1_r.add_(g_mem1) if g_mem1 is not None else g_mem1_r
         # ---- mode mix w^r = sum_m pi_m mode_m
-        g_pi = torch.matmul(modes, g_wr1.unsqueeze(-1)).squeeze(-1)  # [B, R, 3]
+        g_pi = torch.linalg.vecdot(modes, g_wr1.unsqueeze(2))  # [B, R, 3]
         g_modes = pi.unsqueeze(-1) * g_wr1.unsqueeze(2)  # [B, R, 3, N]
         g_bwd, g_cr, g_fwd = g_modes.unbind(2)
         # ---- content read on M_t
