@@ -260,7 +260,8 @@ class MemoryMaze(BatchedEnv):
         ar = torch.arange(N, dtype=torch.long, device=dev)
         self.tables = ShuffleTables(
             nb.view(-1).to(dev), wall_table(k, Sp, self.pad, sink=Sp * Sp).to(dev), ar * n, ar * self.Np,
-            torch.full((N,), WALL, dtype=torch.uint8, device=dev), torch.full((N,), FLOOR, dtype=torch.uint8, device=dev))
+            torch.full((N,), WALL, dtype=torch.uint8, device=dev),
+            torch.full((N,), FLOOR, dtype=torch.uint8, device=dev))
         # teleport[g * (n - 1) + r]: position of the r-th cell other than g
         other = torch.arange(n - 1).view(1, -1) + (torch.arange(n - 1).view(1, -1) >= torch.arange(n).view(-1, 1))
         self.teleport = self.cpos[other.to(dev)].view(-1)  # [n * (n - 1)]

@@ -22,9 +22,12 @@ thousands of episodes step at once on any torch device:
 
 Implementation: the static part of an episode (walls and objects) is one of a few layouts (``hallway_end`` x start
 object x object order), all kept in a small table of padded grids on the device. The per-env state is a layout
-id, the agent's flat position in the padded grid, its direction and the step count. A step is a handful of
-gathers: the view is one ``take`` with precomputed per-direction index offsets; MiniGrid's row-by-row visibility
-scan is one lookup per view row in a precomputed table indexed by (incoming visibility bits, transparent bits).
+id, the agent's flat position in the padded grid, its direction and the step count. The view is a gather with
+precomputed per-direction index offsets; MiniGrid's row-by-row visibility scan is one lookup per view row in a
+precomputed table indexed by (incoming visibility bits, transparent bits). Since nothing in MemoryEnv moves, the
+observation is a function of (layout, cell, direction): by default all of them are rendered once at construction
+and a step reads its observation with one row gather (``obs_cache=False`` renders every step; same values).
+Episode starts are drawn from counter-based keys (hashes of the env's seed and episode number).
 """
 
 from __future__ import annotations
@@ -88,7 +91,9 @@ def view_offsets(view_size: int, padded_width: int) -> torch.Tensor:
 
 
 # ======================================= MiniGrid's visibility scan ================================================
-def row_visibility(incoming: torch.Tensor, transparent: torch.Tensor, view_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def row_visibility(
+    incoming: torch.Tensor, transparent: torch.Tensor, view_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One row of MiniGrid's ``Grid.process_vis`` on bit masks (bit ``i`` = view column ``i``).
 
     ``process_vis`` walks the view rows from the agent's row (``j = V - 1``) upwards. In a row, a visible cell

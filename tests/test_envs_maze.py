@@ -220,7 +220,8 @@ def test_autoreset_minigrid_memory():
         assert bool(tr.all()) == (t == 11)
     assert not te.any() and torch.equal(info["episode"]["l"], torch.full((4,), 12, dtype=torch.int32))
     assert torch.equal(info["episode"]["r"], torch.zeros(4)) and not info["episode"]["success"].any()
-    assert torch.equal(u.core.steps, torch.zeros(4, dtype=torch.long)) and torch.equal(u.core.dir, torch.zeros(4).long())
+    assert torch.equal(u.core.steps, torch.zeros(4, dtype=torch.long))
+    assert torch.equal(u.core.dir, torch.zeros(4, dtype=torch.long))
     assert torch.equal(obs, u.core.render(u.core.layout, u.core.pos, u.core.dir))  # the new episodes' first obs
     # a success ends the episode with the reward of its step, and only that row restarts
     u.core.pos[0] = u.core.layouts.success[u.core.layout[0]] + u.core.Wp  # below the success cell, facing up
