@@ -97,8 +97,6 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
             raise ValueError(f"device={device!r}: CUDA is not available on this machine (use 'cpu')")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device={device!r}: valid CUDA indices are 0..{torch.cuda.device_count() - 1}")
-        if dev.index is None:  # tensors report cuda:<index>; compare like with like
-            dev = torch.device("cuda", torch.cuda.current_device())
     elif dev.type not in ("cpu", "mps", "xpu", "meta"):
         raise ValueError(f"device={device!r} is not supported (use 'cpu' or 'cuda')")
     return dev
@@ -208,6 +206,7 @@ class BatchedEnv(VectorEnv):
             self._action_dtype = torch.float32
 
         N, dev = self.num_envs, self.device
+        self._tensor_device = torch.empty(0, device=dev).device  # as tensors report it ("cuda:0" for "cuda")
         self.generator = torch.Generator(device=dev)
         self.row_seed = torch.zeros(N, dtype=torch.int64, device=dev)  # [N] per-row seed, hash(seed, row)
         self.episode_id = torch.zeros(N, dtype=torch.int64, device=dev)  # [N] episodes started since the seed
@@ -304,7 +303,7 @@ class BatchedEnv(VectorEnv):
                 f"actions have shape {tuple(actions.shape)}: expected {self._action_shape} "
                 f"(num_envs={self.num_envs}, single_action_space={self.single_action_space})"
             )
-        if actions.device != self.device:
+        if actions.device != self._tensor_device:
             actions = actions.to(self.device)
         if actions.dtype != self._action_dtype:
             if self._action_dtype == torch.bool and actions.is_floating_point():
