@@ -14,10 +14,11 @@ Implementation (why a step is ~35 small tensor ops whatever the episode length):
 so the env keeps a global step counter ``G`` (a Python int) and a ring buffer ``buf [B, N]`` of the vectors shown
 (as ``W``-bit integer codes): at each step every row draws one fresh random code from ``self.generator``
 (``torch.randint``, one call for all rows) and it is written to ``buf[G % B]`` (one slice copy); a row that must
-recall a vector reads it back with one ``gather`` at ``G - offset``, where ``offset`` follows from the task's
-timeline. Observations and targets come from small tables indexed by the codes (``obs_table``: every bit vector
+recall a vector reads it back with one ``take`` (or ``gather``) at ``G - offset``, where ``offset`` follows from the
+task's timeline (RepeatCopy also re-stores each emitted vector, so a later copy finds it ``L`` steps back and the
+buffer only has to span ``L + 2`` steps). Observations and targets come from small tables indexed by the codes (``obs_table``: every bit vector
 plus the control rows). Per-episode numbers (lengths, repeat count, query position) are decoded from spare bits of
-the row's random draw at its reset, and the per-episode constants the step needs are copied from a table of episode
+the row's random draw at its reset (bits 16..61; bits 0..W-1 are the first vector), and the per-episode constants the step needs are copied from a table of episode
 types (one ``index_select`` and one ``where``).
 
 Randomness: the same seed, number of envs and device give the same episodes (bit-identical on CPU). The episodes
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 MAX_WIDTH = 16  # vectors are table rows: 2^W of them
-CONTENT_BITS = 16  # bits 0..15 of a draw: the vector; bits 16..39 and 40..61: per-episode numbers
 MAX_SEQ = 1 << 12  # longest sequence / most repeats
 
 
