@@ -518,12 +518,18 @@ def access_step(state: DNCAccessState, xi: DNCInterface, erase_freed: bool = Fal
 # ---------------------------------------------------------------------------------------------- fused access step
 
 
+def _bmm_nt(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b^T`` for ``a``: ``[B, K, D]`` (K small), ``b``: ``[B, N, D]``, computed as ``(b @ a^T)^T`` (a
+    ``[B, K, N]`` view): on CPU, bmm with a transposed right operand is several times slower in this layout."""
+    return torch.bmm(b, a.transpose(1, 2)).transpose(1, 2)
+
+
 def _content_forward(memory: Tensor, keys: Tensor, beta: Tensor, eps: float = EPS):
     """C(M, k, beta) without autograd. Returns ``(w [B, H, N], sim, m_norm [B, N], k_norm [B, H])``."""
     m_norm = torch.sqrt(torch.linalg.vector_norm(memory, dim=-1).square_().add_(eps))  # |M(i)|: [B, N]
     k_norm = torch.sqrt(keys.square().sum(-1) + eps)  # |k|: [B, H]
-    sim = torch.bmm(keys, memory.transpose(1, 2))  # k . M(i): [B, H, N]
-    sim.div_(k_norm.unsqueeze(-1)).div_(m_norm.unsqueeze(1))  # K[k, M(i)]
+    sim = _bmm_nt(keys, memory) if keys.shape[1] > 1 else torch.bmm(keys, memory.transpose(1, 2))  # k . M(i)
+    sim = sim / (k_norm.unsqueeze(-1) * m_norm.unsqueeze(1))  # K[k, M(i)]: [B, H, N]
     w = torch.softmax(beta.unsqueeze(-1) * sim, dim=-1)
     return w, sim, m_norm, k_norm
 
@@ -600,7 +606,7 @@ class _FusedAccess(torch.autograd.Function):
         link1.diagonal(dim1=1, dim2=2).zero_()
         p1 = (1.0 - ww1.sum(-1, keepdim=True)) * precedence + ww1
         # ---- reads: f = L w^r_{t-1}, b = L^T w^r_{t-1}, c^r = C(M_t, k^r, beta^r); w^r = pi_b b + pi_c c + pi_f f
-        fwd = torch.bmm(read_w, link1.transpose(1, 2))  # [B, R, N]
+        fwd = _bmm_nt(read_w, link1)  # [B, R, N]
         bwd = torch.bmm(read_w, link1)
         cr, sim_r, mn1, kn_r = _content_forward(mem1, kr, beta_r)
         modes = torch.stack((bwd, cr, fwd), dim=2)  # [B, R, 3, N] (saved for the backward)
@@ -636,8 +642,8 @@ class _FusedAccess(torch.autograd.Function):
         # Incoming gradients may be expanded or strided views (from sum / cat backward); bmm and baddbmm on those
         # fall back to a per-row loop on a CPU, so they are made contiguous (small tensors) or only added.
         g_reads = g_reads.contiguous() if g_reads is not None else zeros(mem1[:, : wr1.shape[1]])
-        g_wr1_r = torch.bmm(g_reads, mem1.transpose(1, 2))  # [B, R, N]
-        g_wr1 = g_wr1_r.add_(g_wr1) if g_wr1 is not None else g_wr1_r
+        g_wr1_r = _bmm_nt(g_reads, mem1)  # [B, R, N]
+        g_wr1 = g_wr1_r + g_wr1 if g_wr1 is not None else g_wr1_r
         g_mem1_r = torch.bmm(wr1.transpose(1, 2), g_reads)  # [B, N, W]
         g_mem1 = g_mem1_r.add_(g_mem1) if g_mem1 is not None else g_mem1_r
         # ---- mode mix w^r = sum_m pi_m mode_m
@@ -661,7 +667,7 @@ class _FusedAccess(torch.autograd.Function):
                 g_l += g_link1
         g_l.baddbmm_(read_w.transpose(1, 2), g_bwd)
         g_l.diagonal(dim1=1, dim2=2).zero_()
-        g_rw0 = torch.bmm(g_fwd, link1).baddbmm_(g_bwd, link1.transpose(1, 2))  # [B, R, N]
+        g_rw0 = torch.bmm(g_fwd, link1) + _bmm_nt(g_bwd, link1)  # [B, R, N]
         g_link0 = torch.sub(1.0 - w_col, w_row).mul_(g_l)
         gl = g_l * link
         # (matrix-vector products are written row-vector x matrix^T: bmm with a column vector is ~5x slower on CPU)
