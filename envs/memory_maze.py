@@ -268,6 +268,11 @@ class MemoryMaze(BatchedEnv):
         # int32 view indices where they fit (faster [N, V * V] arithmetic)
         self._idx_dtype = torch.int32 if N * self.Np < 2 ** 31 else torch.int64
         self.offsets = egocentric_offsets(V, Sp).to(dev, self._idx_dtype)  # [4, V * V]
+        # view_table[d * Np + p]: the view's square indices for direction d at square p (when it is small enough)
+        self.view_table = None
+        if 4 * self.Np * V * V * 8 <= 2 ** 25:
+            vt = egocentric_offsets(V, Sp).view(4, 1, V * V) + torch.arange(self.Np).view(1, -1, 1)
+            self.view_table = vt.clamp(0, self.Np - 1).view(4 * self.Np, V * V).to(dev)
         self.delta = torch.tensor([1, Sp, -1, -Sp], dtype=torch.long, device=dev)  # DIR_TO_VEC, flat
         self.turn = torch.tensor([3, 1, 0], dtype=torch.long, device=dev)  # left = -1 mod 4
         self.goal_value = torch.full((N,), GOAL, dtype=torch.uint8, device=dev)
@@ -375,6 +380,8 @@ class MemoryMaze(BatchedEnv):
     # ---- observation -----------------------------------------------------------------------------------------------
     def _observe(self) -> torch.Tensor:
         N, K = self.num_envs, self.view_size ** 2
+        if self.view_table is not None:  # [N, K] indices of the view squares within each env's grid, one lookup
+            return self.grid.gather(1, self.view_table.index_select(0, self.dir * self.Np + self.pos))
         base = (self.tables.grid_base + self.pos).to(self._idx_dtype)  # [N]
         idx = self.offsets.index_select(0, self.dir) + base.unsqueeze(1)  # [N, K] flat indices of the view cells
         return self.grid.view(-1).index_select(0, idx.view(-1)).view(N, K)  # [N, K] uint8 codes

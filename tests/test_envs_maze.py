@@ -602,3 +602,17 @@ def test_origin_shift_chain_is_uniform_over_spanning_trees():
     assert counts.numel() == 192
     mean = counts.mean()
     assert float((counts - mean).abs().max()) < 5 * float(mean.sqrt())  # Poisson-like spread around the mean
+
+
+def test_memory_maze_view_paths_agree():
+    """The precomputed view-index table and the direct offsets path give the same observations."""
+    env = make_vec("MemoryMaze", 16, maze_size=15, view_size=5, max_steps=30)
+    u = env.unwrapped
+    env.reset(seed=0)
+    assert u.view_table is not None
+    for t in range(40):
+        env.step(torch.randint(0, 3, (16,)))
+        table_obs = u._observe()
+        vt, u.view_table = u.view_table, None
+        assert torch.equal(table_obs, u._observe())
+        u.view_table = vt
