@@ -592,3 +592,16 @@ def test_other_configurations_follow_the_rules(task, opts):
     eps = run_checked(task, n=6, steps=90, policy="oracle", seed=2, **opts)
     assert eps and all(e["success"] or e["ambiguous"] for e in eps)
     run_checked(task, n=6, steps=60, policy="random", seed=3, **opts)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_returned_tensors_are_not_overwritten(task):
+    env = make_vec(task, 16, **SMALL[task])
+    obs, _ = env.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    out = env.step(random_actions(env, gen))
+    kept = [obs.clone()] + [x.clone() for x in out[:4]] + [v.clone() for v in out[4]["episode"].values()]
+    for _ in range(25):
+        env.step(random_actions(env, gen))
+    now = [obs] + list(out[:4]) + list(out[4]["episode"].values())
+    assert all(torch.equal(a, b) for a, b in zip(kept, now))
