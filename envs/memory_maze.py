@@ -366,7 +366,8 @@ class MemoryMaze(BatchedEnv):
         pos = torch.where((actions == 2) & (cell != WALL), fwd, self.pos)  # forward into floor or goal
         reach = pos == self.goal_pos  # [N] bool: the goal is entered
         # teleport to a uniformly random other cell (bits 0..15) with a random direction (bits 16..17)
-        self.pos = torch.where(reach, self.teleport.gather(0, self.teleport_base + (h & 0xFFFF) % (self.n - 1)), pos)
+        other = ((h & 0xFFFF) * (self.n - 1)) >> 16  # uniform in [0, n - 2] (multiply-shift, no division)
+        self.pos = torch.where(reach, self.teleport.gather(0, self.teleport_base + other), pos)
         self.dir = torch.where(reach, (h >> 16) & 3, self.dir)
         self.goals = self.goals + reach
         truncated = self._true if self._episodes_end else self._false  # lockstep: known on the host

@@ -279,7 +279,7 @@ class MemoryCore:
         """
         layout = (keys & 0xFFFF) % (4 * self.num_ends)
         he = self.layouts.hallway_end.gather(0, layout)
-        pos = self.start_base + (keys >> 16) % he  # (x, size // 2) with x = 1 + (keys >> 16) % he
+        pos = self.start_base + (((keys >> 16) * he) >> 16)  # (x, size // 2), x = 1 + floor(u16 * he / 2^16)
         self.layout = torch.where(mask, layout, self.layout)
         self.pos = torch.where(mask, pos, self.pos)
         self.dir = self.dir.masked_fill(mask, 0)
