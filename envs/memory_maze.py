@@ -307,11 +307,6 @@ class MemoryMaze(BatchedEnv):
 
     def step(self, actions: torch.Tensor | np.ndarray):
         """As :meth:`BatchedEnv.step` (every row's episode ends on the same step, the ``max_steps``-th)."""
-        self._host_steps += 1
-        self._t = self._host_steps  # this step's number in the episode, 1..max_steps
-        self._episodes_end = self._host_steps >= self.max_steps
-        if self._episodes_end:
-            self._host_steps = 0
         self._in_step = True
         try:
             return super().step(actions)
@@ -358,6 +353,12 @@ class MemoryMaze(BatchedEnv):
 
     # ---- step ------------------------------------------------------------------------------------------------------
     def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        # host bookkeeping here, after the actions were checked (a rejected step must not advance the count)
+        self._host_steps += 1
+        self._t = self._host_steps  # this step's number in the episode, 1..max_steps
+        self._episodes_end = self._host_steps >= self.max_steps
+        if self._episodes_end:
+            self._host_steps = 0
         gb = self.tables.grid_base
         h = hash32(self.ep_key + self._t * GOLDEN32)  # [N] this step's 32 random bits (t: step in the episode)
         self.dir = (self.dir + self.turn.gather(0, actions)) & 3
@@ -375,8 +376,7 @@ class MemoryMaze(BatchedEnv):
             self.next_origin = origin_shift_(self.next_parent, self.next_origin, self.next_grid,
                                              (h >> (18 + 2 * m)) & 3, self.tables)
         reward = reach.to(torch.float32)
-        return reward, self._false, truncated, {"success": self.goals > 0,
-                                                                "goals": self.goals.to(torch.int32)}
+        return reward, self._false, truncated, {"success": self.goals > 0, "goals": self.goals.to(torch.int32)}
 
     # ---- observation -----------------------------------------------------------------------------------------------
     def _observe(self) -> torch.Tensor:
@@ -391,7 +391,7 @@ class MemoryMaze(BatchedEnv):
     def maze(self) -> torch.Tensor:
         """The played mazes, uint8 ``[N, maze_size, maze_size]`` (0 floor, 1 wall, 2 goal), indexed ``[y, x]``."""
         P, S, Sp = self.pad, self.maze_size, self.Sp
-        return self.grid[:, :Sp * Sp].view(-1, Sp, Sp)[:, P:P + S, P:P + S]
+        return self.grid[:, :Sp * Sp].view(-1, Sp, Sp)[:, P:P + S, P:P + S].clone()
 
     def agent_state(self) -> dict[str, torch.Tensor]:
         """``{"x", "y", "dir", "goal_x", "goal_y"}``, long ``[N]`` each, in maze coordinates."""

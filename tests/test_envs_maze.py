@@ -109,10 +109,14 @@ def test_bad_options(task, options, match):
 
 @pytest.mark.parametrize("task", ["MemoryMaze", "MiniGridMemory"])
 def test_bad_action_shape(task):
-    env = make_vec(task, 4)
+    env = make_vec(task, 4, max_steps=5)
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"shape \(3,\).*\(4,\)"):
         env.step(torch.zeros(3, dtype=torch.long))
+    # a rejected step is no step: the episode still lasts max_steps
+    for t in range(5):
+        _, _, te, tr, info = env.step(torch.zeros(4, dtype=torch.long))  # turning in place: never terminates
+    assert tr.all() and not te.any() and info["episode"]["l"].tolist() == [5] * 4
     single = gym.make(f"MemoryCores/{task}-v0").unwrapped
     single.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
