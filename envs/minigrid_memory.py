@@ -230,7 +230,7 @@ def standard_layouts(size: int, random_length: bool, pad: int, device: torch.dev
 
 
 class MemoryCore:
-    """The batched MemoryEnv state and its pure tensor rules (no Gymnasium API here; see :class:`MiniGridMemoryVecEnv`).
+    """The batched MemoryEnv state and its tensor rules (no Gymnasium API here; see :class:`MiniGridMemory`).
 
     Args:
         num_envs: B.  size: grid size (odd, 7 to 31).  random_length: MemoryEnv's ``random_length``.
