@@ -474,7 +474,9 @@ def read_weighting(
     return pi_b * backward + pi_c * content + pi_f * forward  # [B, R, N]
 
 
-def access_step(state: DNCAccessState, xi: DNCInterface, erase_freed: bool = False, fused: bool = True) -> DNCAccessState:
+def access_step(
+    state: DNCAccessState, xi: DNCInterface, erase_freed: bool = False, fused: bool = True
+) -> DNCAccessState:
     """One memory access step of the DNC (everything after the controller), in the paper's order: usage, write
     weights, write, links and precedence, read weights, read.
 

@@ -367,7 +367,8 @@ def test_masked_content_ignores_masked_out_dimensions():
 def test_link_sharpness():
     d = torch.tensor([[[0.6, 0.3, 0.1, 0.0]]], dtype=torch.float64)
     # s = 1: only renormalised
-    torch.testing.assert_close(sharpen_link_weights(d, torch.ones(1, 1, dtype=torch.float64)), d / d.sum(), atol=1e-5, rtol=0)
+    s1 = sharpen_link_weights(d, torch.ones(1, 1, dtype=torch.float64))
+    torch.testing.assert_close(s1, d / d.sum(), atol=1e-5, rtol=0)
     # s = 2: d^2 / sum d^2
     s2 = sharpen_link_weights(d, torch.full((1, 1), 2.0, dtype=torch.float64))
     torch.testing.assert_close(s2, d.pow(2) / d.pow(2).sum(), atol=1e-5, rtol=0)
