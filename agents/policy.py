@@ -29,7 +29,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 import memory_cores
-from memory_cores import Core, tree_leaves, tree_map
+from memory_cores import Core, tree_map
 
 Obs = Any  # a tensor, or a dict of tensors for a Dict observation space
 
@@ -100,7 +100,8 @@ class ImageEncoder(nn.Module):
             k = 2 if min(H, W) >= 4 else 1
             convs = [nn.Conv2d(C, 16, k), nn.ReLU(), nn.Conv2d(16, 32, k), nn.ReLU(), nn.Conv2d(32, 64, k), nn.ReLU()]
         else:
-            convs = [nn.Conv2d(C, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(), nn.Conv2d(64, 64, 3, 1), nn.ReLU()]
+            convs = [nn.Conv2d(C, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU()]
+            convs += [nn.Conv2d(64, 64, 3, 1), nn.ReLU()]
         for m in convs:
             if isinstance(m, nn.Conv2d):
                 _layer_init(m)
@@ -237,7 +238,8 @@ class Bernoulli:
 
     def log_prob(self, a: Tensor) -> Tensor:
         # log p(a) = a log s(l) + (1 - a) log s(-l) = -BCE(l, a)
-        return -nn.functional.binary_cross_entropy_with_logits(self.logits, a.to(self.logits.dtype), reduction="none").sum(-1)
+        a = a.to(self.logits.dtype)
+        return -nn.functional.binary_cross_entropy_with_logits(self.logits, a, reduction="none").sum(-1)
 
     def entropy(self) -> Tensor:
         p = torch.sigmoid(self.logits)
@@ -683,8 +685,8 @@ class ActorCritic(nn.Module):
             hv, s_critic, ch_c = h, state.critic, None
         else:
             hv, s_critic, ch_c = self._torso(
-                self.critic_encoder, self.critic_core, self.critic_mlp, obs, state.critic, resets, critic_choices, greedy,
-                segmented, resets_cpu,
+                self.critic_encoder, self.critic_core, self.critic_mlp, obs, state.critic, resets, critic_choices,
+                greedy, segmented, resets_cpu,
             )
         value = self.value_head(hv).squeeze(-1)
         T, B = value.shape
@@ -707,8 +709,8 @@ class ActorCritic(nn.Module):
         deterministic: bool = False,
     ) -> ActOut:
         """One step. ``obs`` ``[B, ...]`` (already normalised), ``reset`` ``[B]`` bool (True where ``obs`` starts an
-        episode). Samples an action (or takes the mode, and the greedy core choices, with ``deterministic``) unless ``action`` is given, in which
-        case it is scored. Returns :class:`ActOut`."""
+        episode). Samples an action (or takes the mode, and the greedy core choices, with ``deterministic``)
+        unless ``action`` is given, in which case it is scored. Returns :class:`ActOut`."""
         obs1 = obs_map(lambda t: t.unsqueeze(0), obs)
         resets = None if reset is None else reset.unsqueeze(0)
         h, value, new_state, (choices, c_lp, c_ent) = self._forward_seq(obs1, state, resets, greedy=deterministic)
@@ -760,10 +762,6 @@ def tree_map_any(fn, tree: Any) -> Any:
     if isinstance(tree, (tuple, list)):
         return type(tree)(tree_map_any(fn, v) for v in tree)
     return tree
-
-
-def state_leaves(state: AgentState) -> list[Tensor]:
-    return tree_leaves(state)
 
 
 __all__ = [

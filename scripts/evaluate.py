@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['checkpoint']}: core {cfg.core}, {result['train_steps']} training steps, env {env} {env_kwargs}")
+        print(f"{result['checkpoint']}: core {cfg.core}, {result['train_steps']} training steps, "
+              f"env {env} {env_kwargs}")
         for mode in ("deterministic", "stochastic"):
             r = result[mode]
             succ = f", success rate {r['success_rate']:.3f}" if "success_rate" in r else ""
