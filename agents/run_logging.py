@@ -31,6 +31,13 @@ TB_NAMES = {
 }
 
 
+def _step_of(line: str) -> float:
+    try:
+        return float(json.loads(line)["global_step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a half-written last line
+
+
 class RunLogger:
     """Writes one JSON object per update to ``run_dir/metrics.jsonl`` and the same scalars to TensorBoard.
 
@@ -43,7 +50,12 @@ class RunLogger:
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, start_step: int | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        path = self.run_dir / "metrics.jsonl"
+        if start_step is not None and path.exists():
+            # resuming: drop the rows a killed run logged after its last checkpoint
+            keep = [line for line in path.read_text().splitlines() if _step_of(line) <= start_step]
+            path.write_text("".join(line + "\n" for line in keep))
+        self.jsonl = open(path, "a", buffering=1)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -171,6 +171,9 @@ def test_checkpoint_resume_round_trip(tmp_path):
     # a fresh run in the same directory is refused without --resume
     with pytest.raises(CheckpointError, match="--resume"):
         train(cfg)
+    # rows logged after the last checkpoint by a killed run are dropped on resume
+    with open(os.path.join(run, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"global_step": 999, "iterations": 3}) + "\n" + '{"global_st')
     # resume and extend to 4 updates: continues from update 2 with the saved weights and optimizer
     out = train(replace(cfg, total_steps=64 * 4, resume=True))
     assert out["updates"] == 4 and out["global_step"] == 4 * 64
