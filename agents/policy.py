@@ -458,10 +458,22 @@ def unroll_core(
     """``core.unroll`` over ``[T, B, ...]``; for cores with discrete choices, ``unroll_with_choices`` (sampling
     when ``choices`` is None, or the argmax with ``greedy``; scoring the given ones otherwise) and the choices'
     log-probabilities/entropies."""
+    one = xs.shape[0] == 1  # a rollout step: the core's single-step call (no unroll bookkeeping, no host sync)
     if not core_has_choices(core):
+        if one:
+            y, state = core(xs[0], state, None if resets is None else resets[0])
+            return y.unsqueeze(0), state, None
         ys, state = core.unroll(xs, state, resets)
         return ys, state, None
-    ys, state, info = core.unroll_with_choices(xs, state, resets, choices=choices, greedy=greedy)
+    if one:
+        y, state, info = core.step_with_choice(
+            xs[0], state, None if resets is None else resets[0], None if choices is None else choices[0],
+            greedy=greedy,
+        )
+        info = tree_map_any(lambda t: t.unsqueeze(0), info)
+        ys = y.unsqueeze(0)
+    else:
+        ys, state, info = core.unroll_with_choices(xs, state, resets, choices=choices, greedy=greedy)
     get = (lambda k: info[k]) if isinstance(info, dict) else (lambda k: getattr(info, k))
     return ys, state, ChoiceOut(get("choice"), _sum_to(get("log_prob"), 2), _sum_to(get("entropy"), 2))
 
