@@ -389,14 +389,18 @@ class ObsNormalizer(nn.Module):
         self.keys: list[str] = []
         for key, sub in subs.items():
             if isinstance(sub, spaces.Box) and np.issubdtype(sub.dtype, np.floating) and not _is_image(sub):
-                name = key or "obs"
+                name = self._name(key)
                 self.register_buffer(f"mean_{name}", torch.zeros(sub.shape))
                 self.register_buffer(f"var_{name}", torch.ones(sub.shape))
                 self.keys.append(key)
         self.register_buffer("count", torch.tensor(1e-4))
 
+    @staticmethod
+    def _name(key: str) -> str:
+        return "obs" if not key else "obs_" + "".join(ch if ch.isalnum() else "_" for ch in key)
+
     def _stats(self, key: str) -> tuple[Tensor, Tensor]:
-        name = key or "obs"
+        name = self._name(key)
         return getattr(self, f"mean_{name}"), getattr(self, f"var_{name}")
 
     @torch.no_grad()

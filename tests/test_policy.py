@@ -222,3 +222,14 @@ def test_chrono_init_sets_lstm_gate_biases():
     f = b_ih[H : 2 * H] + b_hh[H : 2 * H]
     assert (f >= 0).all() and (f <= torch.log(torch.tensor(99.0))).all() and f.std() > 0
     torch.testing.assert_close(b_ih[:H], -b_ih[H : 2 * H])
+
+
+def test_obs_normalizer_on_dict_entries():
+    space = spaces.Dict({"agent pos": spaces.Box(-5.0, 5.0, (2,), np.float32), "dir": spaces.Discrete(4)})
+    pol = ActorCritic(space, ACT_SPACES["discrete"], core="gru", core_kwargs=dict(hidden_size=8), embed_size=8,
+                      normalize_obs=True)
+    obs = {"agent pos": torch.randn(B, 2) * 4 + 1, "dir": torch.tensor([0, 1, 3])}
+    n = pol.normalize_obs(obs, update=True)
+    assert torch.equal(n["dir"], obs["dir"]) and not torch.equal(n["agent pos"], obs["agent pos"])
+    out = pol.get_action_and_value(n, pol.initial_state(B), torch.ones(B, dtype=torch.bool))
+    assert out.action.shape == (B,)
