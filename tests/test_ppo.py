@@ -249,31 +249,45 @@ def test_env_errors():
 
 
 # --------------------------------------------------------------------------------------------- scripts (one line)
-def run_script(*args: str) -> subprocess.CompletedProcess:
+def script(name: str):
+    """``scripts/<name>.py`` imported as a module (its ``main(argv)`` runs in-process: fast)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(ROOT, "scripts", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cli_user_error_is_one_line_without_traceback(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
-
-
-def test_scripts_report_user_errors_in_one_line(tmp_path):
-    p = run_script("scripts/train.py", "--env", "NoSuchEnv-v0", "--run-dir", str(tmp_path / "x"), "--no-progress")
-    assert p.returncode == 2 and "unknown env id" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "scripts/train.py", "--env", "NoSuchEnv-v0", "--run-dir", str(tmp_path / "x")],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith("error: unknown env id") and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
-    p = run_script("scripts/evaluate.py", str(tmp_path / "missing.pt"))
-    assert p.returncode == 2 and p.stderr.strip().startswith("error: checkpoint not found")
-    assert "Traceback" not in p.stderr
 
 
-def test_train_and_evaluate_scripts(tmp_path):
+def test_scripts_report_user_errors(tmp_path, capsys):
+    train_main, eval_main = script("train").main, script("evaluate").main
+    assert eval_main([str(tmp_path / "missing.pt")]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: checkpoint not found")
+    assert train_main(["--env", "MemoryCores/TMaze-v0", "--seq-len", "7",
+                       "--run-dir", str(tmp_path / "y"), "--no-progress"]) == 2
+    assert "--seq-len 7 must divide" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_scripts(tmp_path, capsys):
+    train_main, eval_main = script("train").main, script("evaluate").main
     run = str(tmp_path / "run")
-    p = run_script("scripts/train.py", "--env", TMAZE, "--env-kwargs", '{"length": 2}', "--total-steps", "256",
-                   "--num-envs", "4", "--num-steps", "32", "--seq-len", "16", "--hidden-size", "8", "--no-progress",
-                   "--no-tensorboard", "--run-dir", run)
-    assert p.returncode == 0, p.stderr
+    assert train_main(["--env", TMAZE, "--env-kwargs", '{"length": 2}', "--total-steps", "256", "--num-envs", "4",
+                       "--num-steps", "32", "--seq-len", "16", "--hidden-size", "8", "--no-progress",
+                       "--no-tensorboard", "--run-dir", run]) == 0
     cfg = load_checkpoint(run)["config"]
-    assert json.loads(cfg["env_kwargs"]) == {"wrong_arm_reward": 0.0, "length": 2, "max_steps": 12}  # task default kept, merged
-    p = run_script("scripts/evaluate.py", run, "--episodes", "5", "--json")
-    assert p.returncode == 0, p.stderr
-    res = json.loads(p.stdout)
+    assert json.loads(cfg["env_kwargs"]) == {"wrong_arm_reward": 0.0, "length": 2, "max_steps": 12}  # merged
+    assert cfg["chrono_init"] == 128  # a task default
+    capsys.readouterr()
+    assert eval_main([run, "--episodes", "5", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
     assert set(res["deterministic"]) >= {"mean_return", "success_rate"} and res["stochastic"]["episodes"] == 5
-    p = run_script("scripts/train.py", "--resume", "--run-dir", run, "--hidden-size", "16", "--no-progress")
-    assert p.returncode == 2 and "does not fit checkpoint" in p.stderr
+    assert train_main(["--resume", "--run-dir", run, "--hidden-size", "16", "--no-progress"]) == 2
+    assert "does not fit checkpoint" in capsys.readouterr().err
