@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .addressing import EPS, allocation_weighting, content_weighting, oneplus, sharpen
-from .base import Core, LearnedInit
+from .base import Core, LearnedInit, tree_leaves
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -745,6 +745,163 @@ def fused_access_step(raw_interface: Tensor, state: DNCAccessState, read_heads: 
     return DNCAccessState(*out)
 
 
+# ---------------------------------------------------------------------------------------------- fused unroll
+
+
+class _SavedCtx:
+    """Stand-in for an autograd ``ctx`` so that :class:`_FusedAccess`'s forward and backward can be called as plain
+    functions inside :class:`_FusedUnroll` (one per step)."""
+
+    def save_for_backward(self, *tensors: Tensor) -> None:
+        self.saved_tensors = tensors
+
+    def set_materialize_grads(self, value: bool) -> None:
+        pass
+
+
+class _FusedUnroll(torch.autograd.Function):
+    """A whole LSTM-controller DNC unroll (:meth:`DNCCore.unroll` with ``fused=True``) as one autograd node with a
+    hand-written backward through time. Per step it computes exactly what :meth:`DNCCore.step` computes (after the
+    base class's per-row reset with ``torch.where``), in the same order; only the controller's sums are grouped
+    differently (same values up to rounding):
+
+    * controller: ``gates_t = (W_x x_t + b_ih + b_hh) + W_rh [r_{t-1}; h_{t-1}]`` with ``W_ih = [W_x | W_r]`` and
+      ``W_rh = [W_r | W_hh]``; the ``W_x x_t`` part is one matmul over all ``T`` steps before the loop;
+      ``i, f, g, o = sigma, sigma, tanh, sigma(gates)`` (PyTorch's gate order), ``c_t = f c + i g``,
+      ``h_t = o tanh(c_t)``;
+    * interface ``xi_t = W_xi h_t + b_xi`` and the access step (:class:`_FusedAccess`'s forward and backward,
+      called as functions).
+
+    The backward runs the steps in reverse, carrying the state gradients, and computes the weight gradients once
+    at the end from all steps (``dW = sum_t g_t^T z_t`` as one ``[4H, T*B] x [T*B, K]`` matmul), which is what
+    makes it cheaper than autograd over the step loop: no per-step graph, no per-step weight-gradient matmuls.
+
+    Inputs: ``meta = (R, W, erase_freed)``, ``xs`` ``[T, B, I]``, ``resets`` ``[T, B]`` bool or None, the nine
+    incoming state tensors (h, c, then :class:`DNCAccessState` order), the nine initial-state tensors (or Nones
+    without resets), and ``w_ih, w_hh, b_ih, b_hh, w_xi, b_xi``. Outputs: ``h`` for all steps ``[T, B, H]``, the
+    reads ``[T, B, R, W]``, and the nine final state tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, meta, xs, resets, *tensors):
+        R, W, erase_freed = meta
+        state, init, (w_ih, w_hh, b_ih, b_hh, w_xi, b_xi) = tensors[:9], tensors[9:18], tensors[18:]
+        T, B, I = xs.shape
+        H = w_hh.shape[1]
+        RW = R * W
+        # W_x x_t + b_ih + b_hh for all steps at once: [T, B, 4H]
+        xg = torch.addmm(b_ih + b_hh, xs.reshape(T * B, I), w_ih[:, :I].t()).view(T, B, 4 * H)
+        w_rh_t = torch.cat((w_ih[:, I:], w_hh), 1).t()  # [R*W + H, 4H]
+        rh = xs.new_empty(T, B, RW + H)  # [r_{t-1}; h_{t-1}] of every step (kept for the weight gradients)
+        reset_steps = resets.any(1).tolist() if resets is not None else [False] * T
+        h, c, *access = state
+        steps, hs, reads_all = [], [], []
+        for t in range(T):
+            if reset_steps[t]:  # base-class reset: rows flagged at t restart from the initial state
+                m = resets[t]
+                h, c, *access = (torch.where(m.view((B,) + (1,) * (a.dim() - 1)), i0, a)
+                                 for i0, a in zip(init, (h, c, *access)))  # fmt: skip
+            torch.cat((access[6].reshape(B, RW), h), 1, out=rh[t])
+            gates = torch.addmm(xg[t], rh[t], w_rh_t)  # [B, 4H]: i, f, g, o
+            sig = torch.sigmoid(gates)
+            g = torch.tanh(gates[:, 2 * H : 3 * H])
+            c_prev = c
+            c = torch.addcmul(sig[:, H : 2 * H] * c_prev, sig[:, :H], g)  # c_t = f c_{t-1} + i g
+            tc = torch.tanh(c)
+            h = sig[:, 3 * H :] * tc  # h_t = o tanh(c_t)
+            raw = torch.addmm(b_xi, h, w_xi.t())  # xi_t
+            actx = _SavedCtx()
+            mem1, u1, link1, p1, wr1, ww1, reads = _FusedAccess.forward(actx, raw, *access[:6], erase_freed, (R, W))
+            access = [mem1, u1, link1, p1, wr1, ww1, reads]
+            steps.append((actx, sig, g, tc, c_prev))
+            hs.append(h)
+            reads_all.append(reads)
+        hs = torch.stack(hs)  # [T, B, H]
+        reads_all = torch.stack(reads_all)  # [T, B, R, W]
+        ctx.set_materialize_grads(False)
+        ctx.meta = (R, W, I, H, reset_steps)
+        ctx.steps = steps
+        ctx.save_for_backward(xs, resets, rh, hs, w_ih, w_hh, w_xi)
+        # the last step's context keeps M_T, L_T and w^r_T: return copies, so no output is held by the context
+        # (an output referenced from ctx attributes would make a reference cycle)
+        final = [h, c, mem1.clone(), u1, link1.clone(), p1, wr1.clone(), ww1, reads]
+        return (hs, reads_all, *final)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_hs, g_reads_all, g_h, g_c, *g_access):
+        R, W, I, H, reset_steps = ctx.meta
+        xs, resets, rh, hs, w_ih, w_hh, w_xi = ctx.saved_tensors
+        T, B, _ = xs.shape
+        RW = R * W
+        need = ctx.needs_input_grad  # meta, xs, resets, state (9), init (9), params (6)
+        need_init = any(need[12:21])
+        g_access = list(g_access)  # gradients w.r.t. the access state after step t
+        g_init = [None] * 9
+        w_rh = torch.cat((w_ih[:, I:], w_hh), 1)  # [4H, R*W + H]
+        g_gates_all = xs.new_empty(T, B, 4 * H)
+        g_raw_all = xs.new_empty(T, B, w_xi.shape[0])
+        for t in range(T - 1, -1, -1):
+            actx, sig, g, tc, c_prev = ctx.steps[t]
+            g_reads = g_access[6]
+            if g_reads_all is not None:
+                g_reads = g_reads_all[t] if g_reads is None else g_reads + g_reads_all[t]
+            g_raw, *g_prev = _FusedAccess.backward(actx, *g_access[:6], g_reads)[:6]
+            g_raw_all[t] = g_raw
+            # interface xi = W_xi h + b:  dh += g_xi W_xi
+            g_h_t = g_raw @ w_xi
+            if g_hs is not None:
+                g_h_t += g_hs[t]
+            if g_h is not None:
+                g_h_t += g_h
+            # LSTM cell: h = o tanh(c), c = f c_prev + i g
+            i, f, o = sig[:, :H], sig[:, H : 2 * H], sig[:, 3 * H :]
+            g_c_t = g_h_t * o * (1.0 - tc * tc)
+            if g_c is not None:
+                g_c_t += g_c
+            post = torch.cat((g_c_t * g, g_c_t * c_prev, g_c_t * i, g_h_t * tc), 1)  # d/d(i, f, g, o)
+            d_act = sig * (1.0 - sig)  # sigmoid'; tanh' = 1 - g^2 on the g block
+            d_act[:, 2 * H : 3 * H] = 1.0 - g * g
+            g_gates = torch.mul(post, d_act, out=g_gates_all[t])
+            g_rh = g_gates @ w_rh  # [B, R*W + H]: gradients w.r.t. r_{t-1}, h_{t-1}
+            g_h, g_c = g_rh[:, RW:], g_c_t * f
+            g_access = [*g_prev, None, g_rh[:, :RW].reshape(B, R, W)]  # (w^w_{t-1} gets no gradient: a constant)
+            if reset_steps[t]:  # rows that restarted at t took their state from the initial state
+                m = resets[t]
+                gs = [g_h, g_c, *g_access]
+                for k, gk in enumerate(gs):
+                    if gk is None:
+                        continue
+                    mk = m.view((B,) + (1,) * (gk.dim() - 1))
+                    if need_init:
+                        gi = torch.where(mk, gk, 0.0)
+                        g_init[k] = gi if g_init[k] is None else g_init[k] + gi
+                    gs[k] = torch.where(mk, 0.0, gk)
+                g_h, g_c, *g_access = gs
+        g_state = [g_h, g_c, *g_access]
+        # weight gradients, once for all steps: [4H, T*B] x [T*B, K]
+        gg = g_gates_all.view(T * B, 4 * H)
+        g_xs = g_w_ih = g_w_hh = g_b_ih = g_b_hh = g_w_xi = g_b_xi = None
+        if need[1]:
+            g_xs = (gg @ w_ih[:, :I]).view(T, B, I)
+        if need[21] or need[22]:
+            g_rh_w = gg.t() @ rh.view(T * B, -1)  # [4H, R*W + H]
+            if need[21]:
+                g_w_ih = torch.cat((gg.t() @ xs.reshape(T * B, I), g_rh_w[:, :RW]), 1)
+            if need[22]:
+                g_w_hh = g_rh_w[:, RW:]
+        if need[23] or need[24]:
+            g_b = gg.sum(0)
+            g_b_ih, g_b_hh = g_b, g_b.clone()
+        graw = g_raw_all.view(T * B, -1)
+        if need[25]:
+            g_w_xi = graw.t() @ hs.view(T * B, H)
+        if need[26]:
+            g_b_xi = graw.sum(0)
+        g_state = [gs if need[3 + k] else None for k, gs in enumerate(g_state)]
+        return (None, g_xs, None, *g_state, *g_init, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_xi, g_b_xi)
+
+
 # ---------------------------------------------------------------------------------------------- the core
 
 
@@ -936,6 +1093,48 @@ class DNCCore(Core):
         if self.output_projection is not None:
             y = self.output_projection(y)
         return y, DNCState(new_ctrl, new_access)
+
+    def _fast_unroll_ok(self, xs: Tensor, state: DNCState) -> bool:
+        """Whether :meth:`unroll` may take the fused path (:class:`_FusedUnroll`)."""
+        if not (self.fused and self.controller_kind == "lstm") or self.masked_content or self.link_sharpness:
+            return False
+        if xs.shape[0] == 0 or torch.is_autocast_enabled(xs.device.type):
+            return False
+        dtype = self._param_dtype()
+        return dtype in (torch.float32, torch.float64) and all(t.dtype == dtype for t in (xs, *tree_leaves(state)))
+
+    def unroll(self, xs: Tensor, state: DNCState, resets: Tensor | None = None) -> tuple[Tensor, DNCState]:
+        """Time-major unroll, exactly the base class's step loop (``ys[t], state = self(xs[t], state, resets[t])``).
+
+        With ``fused=True``, the LSTM controller, float32/float64 and no autocast, the whole unroll is one autograd
+        node (:class:`_FusedUnroll`: the controller's input projection for all steps in one matmul, the access step's
+        fused forward/backward per step, weight gradients once for all steps); the same values up to rounding
+        (tests/test_dnc.py checks values and gradients against the step loop, with resets). Otherwise the loop.
+        """
+        if xs.dim() != 3 or xs.shape[2] != self.input_size:
+            raise ValueError(f"xs must have shape [T, B, {self.input_size}], got {list(xs.shape)}")
+        if resets is not None and resets.shape != xs.shape[:2]:
+            raise ValueError(f"resets must have shape {list(xs.shape[:2])}, got {list(resets.shape)}")
+        if not self._fast_unroll_ok(xs, state):
+            return super().unroll(xs, state, resets)
+        T, B, _ = xs.shape
+        leaves = tree_leaves(state)
+        if leaves[0].shape[0] != B:
+            raise ValueError(f"state batch size {leaves[0].shape[0]} does not match xs batch size {B}")
+        if resets is not None:
+            resets = resets.to(device=xs.device, dtype=torch.bool)
+            init = tree_leaves(self.initial_state(B, device=xs.device))
+        else:
+            init = [None] * 9
+        lstm = self.controller
+        params = (lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh, self.interface.weight, self.interface.bias)
+        meta = (self.num_read_heads, self.slot_size, self.erase_freed)
+        hs, reads, *final = _FusedUnroll.apply(meta, xs, resets, *leaves, *init, *params)
+        # y_t = [h_t; r_t] (or W_y [h_t; r_t])
+        ys = torch.cat((hs, reads.reshape(T, B, -1)), dim=-1)
+        if self.output_projection is not None:
+            ys = self.output_projection(ys)
+        return ys, DNCState(DNCControllerState(*final[:2]), DNCAccessState(*final[2:]))
 
     def extra_repr(self) -> str:
         opts = [

@@ -474,3 +474,70 @@ def test_autocast_keeps_memory_math_in_float32():
 def test_bad_arguments_name_the_option(kwargs, word):
     with pytest.raises(ValueError, match=word):
         DNCCore(5, **kwargs)
+
+
+# ------------------------------------------------------------------ fused unroll == step loop
+
+
+@pytest.mark.parametrize(
+    "opts", [{}, dict(erase_freed=True), dict(learn_initial_state=True, output_size=5)], ids=lambda o: ",".join(o) or "paper"
+)
+def test_fused_unroll_equals_step_loop_values_and_gradients(opts):
+    """DNCCore.unroll (one autograd node over all steps) against the base class's step loop, float64: outputs,
+    final state and the gradients w.r.t. every parameter, the inputs and the incoming state, with and without
+    per-row resets (a learned initial state gets gradient only through the reset rows)."""
+    from memory_cores.base import Core
+
+    torch.manual_seed(0)
+    core = DNCCore(5, **SMALL, **opts).double()
+    if core.learn_initial_state:
+        for p in (core.h0, core.c0, core.r0):
+            p.value.data.normal_()
+    T, B = 7, 3
+    xs = torch.randn(T, B, 5, dtype=torch.float64, requires_grad=True)
+    resets = torch.zeros(T, B, dtype=torch.bool)
+    resets[0, 2] = resets[3, 1] = True
+    resets[5] = True
+    _, start = Core.unroll(core, torch.randn(3, B, 5, dtype=torch.float64), core.initial_state(B))
+    start = tree_map(lambda t: t.detach().clone().requires_grad_(True), start)
+    assert core._fast_unroll_ok(xs, start)
+    for r in (None, resets):
+        results = []
+        for unroll in (lambda: Core.unroll(core, xs, start, r), lambda: core.unroll(xs, start, r)):
+            core.zero_grad(set_to_none=True)
+            for t in (xs, *tree_leaves(start)):
+                t.grad = None
+            ys, st = unroll()
+            a, ctrl = st.access, st.controller
+            loss = ys.pow(2).sum() + a.link.sum() + a.memory.pow(2).sum() + a.usage.sum() + a.precedence.sum()
+            loss = loss + a.write_weights.sum() + a.read_weights.pow(2).sum() + a.read_vectors.sum()
+            (loss + ctrl.h.sum() + ctrl.c.pow(2).sum()).backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in core.parameters()]
+            grads += [t.grad if t.grad is not None else torch.zeros_like(t) for t in (xs, *tree_leaves(start))]
+            results.append((ys.detach(), tree_leaves(st), grads))
+        (ys_l, st_l, g_l), (ys_u, st_u, g_u) = results
+        torch.testing.assert_close(ys_u, ys_l, atol=1e-12, rtol=1e-10)
+        for x, y in zip(st_u, st_l):
+            torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-10)
+        for x, y in zip(g_u, g_l):
+            torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-8)
+
+
+def test_fused_unroll_only_where_it_applies():
+    xs = torch.randn(4, 2, 5)
+    core = DNCCore(5, **SMALL)
+    assert core._fast_unroll_ok(xs, core.initial_state(2))
+    assert not core._fast_unroll_ok(xs.double(), core.initial_state(2))  # mixed dtypes: the step loop
+    for opts in (dict(fused=False), dict(masked_content=True), dict(link_sharpness=True), dict(controller="feedforward")):
+        other = DNCCore(5, **SMALL, **opts)
+        assert not other._fast_unroll_ok(xs, other.initial_state(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not core._fast_unroll_ok(xs, core.initial_state(2))
+    with torch.no_grad():  # inference through the fused path equals the step loop
+        from memory_cores.base import Core
+
+        ys, st = core.unroll(xs, core.initial_state(2))
+        ys_l, st_l = Core.unroll(core, xs, core.initial_state(2))
+    torch.testing.assert_close(ys, ys_l, atol=1e-5, rtol=1e-5)
+    for a, b in zip(tree_leaves(st), tree_leaves(st_l)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
