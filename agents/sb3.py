@@ -48,7 +48,9 @@ each sequence, so the choices are stored as part of the **action**: wrap the env
 * ``predict(..., deterministic=True)`` takes the greedy choice.
 
 Such a core is shared by actor and critic (``shared_lstm=True``, SB3's meaning: the value head reads the detached
-core output); a separate critic core would take choices nobody trains.
+core output); a separate critic core would take choices nobody trains. The value head reads only the part of the
+core output computed before the choice (``y[:, :core.pre_choice_size]``, the rest zeroed), so the baseline does not
+depend on ``a_t`` (an action-dependent baseline would bias the choice's gradient; :mod:`memory_cores.reinforce`).
 """
 
 from __future__ import annotations
@@ -387,7 +389,7 @@ class MemoryCorePolicy(RecurrentActorCriticPolicy):
         if self.lstm_critic is not None:
             latent_vf, states_vf, _ = self.lstm_critic.process(vf_features, lstm_states.vf, episode_starts)
         elif self.shared_lstm:
-            latent_vf = latent_pi.detach()
+            latent_vf = self._value_input(latent_pi.detach())
             states_vf = (states_pi[0].detach(), states_pi[1].detach())
         else:
             latent_vf = self.critic(vf_features)
@@ -398,6 +400,17 @@ class MemoryCorePolicy(RecurrentActorCriticPolicy):
             RNNStates(states_pi, states_vf),
             info,
         )
+
+    def _value_input(self, latent: Tensor) -> Tensor:
+        """The shared core's output as the critic sees it. For cores with discrete choices only the part computed
+        before the choice (``y[:, :core.pre_choice_size]``, the controller output h_t) is kept and the rest is
+        zeroed: a baseline that depends on the choice a_t would bias the choice's policy gradient (see
+        :mod:`memory_cores.reinforce`)."""
+        if not self.has_choices:
+            return latent
+        pre = int(getattr(self.core, "pre_choice_size", latent.shape[-1]))
+        keep = (torch.arange(latent.shape[-1], device=latent.device) < pre).to(latent.dtype)  # [O] 1 then 0
+        return latent * keep
 
     def _split_actions(self, actions: Tensor) -> tuple[Tensor, Tensor]:
         """Joint action ``[N, K + 1]`` -> env part (``[N]`` for one component, else ``[N, K]``) and choice ``[N]``."""
@@ -456,7 +469,7 @@ class MemoryCorePolicy(RecurrentActorCriticPolicy):
             latent_vf, _, _ = self.lstm_critic.process(features, lstm_states, episode_starts)
         elif self.shared_lstm:
             latent_vf, _, _ = self.lstm_actor.process(features, lstm_states, episode_starts, greedy=True)
-            latent_vf = latent_vf.detach()
+            latent_vf = self._value_input(latent_vf.detach())
         else:
             latent_vf = self.critic(features)
         return self.value_net(self.mlp_extractor.forward_critic(latent_vf))

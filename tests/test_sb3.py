@@ -300,3 +300,24 @@ def test_buffer_bytes_per_step():
     for name in NAMES:
         S = memory_cores.make_core(name, 64).state_size
         assert sb3.buffer_bytes_per_step(name) == 16 * ((S + 1) // 2)
+
+
+def test_rl_access_value_does_not_depend_on_the_choice():
+    """The critic of a shared rl_access core reads h_t only (computed before the access choice a_t)."""
+    env = tmaze("rl_access")
+    model = make_model("rl_access", env)
+    policy = model.policy
+    obs_t, _ = policy.obs_to_tensor(np.stack([env.reset(seed=0)[0]] * 2))
+    from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+    hc = policy.lstm_actor.initial(2)
+    starts = torch.ones(2)
+    P = policy.core.num_choices
+    with torch.no_grad():
+        values = []
+        for c in range(P):
+            acts = torch.tensor([[0, c], [1, c]])
+            v, _, _ = policy.evaluate_actions(obs_t, acts, RNNStates(hc, hc), starts)
+            values.append(v)
+    for v in values[1:]:
+        assert torch.equal(v, values[0])
