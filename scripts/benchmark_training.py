@@ -324,9 +324,9 @@ def print_table(results: list[Result]) -> list[str]:
     env's own stepping speed."""
     by = {r.entry: r for r in results}
     lines = [
-        "| entry | envs x steps | iterations | steps/s (wall) | steps/s (CPU time) | update share | "
+        "| entry | parameters | envs x steps | iterations | steps/s (wall) | steps/s (CPU time) | update share | "
         "x sb3 same settings | x sb3 defaults | x raw env |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ratio(r: Result, ref_entry: str) -> str:
@@ -342,7 +342,8 @@ def print_table(results: list[Result]) -> list[str]:
         shape = f"{r.num_envs} x {r.num_steps}" if r.num_steps else f"{r.num_envs} (env only)"
         share = f"{r.update_wall / r.wall:.0%}" if r.num_steps and r.wall > 0 else ""
         iters = str(r.iterations) if r.num_steps else ""
-        lines.append(f"| {r.entry} | {shape} | {iters} | {r.sps:,.0f} | {r.sps_cpu:,.0f} | {share} | {r_same} | "
+        params = f"{r.extra['params']:,}" if "params" in r.extra else ""
+        lines.append(f"| {r.entry} | {params} | {shape} | {iters} | {r.sps:,.0f} | {r.sps_cpu:,.0f} | {share} | {r_same} | "
                      f"{r_def} | {r_env} |")
     print("\n".join(lines), flush=True)
     return lines
