@@ -107,7 +107,7 @@ def record_episode(checkpoint: str, seed: int = 0, deterministic: bool = True, m
             new = out.state.actor
             found = find_fields(new, WEIGHT_FIELDS)
             if not found:  # a plain recurrent core: its hidden state
-                found = {k: v for k, v in find_fields(new, ("h",)).items()}
+                found = find_fields(new, ("h",))
             for name, value in found.items():
                 arr = value[0].float().reshape(-1, value.shape[-1]).numpy()  # [heads, N] (or [1, N])
                 fields.setdefault(name, []).append(arr)
