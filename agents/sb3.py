@@ -347,6 +347,12 @@ class MemoryCorePolicy(RecurrentActorCriticPolicy):
             critic_core = memory_cores.make_core(self.core_name, self.features_dim, **self.core_kwargs)
         self._pending = (actor_core, critic_core)
         self.lstm_output_dim = actor_core.output_size
+        if self.has_choices and int(self.action_space.nvec[-1]) != actor_core.num_choices:
+            raise ValueError(
+                f"the last action component must be the core's access choice with {actor_core.num_choices} values "
+                f"(core_kwargs={self.core_kwargs}), got action space {self.action_space}; wrap the env with "
+                f"agents.sb3.wrap_env_for_core(env, {self.core_name!r}, core_kwargs)"
+            )
         if self.has_choices:
             # the action distribution covers the env's part; the choice's distribution is the core's own
             self.action_dist = _env_part_distribution(self.action_space)

@@ -238,6 +238,9 @@ def test_rl_access_choices_get_ppo_gradient():
 def test_rl_access_needs_the_choice_wrapper():
     with pytest.raises(ValueError, match="MemoryChoiceWrapper"):
         RecurrentPPO("RLAccessPolicy", gym.make("MemoryCores/TMaze-v0"), policy_kwargs=dict(core_kwargs=SMALL["rl_access"]))
+    wrong = sb3.MemoryChoiceWrapper(gym.make("MemoryCores/TMaze-v0"), 3)  # default rl_access has 7 processes
+    with pytest.raises(ValueError, match="7 values"):
+        make_model("rl_access", wrong)
     with pytest.raises(ValueError, match="shared"):
         make_model("rl_access", tmaze("rl_access"), policy_kwargs=dict(enable_critic_lstm=True))
 
@@ -290,10 +293,9 @@ def test_project_envs_pass_sb3_check_env(env_id, kwargs):
     if "Wrapped" in env_id:
         pytest.importorskip("minigrid")
     env = gym.make(env_id, **kwargs)
-    check_env(env.unwrapped if "Wrapped" not in env_id else env, warn=True, skip_render_check=True)
-    check_env(sb3.MemoryChoiceWrapper(env, 3), warn=True, skip_render_check=True) if isinstance(
-        env.action_space, gym.spaces.Discrete
-    ) else None
+    check_env(env, warn=True, skip_render_check=True)
+    if isinstance(env.action_space, gym.spaces.Discrete):  # and with the rl_access choice appended to the action
+        check_env(sb3.MemoryChoiceWrapper(env, 3), warn=True, skip_render_check=True)
 
 
 def test_buffer_bytes_per_step():
