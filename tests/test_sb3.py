@@ -112,7 +112,7 @@ def _features(policy, obs):
     return policy.extract_features(obs_t, policy.pi_features_extractor)
 
 
-@pytest.mark.parametrize("core", ["lstm", "ntm", "rl_access"])
+@pytest.mark.parametrize("core", NAMES)
 def test_predict_state_round_trip(core):
     """predict() with the returned state, step by step, equals the core unrolled over the same observations."""
     env = tmaze(core)
@@ -177,7 +177,7 @@ def test_learned_initial_state_reset_at_episode_start():
 
 
 # ------------------------------------------------------------------------------------------------ save / load
-@pytest.mark.parametrize("core", ["alstm", "dnc", "rl_access"])
+@pytest.mark.parametrize("core", NAMES)
 def test_save_load_same_actions(core, tmp_path):
     env = tmaze(core)
     model = make_model(core, env)
