@@ -291,3 +291,14 @@ def test_train_and_evaluate_scripts(tmp_path, capsys):
     assert set(res["deterministic"]) >= {"mean_return", "success_rate"} and res["stochastic"]["episodes"] == 5
     assert train_main(["--resume", "--run-dir", run, "--hidden-size", "16", "--no-progress"]) == 2
     assert "does not fit checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("core", ["lstm", "rl_access"])
+def test_ppo_on_cuda(tmp_path, core):
+    if core not in memory_cores.CORES:
+        pytest.skip(f"{core} not registered")
+    cfg = small_cfg(core=core, device="cuda", run_dir=str(tmp_path / "run"), core_kwargs=json.dumps(MEM_KW.get(core, {})))
+    out = train(cfg)
+    assert out["updates"] == 2 and np.isfinite(out["metrics"]["loss"])
