@@ -7,6 +7,8 @@ autograd formulas, and what each option changes.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -479,9 +481,10 @@ def test_bad_arguments_name_the_option(kwargs, word):
 # ------------------------------------------------------------------ fused unroll == step loop
 
 
-@pytest.mark.parametrize(
-    "opts", [{}, dict(erase_freed=True), dict(learn_initial_state=True, output_size=5)], ids=lambda o: ",".join(o) or "paper"
-)
+UNROLL_OPTIONS = [{}, dict(erase_freed=True), dict(learn_initial_state=True, output_size=5)]
+
+
+@pytest.mark.parametrize("opts", UNROLL_OPTIONS, ids=lambda o: ",".join(o) or "paper")
 def test_fused_unroll_equals_step_loop_values_and_gradients(opts):
     """DNCCore.unroll (one autograd node over all steps) against the base class's step loop, float64: outputs,
     final state and the gradients w.r.t. every parameter, the inputs and the incoming state, with and without
@@ -528,7 +531,8 @@ def test_fused_unroll_only_where_it_applies():
     core = DNCCore(5, **SMALL)
     assert core._fast_unroll_ok(xs, core.initial_state(2))
     assert not core._fast_unroll_ok(xs.double(), core.initial_state(2))  # mixed dtypes: the step loop
-    for opts in (dict(fused=False), dict(masked_content=True), dict(link_sharpness=True), dict(controller="feedforward")):
+    others = (dict(fused=False), dict(masked_content=True), dict(link_sharpness=True), dict(controller="feedforward"))
+    for opts in others:
         other = DNCCore(5, **SMALL, **opts)
         assert not other._fast_unroll_ok(xs, other.initial_state(2))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -541,3 +545,32 @@ def test_fused_unroll_only_where_it_applies():
     torch.testing.assert_close(ys, ys_l, atol=1e-5, rtol=1e-5)
     for a, b in zip(tree_leaves(st), tree_leaves(st_l)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("MEMORY_CORES_COMPILE_TESTS"),
+    reason="compiles with inductor (tens of seconds); set MEMORY_CORES_COMPILE_TESTS=1",
+)
+def test_compiled_unroll_equals_eager_unroll():
+    """DNCCore(compile=True) (torch.compile of the fused unroll's step functions) against the eager fused unroll,
+    float64, with resets: outputs, final state and gradients."""
+    torch.manual_seed(0)
+    eager = DNCCore(5, **SMALL, learn_initial_state=True).double()
+    compiled = DNCCore(5, **SMALL, learn_initial_state=True, compile=True).double()
+    compiled.load_state_dict(eager.state_dict())
+    T, B = 6, 3
+    xs = torch.randn(T, B, 5, dtype=torch.float64)
+    resets = torch.zeros(T, B, dtype=torch.bool)
+    resets[2, 1] = resets[4, 0] = True
+    results = []
+    for core in (eager, compiled):
+        ys, st = core.unroll(xs, core.initial_state(B), resets)
+        (ys.pow(2).sum() + st.access.memory.sum() + st.controller.c.sum()).backward()
+        results.append((ys.detach(), tree_leaves(st), [p.grad for p in core.parameters()]))
+    (ys_e, st_e, g_e), (ys_c, st_c, g_c) = results
+    torch.testing.assert_close(ys_c, ys_e, atol=1e-12, rtol=1e-10)
+    for a, b in zip(st_c, st_e):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
