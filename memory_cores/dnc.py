@@ -521,16 +521,17 @@ def access_step(
 
 
 def _bmm_nt(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b^T`` for ``a``: ``[B, K, D]`` (K small), ``b``: ``[B, N, D]``, computed as ``(b @ a^T)^T`` (a
-    ``[B, K, N]`` view): on CPU, bmm with a transposed right operand is several times slower in this layout."""
-    return torch.bmm(b, a.transpose(1, 2)).transpose(1, 2)
+    """``a @ b^T`` for ``a``: ``[B, K, D]`` (K small), ``b``: ``[B, N, D]`` -> contiguous ``[B, K, N]``. (With torch
+    2.13 on a CPU, the transposed right operand is faster than computing ``(b @ a^T)^T``: 37 vs 50 us for
+    ``[32, 4, 64] x [32, 64, 64]^T``, and the result is contiguous for the elementwise ops that follow.)"""
+    return torch.bmm(a, b.transpose(1, 2))
 
 
 def _content_forward(memory: Tensor, keys: Tensor, beta: Tensor, eps: float = EPS):
     """C(M, k, beta) without autograd. Returns ``(w [B, H, N], sim, m_norm [B, N], k_norm [B, H])``."""
     m_norm = torch.sqrt(torch.linalg.vector_norm(memory, dim=-1).square_().add_(eps))  # |M(i)|: [B, N]
     k_norm = torch.sqrt(keys.square().sum(-1) + eps)  # |k|: [B, H]
-    sim = _bmm_nt(keys, memory) if keys.shape[1] > 1 else torch.bmm(keys, memory.transpose(1, 2))  # k . M(i)
+    sim = _bmm_nt(keys, memory)  # k . M(i): [B, H, N]
     sim = sim / (k_norm.unsqueeze(-1) * m_norm.unsqueeze(1))  # K[k, M(i)]: [B, H, N]
     w = torch.softmax(beta.unsqueeze(-1) * sim, dim=-1)
     return w, sim, m_norm, k_norm
@@ -639,9 +640,16 @@ def _access_forward(raw, memory, usage, link, precedence, read_w, write_w, erase
     return (mem1, u1, link1, p1, wr1, w_row, reads), saved
 
 
-def _access_backward(saved, erase_freed: bool, R: int, W: int, g_mem1, g_u1, g_link1, g_p1, g_wr1, g_ww1, g_reads):
+def _access_backward(
+    saved, erase_freed: bool, R: int, W: int, g_mem1, g_u1, g_link1, g_p1, g_wr1, g_ww1, g_reads, scratch=None
+):
     """The backward of :class:`_FusedAccess` as a plain function: ``saved`` from :func:`_access_forward` and the
-    gradients w.r.t. its seven outputs (None for none) -> gradients w.r.t. the raw interface, M, u, L, p, w^r."""
+    gradients w.r.t. its seven outputs (None for none) -> gradients w.r.t. the raw interface, M, u, L, p, w^r.
+
+    ``scratch``: None, or a ``[B, N, N]`` work buffer, which also says that ``g_link1`` (contiguous, not None) is
+    the caller's to overwrite: the link gradient is then computed in place in ``g_link1`` (returned as the
+    gradient w.r.t. L_{t-1}) with no ``[B, N, N]`` allocation (:class:`_FusedUnroll` carries one buffer back
+    through time; every fresh ``[B, N, N]`` tensor costs page faults and cache misses on a CPU)."""
     (
         memory, usage, link, precedence, read_w, write_w, mem1, link1, wr1,
         plus, sig, pi, kr, kw, v, q, psi, u_pre, s, phi, excl, a_sorted, alloc,
@@ -675,7 +683,9 @@ def _access_backward(saved, erase_freed: bool, R: int, W: int, g_mem1, g_u1, g_l
         g_p0 += (1.0 - ww1.sum(-1, keepdim=True)) * g_p1
         g_ww += g_p1 - (g_p1 * precedence).sum(-1, keepdim=True)
     # ---- links and temporal reads: G = dL_t + G_f^T W_r + W_r^T G_b, masked diagonal
-    if g_link1 is not None and g_link1.is_contiguous():
+    if scratch is not None:  # g_link1 is ours: accumulate in place
+        g_l = g_link1.baddbmm_(g_fwd.transpose(1, 2), read_w)
+    elif g_link1 is not None and g_link1.is_contiguous():
         g_l = torch.baddbmm(g_link1, g_fwd.transpose(1, 2), read_w)
     else:
         g_l = torch.bmm(g_fwd.transpose(1, 2), read_w)
@@ -684,11 +694,15 @@ def _access_backward(saved, erase_freed: bool, R: int, W: int, g_mem1, g_u1, g_l
     g_l.baddbmm_(read_w.transpose(1, 2), g_bwd)
     g_l.diagonal(dim1=1, dim2=2).zero_()
     g_rw0 = torch.bmm(g_fwd, link1) + _bmm_nt(g_bwd, link1)  # [B, R, N]
-    g_link0 = torch.sub(1.0 - w_col, w_row).mul_(g_l)
-    gl = g_l * link
+    gl = g_l * link if scratch is None else torch.mul(g_l, link, out=scratch)  # G o L_{t-1}
     # (matrix-vector products are written row-vector x matrix^T: bmm with a column vector is ~5x slower on CPU)
     g_ww += torch.bmm(precedence.unsqueeze(1), g_l.transpose(1, 2)).squeeze(1) - gl.sum(2) - gl.sum(1)
     g_p0 += torch.bmm(w_row, g_l).squeeze(1)
+    # dL_t / dL_{t-1} = 1 - w[i] - w[j] (the diagonal of G is already zero)
+    if scratch is None:
+        g_link0 = torch.sub(1.0 - w_col, w_row).mul_(g_l)
+    else:
+        g_link0 = g_l.mul_(torch.sub(1.0 - w_col, w_row, out=scratch))
     # ---- write M_t = M o keep + w v^T, keep = (1 - w e^T) [psi]
     gmm = g_mem1 * memory  # G o M_{t-1}
     gmm_e = torch.bmm(e.unsqueeze(1), gmm.transpose(1, 2)).squeeze(1)  # sum_j G M e_j: [B, N]
@@ -784,14 +798,17 @@ def _lstm_access_forward(xg, rh, w_rh_t, c, w_xi_t, b_xi, access, erase_freed: b
     return h, c1, outputs, (sig, g, tc, c, saved)
 
 
-def _lstm_access_backward(saved, w_rh, w_xi, erase_freed: bool, R: int, W: int, g_h, g_c, g_access, g_reads):
+def _lstm_access_backward(
+    saved, w_rh, w_xi, erase_freed: bool, R: int, W: int, g_h, g_c, g_access, g_reads, scratch=None
+):
     """One step of :class:`_FusedUnroll`'s backward: gradients w.r.t. ``h_t``, ``c_t`` (``g_h`` includes the
     output's), the six access tensors at t (None for none) and the reads r_t -> the gate gradient ``[B, 4H]``, the
-    interface gradient, and the gradients w.r.t. h_{t-1}, c_{t-1}, the access tensors at t-1, r_{t-1}."""
+    interface gradient, and the gradients w.r.t. h_{t-1}, c_{t-1}, the access tensors at t-1, r_{t-1}.
+    ``scratch``: see :func:`_access_backward` (the link gradient in ``g_access`` is then overwritten)."""
     sig, g, tc, c_prev, saved_access = saved
     H = c_prev.shape[1]
     B = c_prev.shape[0]
-    g_raw, *g_prev = _access_backward(saved_access, erase_freed, R, W, *g_access, g_reads)
+    g_raw, *g_prev = _access_backward(saved_access, erase_freed, R, W, *g_access, g_reads, scratch)
     g_h = torch.addmm(g_h, g_raw, w_xi)  # xi = W_xi h + b:  dh += W_xi^T g_xi
     # LSTM cell: h = o tanh(c), c = f c_prev + i g
     i, f, o = sig[:, :H], sig[:, H : 2 * H], sig[:, 3 * H :]
@@ -898,6 +915,14 @@ class _FusedUnroll(torch.autograd.Function):
         g_raw_all = xs.new_empty(T, B, w_xi.shape[0])
         # gradients w.r.t. the state after step t (h, c, M, u, L, p, w^r, w^w, r); None is zero
         g_state = [g_h, g_c, *g_access]
+        scratch = None
+        if not compiled:  # the link gradient is carried back in one buffer, updated in place (_access_backward)
+            g_l = g_state[4]
+            if g_l is None:
+                g_state[4] = xs.new_zeros(ctx.state_shapes[4])
+            else:
+                g_state[4] = g_l.clone(memory_format=torch.contiguous_format)
+            scratch = torch.empty_like(g_state[4])
         zero_ww = None
         if compiled:  # one compiled graph for every step: no Nones, contiguous
             g_state = [xs.new_zeros(shape) if gx is None else gx.contiguous()
@@ -914,7 +939,7 @@ class _FusedUnroll(torch.autograd.Function):
             if g_reads_all is not None:
                 g_reads = g_reads_all[t] if g_reads is None else g_reads + g_reads_all[t]
             g_gates, g_raw, g_h_prev, g_c_prev, g_prev, g_r_prev = step_backward(
-                ctx.steps[t], w_rh, w_xi, erase_freed, R, W, g_h_t, g_c_t, g_state[2:8], g_reads
+                ctx.steps[t], w_rh, w_xi, erase_freed, R, W, g_h_t, g_c_t, g_state[2:8], g_reads, scratch
             )
             g_gates_all[t] = g_gates
             g_raw_all[t] = g_raw
