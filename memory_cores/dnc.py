@@ -646,10 +646,10 @@ def _access_backward(
     """The backward of :class:`_FusedAccess` as a plain function: ``saved`` from :func:`_access_forward` and the
     gradients w.r.t. its seven outputs (None for none) -> gradients w.r.t. the raw interface, M, u, L, p, w^r.
 
-    ``scratch``: None, or a ``[B, N, N]`` work buffer, which also says that ``g_link1`` (contiguous, not None) is
-    the caller's to overwrite: the link gradient is then computed in place in ``g_link1`` (returned as the
-    gradient w.r.t. L_{t-1}) with no ``[B, N, N]`` allocation (:class:`_FusedUnroll` carries one buffer back
-    through time; every fresh ``[B, N, N]`` tensor costs page faults and cache misses on a CPU)."""
+    ``scratch``: None, or work buffers ``([B, N, N], [B, N, W])``, which also say that ``g_link1`` and ``g_mem1``
+    (contiguous, not None) are the caller's to overwrite: the gradients w.r.t. L_{t-1} and M_{t-1} are then
+    computed in place in them, with no ``[B, N, N]`` or ``[B, N, W]`` allocation (:class:`_FusedUnroll` carries
+    one buffer of each back through time; on a CPU every fresh big tensor costs page faults and cache misses)."""
     (
         memory, usage, link, precedence, read_w, write_w, mem1, link1, wr1,
         plus, sig, pi, kr, kw, v, q, psi, u_pre, s, phi, excl, a_sorted, alloc,
@@ -668,8 +668,12 @@ def _access_backward(
     g_reads = g_reads.contiguous() if g_reads is not None else zeros(mem1[:, : wr1.shape[1]])
     g_wr1_r = _bmm_nt(g_reads, mem1)  # [B, R, N]
     g_wr1 = g_wr1_r + g_wr1 if g_wr1 is not None else g_wr1_r
-    g_mem1_r = torch.bmm(wr1.transpose(1, 2), g_reads)  # [B, N, W]
-    g_mem1 = g_mem1_r.add_(g_mem1) if g_mem1 is not None else g_mem1_r
+    link_scratch, mem_scratch = scratch if scratch is not None else (None, None)
+    if scratch is not None:  # g_mem1 is ours: accumulate in place
+        g_mem1 = g_mem1.baddbmm_(wr1.transpose(1, 2), g_reads)  # [B, N, W]
+    else:
+        g_mem1_r = torch.bmm(wr1.transpose(1, 2), g_reads)  # [B, N, W]
+        g_mem1 = g_mem1_r.add_(g_mem1) if g_mem1 is not None else g_mem1_r
     # ---- mode mix w^r = sum_m pi_m mode_m
     g_pi = torch.linalg.vecdot(modes, g_wr1.unsqueeze(2))  # [B, R, 3]
     g_modes = pi.unsqueeze(-1) * g_wr1.unsqueeze(2)  # [B, R, 3, N]
@@ -694,7 +698,7 @@ def _access_backward(
     g_l.baddbmm_(read_w.transpose(1, 2), g_bwd)
     g_l.diagonal(dim1=1, dim2=2).zero_()
     g_rw0 = torch.bmm(g_fwd, link1) + _bmm_nt(g_bwd, link1)  # [B, R, N]
-    gl = g_l * link if scratch is None else torch.mul(g_l, link, out=scratch)  # G o L_{t-1}
+    gl = g_l * link if scratch is None else torch.mul(g_l, link, out=link_scratch)  # G o L_{t-1}
     # (matrix-vector products are written row-vector x matrix^T: bmm with a column vector is ~5x slower on CPU)
     g_ww += torch.bmm(precedence.unsqueeze(1), g_l.transpose(1, 2)).squeeze(1) - gl.sum(2) - gl.sum(1)
     g_p0 += torch.bmm(w_row, g_l).squeeze(1)
@@ -702,9 +706,9 @@ def _access_backward(
     if scratch is None:
         g_link0 = torch.sub(1.0 - w_col, w_row).mul_(g_l)
     else:
-        g_link0 = g_l.mul_(torch.sub(1.0 - w_col, w_row, out=scratch))
+        g_link0 = g_l.mul_(torch.sub(1.0 - w_col, w_row, out=link_scratch))
     # ---- write M_t = M o keep + w v^T, keep = (1 - w e^T) [psi]
-    gmm = g_mem1 * memory  # G o M_{t-1}
+    gmm = g_mem1 * memory if scratch is None else torch.mul(g_mem1, memory, out=mem_scratch)  # G o M_{t-1}
     gmm_e = torch.bmm(e.unsqueeze(1), gmm.transpose(1, 2)).squeeze(1)  # sum_j G M e_j: [B, N]
     g_psi = zeros(psi)
     if erase_freed:
@@ -716,7 +720,10 @@ def _access_backward(
         g_e = -torch.bmm(w_row, gmm).squeeze(1)
     g_v = torch.bmm(w_row, g_mem1).squeeze(1)
     # dM_t / dM_{t-1} = (1 - w e^T) [psi]: G - w (G o e)
-    g_mem0 = torch.addcmul(g_mem1, g_mem1 * e.unsqueeze(1), w_col, value=-1.0)
+    if scratch is None:
+        g_mem0 = torch.addcmul(g_mem1, g_mem1 * e.unsqueeze(1), w_col, value=-1.0)
+    else:  # (gmm is used up: its buffer takes G o e)
+        g_mem0 = g_mem1.addcmul_(torch.mul(g_mem1, e.unsqueeze(1), out=mem_scratch), w_col, value=-1.0)
     if erase_freed:
         g_mem0.mul_(psi.unsqueeze(-1))
     if g_ww1 is not None:  # only if the caller uses the state's write weights directly
@@ -916,13 +923,14 @@ class _FusedUnroll(torch.autograd.Function):
         # gradients w.r.t. the state after step t (h, c, M, u, L, p, w^r, w^w, r); None is zero
         g_state = [g_h, g_c, *g_access]
         scratch = None
-        if not compiled:  # the link gradient is carried back in one buffer, updated in place (_access_backward)
-            g_l = g_state[4]
-            if g_l is None:
-                g_state[4] = xs.new_zeros(ctx.state_shapes[4])
-            else:
-                g_state[4] = g_l.clone(memory_format=torch.contiguous_format)
-            scratch = torch.empty_like(g_state[4])
+        if not compiled:  # the memory and link gradients are carried back in one buffer each, updated in place
+            for k in (2, 4):
+                gk = g_state[k]
+                if gk is None:
+                    g_state[k] = xs.new_zeros(ctx.state_shapes[k])
+                else:
+                    g_state[k] = gk.clone(memory_format=torch.contiguous_format)
+            scratch = (torch.empty_like(g_state[4]), torch.empty_like(g_state[2]))  # (see _access_backward)
         zero_ww = None
         if compiled:  # one compiled graph for every step: no Nones, contiguous
             g_state = [xs.new_zeros(shape) if gx is None else gx.contiguous()
