@@ -36,8 +36,8 @@ the masked-content and link-sharpness options) everything after the interface Li
 touches the big tensors a few times. With the LSTM controller, :meth:`DNCCore.unroll` goes further: the whole
 unroll is one autograd node (:class:`_FusedUnroll`) that computes the controller's input projection for all steps
 in one matmul, runs the access step's forward/backward functions per step, carries the memory and link gradients
-back through time in place, and computes the weight gradients once for all steps. ``compile=True`` additionally
-``torch.compile``\ s the per-step functions (opt-in: compiling takes a while, see :class:`DNCCore`).
+back through time in place, and computes the weight gradients once for all steps. ``compile=True`` also runs
+the per-step functions through ``torch.compile`` (opt-in: compiling takes a while, see :class:`DNCCore`).
 The plain functions below (:func:`update_link`, :func:`write_weighting`, :func:`read_weighting`, ...) are the
 readable reference; ``fused=False`` runs them under autograd, and tests/test_dnc.py checks that the paths agree
 (values and gradients, float64, fused unroll against the step loop with resets) and gradchecks the fused functions.
