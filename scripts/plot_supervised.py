@@ -64,6 +64,7 @@ def plot_learning(task: str, by_label: dict[str, list[dict]], out: str) -> str:
             y = [max(p["bit_errors_per_seq"], 1e-3) for p in h]
             ax.plot(x, y, color=colors[i % len(colors)], alpha=0.8, lw=1, label=label if j == 0 else None)
     ax.set_yscale("log")
+    ax.set_xscale("log")
     ax.set_xlabel("training sequences")
     ax.set_ylabel("training bit errors per sequence")
     ax.set_title(f"{task}: learning curves (one line per seed)")
@@ -93,6 +94,7 @@ def plot_generalisation(task: str, by_label: dict[str, list[dict]], out: str) ->
     if train_max:
         ax.axvline(train_max, color="grey", ls=":", lw=1)
     ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0.0)
     ax.set_xlabel(SIZE_NAME.get(task, "size"))
     ax.set_ylabel("test bit errors per sequence")
     ax.set_title(f"{task}: errors against size (median over seeds, bars min..max; dotted: largest trained)")
@@ -119,7 +121,8 @@ def plot_weights(run: dict, out: str) -> str | None:
     for name in write + read:
         w = np.array(fields[name])  # [T, H, N]
         for h in range(w.shape[1]):
-            weights.append((f"{name} head {h}" if w.shape[1] > 1 else name, w[:, h, :].T))  # [N, T]
+            short = name.split(".")[-1]
+            weights.append((f"{short} head {h}" if w.shape[1] > 1 else short, w[:, h, :].T))  # [N, T]
     # crop the slot axis to the slots any head touches
     used = np.zeros(weights[0][1].shape[0], dtype=bool) if weights else None
     for _, w in weights:
@@ -131,7 +134,7 @@ def plot_weights(run: dict, out: str) -> str | None:
         crop = f" (slots {a}..{b - 1})"
     else:
         crop = ""
-    panels += [(n + crop, w) for n, w in weights]
+    panels += [(n + "\n" + crop.strip(), w) for n, w in weights]
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.2 + 1.6 * len(panels)), sharex=True)
     for ax, (name, img) in zip(np.atleast_1d(axes), panels):
         # weights, bits and probabilities all lie in [0, 1]
