@@ -155,8 +155,8 @@ def plot_weights(run: dict, out: str) -> str | None:
 def table(task: str, by_label: dict[str, list[dict]]) -> str:
     sizes = sorted({int(s) for runs in by_label.values() for r in runs for s in r["eval"]})
     head = ("| model | params | seeds | " + " | ".join(f"{SIZE_NAME.get(task, 'size').split()[-1]} {s}" for s in sizes)
-            + " | training sequences (median) | wall (median) |")
-    lines = [head, "|" + "---|" * (5 + len(sizes))]
+            + " | largest trained size | training sequences (median) | wall (median) |")
+    lines = [head, "|" + "---|" * (6 + len(sizes))]
     for label, runs in sorted(by_label.items()):
         cells = []
         for s in sizes:
@@ -165,8 +165,9 @@ def table(task: str, by_label: dict[str, list[dict]]) -> str:
         seqs = statistics.median(r["train"]["sequences"] for r in runs)
         wall = statistics.median(r["train"]["wall_s"] for r in runs)
         stops = ",".join(sorted({r["train"]["stopped"] for r in runs}))
+        largest = ", ".join(str(r["train"]["final_max_size"]) for r in runs)
         lines.append(f"| {label} | {runs[0]['parameters']} | {', '.join(str(r['seed']) for r in runs)} | "
-                     + " | ".join(cells) + f" | {seqs:,.0f} ({stops}) | {wall / 60:.1f} min |")
+                     + " | ".join(cells) + f" | {largest} | {seqs:,.0f} ({stops}) | {wall / 60:.1f} min |")
     return "\n".join(lines)
 
 
