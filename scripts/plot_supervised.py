@@ -52,7 +52,7 @@ def load(results_dir: str) -> dict[str, dict[str, list[dict]]]:
     return runs
 
 
-def plot_learning(task: str, by_label: dict[str, list[dict]], out: str) -> str:
+def plot_learning(task: str, by_label: dict[str, list[dict]], out: str, suffix: str = "") -> str:
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, runs) in enumerate(sorted(by_label.items())):
@@ -70,14 +70,14 @@ def plot_learning(task: str, by_label: dict[str, list[dict]], out: str) -> str:
     ax.set_title(f"{task}: learning curves (one line per seed)")
     ax.grid(alpha=0.3)
     ax.legend()
-    path = os.path.join(out, f"learning_{task}.png")
+    path = os.path.join(out, f"learning_{task}{suffix}.png")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_generalisation(task: str, by_label: dict[str, list[dict]], out: str) -> str:
+def plot_generalisation(task: str, by_label: dict[str, list[dict]], out: str, suffix: str = "") -> str:
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, runs in sorted(by_label.items()):
         sizes = sorted({int(s) for r in runs for s in r["eval"]})
@@ -101,7 +101,7 @@ def plot_generalisation(task: str, by_label: dict[str, list[dict]], out: str) ->
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend()
-    path = os.path.join(out, f"generalisation_{task}.png")
+    path = os.path.join(out, f"generalisation_{task}{suffix}.png")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -177,18 +177,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results", default="docs/results", help="folder of result JSON files")
     p.add_argument("--out", default="docs/results", help="folder for the PNG files")
     p.add_argument("--tasks", nargs="*", default=None, help="only these tasks")
+    p.add_argument("--labels", nargs="*", default=None, help="only these configurations (labels)")
+    p.add_argument("--suffix", default="", help="appended to the learning/generalisation file names")
+    p.add_argument("--no-weights", action="store_true", help="skip the weighting plots")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     runs = load(args.results)
     for task, by_label in sorted(runs.items()):
         if args.tasks and task not in args.tasks:
             continue
+        if args.labels:
+            by_label = {k: v for k, v in by_label.items() if k in args.labels}
+            if not by_label:
+                continue
         print(f"\n### {task}\n")
         print(table(task, by_label))
         print()
-        print("wrote", plot_learning(task, by_label, args.out))
-        print("wrote", plot_generalisation(task, by_label, args.out))
-        for label_runs in by_label.values():
+        print("wrote", plot_learning(task, by_label, args.out, args.suffix))
+        print("wrote", plot_generalisation(task, by_label, args.out, args.suffix))
+        for label_runs in [] if args.no_weights else by_label.values():
             for r in label_runs:
                 path = plot_weights(r, args.out)
                 if path:
