@@ -5,7 +5,8 @@
 
 Tianshou trains recurrent nets on windows of ``--stack-num`` observations started from the core's initial state
 (see the docstring of ``agents/tianshou.py``): a cue further back than the window cannot be learned. Prints one
-line per epoch and the final test return / success.
+line per epoch (unless ``--quiet``) and a JSON line with the final greedy test return and the fraction of test
+episodes with a positive return (the success rate on the T-maze with its default rewards).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
         "updates": int(result.update_step),
         "seconds": round(elapsed, 1),
         "test_return_mean": float(test.returns_stat.mean) if test.returns_stat is not None else float("nan"),
+        # T-maze with default rewards: return 1 iff the cued arm was entered, so this is the success rate
+        "test_positive_return_fraction": float(np.mean(np.asarray(test.returns) > 0)) if len(test.returns) else float("nan"),
     }
     print(json.dumps(out))
     return out
