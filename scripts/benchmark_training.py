@@ -25,13 +25,16 @@ Entries (``task:agent``):
   ``SyncVectorEnv`` (``agents.env_adapter.TorchVecEnv``, numpy converted to torch once per step).
 
 Agents: ``lstm``, ``ntm``, ``dnc`` (ours: ``agents.policy.ActorCritic`` trained by ``agents.ppo.PPO``, exactly
-the loop of ``agents.runner.train`` without its logging and checkpoints) and ``sb3-lstm`` (sb3-contrib
-``RecurrentPPO``). Same network for ``lstm`` and ``sb3-lstm``: Linear(obs, 128) + ReLU encoder, one LSTM of 128
+the loop of ``agents.runner.train`` without its logging and checkpoints), ``sb3-lstm`` and ``sb3-defaults``
+(sb3-contrib ``RecurrentPPO``). Same network for ``lstm`` and ``sb3-lstm``: Linear(obs, 128) + ReLU encoder, one LSTM of 128
 units shared by actor and critic (SB3: ``shared_lstm=True, enable_critic_lstm=False``), linear policy and value
 heads (SB3: ``net_arch=[]``), Adam. Same PPO settings per task: ``n_envs``, ``n_steps``, 4 epochs, 4
 minibatches (SB3 ``batch_size = n_envs * n_steps / 4`` steps). Differences that remain: SB3 samples minibatches
-of padded episode chunks, ours of fixed-length sequences (``--seq-len``) re-run from the stored state; SB3 keeps
-its LSTM step loop in the update, ours fuses it (``segmented_unroll``). NTM and DNC use the cores' default sizes
+of padded episode chunks, ours of fixed-length sequences re-run from the stored state; where an episode starts
+inside a sequence SB3 steps its LSTM one step at a time in the update, ours fuses it (``segmented_unroll``).
+``sb3-defaults`` is ``RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(lstm_hidden_size=128))`` on one env:
+SB3's defaults (n_steps 128, batch_size 128, 10 epochs, separate critic LSTM, 64-64 MLPs); ``--num-envs`` and
+``--num-steps`` do not change it. NTM and DNC use the cores' default sizes
 (NTM 128 x 20 memory, 1 read and 1 write head; DNC 64 x 32, 4 read heads) with a 128-unit LSTM controller.
 """
 
