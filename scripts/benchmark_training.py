@@ -26,8 +26,8 @@ Entries (``task:agent``):
 
 Agents: ``lstm``, ``ntm``, ``dnc`` (ours: ``agents.policy.ActorCritic`` trained by ``agents.ppo.PPO``, exactly
 the loop of ``agents.runner.train`` without its logging and checkpoints), ``sb3-lstm`` and ``sb3-defaults``
-(sb3-contrib ``RecurrentPPO``). Same network for ``lstm`` and ``sb3-lstm``: Linear(obs, 128) + ReLU encoder, one LSTM of 128
-units shared by actor and critic (SB3: ``shared_lstm=True, enable_critic_lstm=False``), linear policy and value
+(sb3-contrib ``RecurrentPPO``). Same network for ``lstm`` and ``sb3-lstm``: Linear(obs, 128) + ReLU encoder, one
+LSTM of 128 units shared by actor and critic (SB3: ``shared_lstm=True, enable_critic_lstm=False``), linear policy and value
 heads (SB3: ``net_arch=[]``), Adam. Same PPO settings per task: ``n_envs``, ``n_steps``, 4 epochs, 4
 minibatches (SB3 ``batch_size = n_envs * n_steps / 4`` steps). Differences that remain: SB3 samples minibatches
 of padded episode chunks, ours of fixed-length sequences re-run from the stored state; where an episode starts
