@@ -27,8 +27,8 @@ Entries (``task:agent``):
 Agents: ``lstm``, ``ntm``, ``dnc`` (ours: ``agents.policy.ActorCritic`` trained by ``agents.ppo.PPO``, exactly
 the loop of ``agents.runner.train`` without its logging and checkpoints), ``sb3-lstm`` and ``sb3-defaults``
 (sb3-contrib ``RecurrentPPO``). Same network for ``lstm`` and ``sb3-lstm``: Linear(obs, 128) + ReLU encoder, one
-LSTM of 128 units shared by actor and critic (SB3: ``shared_lstm=True, enable_critic_lstm=False``), linear policy and value
-heads (SB3: ``net_arch=[]``), Adam. Same PPO settings per task: ``n_envs``, ``n_steps``, 4 epochs, 4
+LSTM of 128 units shared by actor and critic (SB3: ``shared_lstm=True, enable_critic_lstm=False``), linear policy
+and value heads (SB3: ``net_arch=[]``), Adam. Same PPO settings per task: ``n_envs``, ``n_steps``, 4 epochs, 4
 minibatches (SB3 ``batch_size = n_envs * n_steps / 4`` steps). Differences that remain: SB3 samples minibatches
 of padded episode chunks, ours of fixed-length sequences re-run from the stored state; where an episode starts
 inside a sequence SB3 steps its LSTM one step at a time in the update, ours fuses it (``segmented_unroll``).
@@ -346,8 +346,8 @@ def print_table(results: list[Result]) -> list[str]:
         share = f"{r.update_wall / r.wall:.0%}" if r.num_steps and r.wall > 0 else ""
         iters = str(r.iterations) if r.num_steps else ""
         params = f"{r.extra['params']:,}" if "params" in r.extra else ""
-        lines.append(f"| {r.entry} | {params} | {shape} | {iters} | {r.sps:,.0f} | {r.sps_cpu:,.0f} | {share} | {r_same} | "
-                     f"{r_def} | {r_env} |")
+        lines.append(f"| {r.entry} | {params} | {shape} | {iters} | {r.sps:,.0f} | {r.sps_cpu:,.0f} | {share} | "
+                     f"{r_same} | {r_def} | {r_env} |")
     print("\n".join(lines), flush=True)
     return lines
 
