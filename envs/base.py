@@ -346,7 +346,9 @@ class SingleEnv(gym.Env):
 
     def __init__(self, render_mode: str | None = None, **options: Any) -> None:
         if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r} is not supported: valid is None")
+            # No renderer: accept and ignore the mode (Stable-Baselines3's make_vec_env asks for "rgb_array").
+            gym.logger.warn(f"render_mode={render_mode!r} is ignored: these tasks have no renderer")
+        self.render_mode = None
         device = resolve_device(options.pop("device", "cpu"))
         if device.type != "cpu":
             raise ValueError(

@@ -605,3 +605,12 @@ def test_returned_tensors_are_not_overwritten(task):
         env.step(random_actions(env, gen))
     now = [obs] + list(out[:4]) + list(out[4]["episode"].values())
     assert all(torch.equal(a, b) for a, b in zip(kept, now))
+
+
+def test_sb3_make_vec_env_render_mode_is_accepted():
+    """SB3's make_vec_env passes render_mode="rgb_array"; the single envs ignore it (no renderer) and still run."""
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.env_util import make_vec_env
+
+    venv = make_vec_env("MemoryCores/TMaze-v0", n_envs=2)
+    assert venv.reset().shape == (2, 3)
