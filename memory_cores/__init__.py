@@ -14,19 +14,19 @@ from __future__ import annotations
 import inspect
 
 from .base import Core, select_rows, stack_states, tree_leaves, tree_map
-from .dnc import DNCCore
 from .alstm import AssociativeLSTMCore
+from .dnc import DNCCore
 from .ntm import NTMCore
-from .rnn import GRUCore, LSTMCore
 from .rl_access import RLAccessCore
+from .rnn import GRUCore, LSTMCore
 
 CORES: dict[str, type[Core]] = {
     "lstm": LSTMCore,
     "gru": GRUCore,
-    "ntm": NTMCore,
     "alstm": AssociativeLSTMCore,
-    "rl_access": RLAccessCore,
+    "ntm": NTMCore,
     "dnc": DNCCore,
+    "rl_access": RLAccessCore,
 }
 
 
