@@ -62,3 +62,56 @@ def task_defaults(env_id: str) -> dict:
         if key == env_id or (key.endswith("*") and env_id.startswith(key[:-1])):
             return dict(value)
     return {}
+
+
+# ======================================= length knobs for generalisation sweeps ==================================
+class LengthKnob:
+    """A task's difficulty knob for ``scripts/evaluate.py --sweep``: evaluate at the training value and beyond.
+
+    Args:
+        name: what the knob measures (a table header, e.g. ``"length"``).
+        keys: the env keywords that hold it (``("min_length", "max_length")``: both set to the swept value, so each
+            sweep point is one fixed length); the training value is the last key's (the longest trained).
+        default: the env's default when the training keywords do not give it.
+        low, high: the env's valid range.  step: sweep values are ``train + k * step`` multiples (odd sizes: 2).
+        drop: keywords removed at every sweep point (e.g. T-maze's ``max_steps``, derived from the length, so the
+            env's own ``4 (L + 1)`` limit applies).
+    """
+
+    def __init__(self, name: str, keys: tuple[str, ...], default: int, low: int, high: int, step: int = 1,
+                 drop: tuple[str, ...] = ()) -> None:
+        self.name, self.keys, self.default, self.low, self.high = name, keys, default, low, high
+        self.step, self.drop = step, drop
+
+    def train_value(self, env_kwargs: dict) -> int:
+        return int(env_kwargs.get(self.keys[-1], self.default))
+
+    def default_values(self, env_kwargs: dict) -> list[int]:
+        """The training value and 2x, 4x, 8x it (rounded to the knob's step, clipped to the valid range)."""
+        v0 = self.train_value(env_kwargs)
+        out = []
+        for m in (1, 2, 4, 8):
+            v = v0 + ((m - 1) * v0 // self.step) * self.step
+            v = min(max(v, self.low), self.high)
+            if v not in out:
+                out.append(v)
+        return out
+
+    def kwargs_at(self, env_kwargs: dict, value: int) -> dict:
+        """The training keywords with the knob set to ``value`` (``ValueError`` when outside the valid range)."""
+        if not self.low <= value <= self.high or (value - self.train_value(env_kwargs)) % self.step:
+            raise ValueError(f"sweep value {self.name}={value} is not valid: expected an integer in "
+                             f"[{self.low}, {self.high}]" + (f" with the training value's parity" if self.step == 2
+                                                             else ""))
+        out = {k: v for k, v in env_kwargs.items() if k not in self.drop}
+        out.update({k: int(value) for k in self.keys})
+        return out
+
+
+LENGTH_KNOBS: dict[str, LengthKnob] = {
+    "MemoryCores/TMaze-v0": LengthKnob("length", ("length",), 10, 1, 100_000, drop=("max_steps",)),
+    "MemoryCores/Copy-v0": LengthKnob("length", ("min_length", "max_length"), 10, 1, 4096),
+    "MemoryCores/RepeatCopy-v0": LengthKnob("length", ("min_length", "max_length"), 10, 1, 4096),
+    "MemoryCores/AssociativeRecall-v0": LengthKnob("items", ("min_items", "max_items"), 6, 2, 256),
+    "MemoryCores/MiniGridMemory-v0": LengthKnob("size", ("size",), 7, 7, 31, step=2),
+}

@@ -40,7 +40,8 @@ import torch
 
 from .base import GOLDEN32, BatchedEnv, SingleEnv, check_int, hash32
 
-__all__ = ["MiniGridMemory", "MiniGridMemoryEnv", "MemoryCore", "CODE_TO_ENCODING", "EMPTY", "WALL", "KEY", "BALL"]
+__all__ = ["MiniGridMemory", "MiniGridMemoryEnv", "MemoryCore", "CODE_TO_ENCODING", "EMPTY", "WALL", "KEY", "BALL",
+           "ONE_HOT_BITS", "one_hot_encode"]
 
 # --- MiniGrid's constants (minigrid/core/constants.py), repeated so that this module does not need minigrid ------
 OBJECT_TO_IDX = {
@@ -63,8 +64,23 @@ CODE_TO_ENCODING = (
 )
 
 NUM_ACTIONS = 7
+# bits per cell of MiniGrid's OneHotPartialObsWrapper: object, colour and state one-hots side by side
+ONE_HOT_BITS = len(OBJECT_TO_IDX) + len(COLOR_TO_IDX) + 3
 MIN_SIZE, MAX_SIZE = 7, 31
 MAX_TABLE_VIEW = 7  # row-visibility lookup table up to this view size (2 ** 14 entries); beyond, computed directly
+
+
+def one_hot_encode(obs: torch.Tensor) -> torch.Tensor:
+    """MiniGrid's ``OneHotPartialObsWrapper`` encoding of flat views: uint8 ``[*, C * 3]`` -> uint8 ``[*, C * 20]``.
+
+    Each cell ``(OBJECT_IDX, COLOR_IDX, STATE)`` becomes 20 bits: ``[object one-hot (11) | colour one-hot (6) |
+    state one-hot (3)]``, cells in the view's C order, as the wrapper lays out its ``[V, V, 20]`` image.
+    """
+    lead, n = obs.shape[:-1], obs.shape[-1] // 3
+    offsets = torch.tensor([0, len(OBJECT_TO_IDX), len(OBJECT_TO_IDX) + len(COLOR_TO_IDX)], device=obs.device)
+    idx = obs.reshape(lead + (n, 3)).long() + offsets  # [*, C, 3] bit positions
+    out = torch.zeros(lead + (n, ONE_HOT_BITS), dtype=torch.uint8, device=obs.device)
+    return out.scatter_(-1, idx, 1).reshape(lead + (n * ONE_HOT_BITS,))
 
 
 # ======================================= egocentric view: index offsets ============================================
@@ -239,8 +255,8 @@ class MemoryCore:
     """
 
     def __init__(self, num_envs: int, size: int, random_length: bool, view_size: int, max_steps: int,
-                 device: torch.device, obs_cache: bool = True):
-        self.num_envs, self.size, self.random_length = num_envs, size, random_length
+                 device: torch.device, obs_cache: bool = True, one_hot: bool = False):
+        self.num_envs, self.size, self.random_length, self.one_hot = num_envs, size, random_length, one_hot
         self.view_size, self.max_steps, self.device = view_size, max_steps, device
         V = view_size
         self.pad = V - 1  # the view reaches V - 1 cells ahead of the agent
@@ -307,6 +323,11 @@ class MemoryCore:
         return reward, terminated, truncated, success
 
     # --- observation ----------------------------------------------------------------------------------------
+    def observe_at(self, layout: torch.Tensor, pos: torch.Tensor, dir: torch.Tensor) -> torch.Tensor:
+        """The observation at given (layout, cell, direction): :meth:`render`, one-hot encoded with ``one_hot``."""
+        obs = self.render(layout, pos, dir)
+        return one_hot_encode(obs) if self.one_hot else obs
+
     def render(self, layout: torch.Tensor, pos: torch.Tensor, dir: torch.Tensor) -> torch.Tensor:
         """MiniGrid's image observation computed directly: uint8 ``[N, V * V * 3]`` (``[V, V, 3]`` flattened).
 
@@ -351,15 +372,15 @@ class MemoryCore:
         lay_t = torch.tensor(lay, dtype=torch.long, device=self.device).repeat_interleave(4)
         pos_t = torch.tensor(cells, dtype=torch.long, device=self.device).repeat_interleave(4)
         dir_t = torch.arange(4, device=self.device).repeat(n)
-        chunks = [self.render(lay_t[i:i + 65536], pos_t[i:i + 65536], dir_t[i:i + 65536])
+        chunks = [self.observe_at(lay_t[i:i + 65536], pos_t[i:i + 65536], dir_t[i:i + 65536])
                   for i in range(0, 4 * n, 65536)]
-        self.cache = torch.cat(chunks)  # [4 n, V * V * 3], row 4 * compact + dir
+        self.cache = torch.cat(chunks)  # [4 n, V * V * 3] (or V * V * 20 one-hot), row 4 * compact + dir
         self.compact = compact.view(-1).to(self.device)  # [L * Np]
 
     def observe(self) -> torch.Tensor:
-        """The current observation of every env, uint8 ``[B, V * V * 3]``."""
+        """The current observation of every env, uint8 ``[B, V * V * 3]`` (``[B, V * V * 20]`` with one_hot)."""
         if self.cache is None:
-            return self.render(self.layout, self.pos, self.dir)
+            return self.observe_at(self.layout, self.pos, self.dir)
         row = self.compact.gather(0, self.layout * self.Np + self.pos) * 4 + self.dir
         return self.cache.index_select(0, row)
 
@@ -419,10 +440,13 @@ class MiniGridMemory(BatchedEnv):
         obs_cache: precompute the observations of all (layout, cell, direction) once (fast steps); False renders
             them every step (same values).
         device: torch device of the state and of every input/output tensor.
+        one_hot: give MiniGrid's ``OneHotPartialObsWrapper`` encoding instead (20 bits per cell: object, colour and
+            state one-hots), which a linear encoder separates better than the raw indices (key 5 vs ball 6).
         return_final_obs: also give the last observation of ending episodes (``info["final_obs"]``).
 
     Observation: uint8 ``[N, view_size * view_size * 3]``, MiniGrid's ``[view_size, view_size, 3]`` image
-    (``(OBJECT_IDX, COLOR_IDX, STATE)`` per cell) flattened in C order. Actions: ``Discrete(7)``.
+    (``(OBJECT_IDX, COLOR_IDX, STATE)`` per cell) flattened in C order; with ``one_hot`` uint8 (0/1)
+    ``[N, view_size * view_size * 20]``. Actions: ``Discrete(7)``.
     ``info["episode"]["success"]``: the matching object was reached.
     """
 
@@ -435,6 +459,7 @@ class MiniGridMemory(BatchedEnv):
         view_size: int = 7,
         max_steps: int | None = None,
         obs_cache: bool = True,
+        one_hot: bool = False,
         device: torch.device | str | None = "cpu",
         return_final_obs: bool = False,
     ) -> None:
@@ -443,12 +468,15 @@ class MiniGridMemory(BatchedEnv):
         max_steps = 5 * size * size if max_steps is None else check_int("max_steps", max_steps, 1)
         if not isinstance(random_length, (bool, np.bool_)):
             raise ValueError(f"random_length={random_length!r} is not valid: expected True or False")
-        obs_space = gym.spaces.Box(0, 255, (view_size * view_size * 3,), dtype=np.uint8)
+        if not isinstance(one_hot, (bool, np.bool_)):
+            raise ValueError(f"one_hot={one_hot!r} is not valid: expected True or False")
+        obs_space = (gym.spaces.Box(0, 1, (view_size * view_size * ONE_HOT_BITS,), dtype=np.uint8) if one_hot
+                     else gym.spaces.Box(0, 255, (view_size * view_size * 3,), dtype=np.uint8))
         super().__init__(num_envs, obs_space, gym.spaces.Discrete(NUM_ACTIONS), device=device,
                          return_final_obs=return_final_obs)
         self.size, self.random_length, self.view_size, self.max_steps = size, bool(random_length), view_size, max_steps
         self.core = MemoryCore(self.num_envs, size, self.random_length, view_size, max_steps, self.device,
-                               obs_cache=bool(obs_cache))
+                               obs_cache=bool(obs_cache), one_hot=bool(one_hot))
 
     def _reset_rows(self, mask: torch.Tensor) -> None:
         # one key per (row, episode): a single hash of (row seed, episode id), cheaper than episode_keys() (two)

@@ -59,6 +59,7 @@ def make_minigrid_memory(
     env_id: str = "MiniGrid-MemoryS7-v0",
     view_size: int = 3,
     max_steps: int | None = None,
+    one_hot: bool = False,
     render_mode: str | None = None,
 ) -> gym.Env:
     """One of MiniGrid's memory envs with a flat image observation and a ``view_size x view_size`` view.
@@ -67,6 +68,8 @@ def make_minigrid_memory(
         env_id: one of :data:`MINIGRID_MEMORY_IDS`.
         view_size: MiniGrid's ``agent_view_size``, odd, in [3, 15] (3 makes memory necessary).
         max_steps: episode step limit; None keeps MiniGrid's ``5 * size ** 2``.
+        one_hot: apply MiniGrid's ``OneHotPartialObsWrapper`` first (20 bits per cell instead of 3 indices), so the
+            flat observation has ``view_size * view_size * 20`` values in {0, 1}.
         render_mode: passed to MiniGrid (``None``, ``"rgb_array"`` or ``"human"``).
 
     Registered as ``MemoryCores/MiniGridMemoryWrapped-v0`` (options as keyword arguments of ``gymnasium.make``).
@@ -81,6 +84,12 @@ def make_minigrid_memory(
         if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
             raise ValueError(f"max_steps={max_steps!r} is not valid: expected None or an integer >= 1")
         kwargs["max_steps"] = int(max_steps)
+    if not isinstance(one_hot, (bool, np.bool_)):
+        raise ValueError(f"one_hot={one_hot!r} is not valid: expected True or False")
     _import_minigrid()
     env = gym.make(env_id, render_mode=render_mode, disable_env_checker=True, **kwargs)
+    if one_hot:
+        from minigrid.wrappers import OneHotPartialObsWrapper
+
+        env = OneHotPartialObsWrapper(env)
     return FlatImageObs(env)

@@ -3,10 +3,17 @@
 
     python scripts/evaluate.py runs/MemoryCores_TMaze-v0__lstm__1/checkpoint.pt
     python scripts/evaluate.py RUN_DIR --env MemoryCores/TMaze-v0 --episodes 500 --json
+    python scripts/evaluate.py RUN_DIR --sweep                      # + length generalisation: table and PNG
+    python scripts/evaluate.py RUN_DIR --sweep-values 50,100,200,400 --plot tmaze_sweep.png
 
 CHECKPOINT is a checkpoint file or a run directory. --env defaults to the env the policy was trained on (with
 its env keywords; --env-kwargs overrides them). Deterministic = the mode of the action distribution (and greedy
 core choices); stochastic = sampled. Each of the N episodes is the first episode of one of N parallel envs.
+
+--sweep (tasks with a length knob: T-maze length, Copy/RepeatCopy length, AssociativeRecall items, MiniGridMemory
+size) evaluates the same policy at the training value and at 2x, 4x and 8x it (or at --sweep-values), every other
+env keyword as in training (Copy: min_length = max_length = the swept length; T-maze: the env's own step limit
+4 (L + 1)), prints a table and writes a PNG of success rate (or return) against the knob.
 """
 
 from __future__ import annotations
@@ -28,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=12345, help="env seed (default 12345)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also evaluate at longer lengths (training value, 2x, 4x, 8x): a table and a PNG")
+    parser.add_argument("--sweep-values", default=None,
+                        help="comma-separated knob values for the sweep, e.g. 50,100,200 (implies --sweep)")
+    parser.add_argument("--plot", default=None,
+                        help="PNG path of the sweep plot (default: generalisation.png beside the checkpoint)")
     args = parser.parse_args(argv)
 
     import torch
@@ -35,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from agents.checkpoint import CheckpointError
     from agents.ppo import resolve_device
+    from agents.presets import LENGTH_KNOBS
     from agents.runner import evaluate_policy, load_policy
 
     try:
@@ -54,11 +68,32 @@ def main(argv: list[str] | None = None) -> int:
             "checkpoint": str(args.checkpoint), "env": env, "env_kwargs": env_kwargs, "core": cfg.core,
             "train_steps": int(ckpt["global_step"]),
         }
+        sweep = args.sweep or args.sweep_values is not None
+        knob = LENGTH_KNOBS.get(env)
+        if sweep and knob is None:
+            raise ValueError(f"--sweep: env {env!r} has no length knob; sweeps exist for {', '.join(LENGTH_KNOBS)}")
+        if sweep:
+            values = knob.default_values(env_kwargs) if args.sweep_values is None else parse_values(args.sweep_values)
+            points = [(v, knob.kwargs_at(env_kwargs, v)) for v in values]  # checks every value before running
         for mode in ("deterministic", "stochastic"):
             result[mode] = evaluate_policy(
                 policy, env, args.episodes, deterministic=mode == "deterministic", env_kwargs=env_kwargs,
                 seed=args.seed, device=device,
             )
+        if sweep:
+            rows = []
+            for value, kw in points:
+                row = {knob.name: value, "env_kwargs": kw}
+                for mode in ("deterministic", "stochastic"):
+                    row[mode] = evaluate_policy(policy, env, args.episodes, deterministic=mode == "deterministic",
+                                                env_kwargs=kw, seed=args.seed, device=device)
+                rows.append(row)
+            plot = args.plot or os.path.join(
+                args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(args.checkpoint) or ".",
+                "generalisation.png")
+            plot_sweep(rows, knob.name, knob.train_value(env_kwargs), f"{env}, core {cfg.core}", plot)
+            result["sweep"] = {"knob": knob.name, "train_value": knob.train_value(env_kwargs), "points": rows,
+                               "plot": plot}
     except json.JSONDecodeError as e:
         print(f"error: --env-kwargs is not valid JSON: {e}", file=sys.stderr)
         return 2
@@ -75,7 +110,63 @@ def main(argv: list[str] | None = None) -> int:
             succ = f", success rate {r['success_rate']:.3f}" if "success_rate" in r else ""
             print(f"  {mode:>13}: mean return {r['mean_return']:.3f}{succ}, mean length {r['mean_length']:.1f} "
                   f"({r['episodes']} episodes)")
+        if "sweep" in result:
+            print(sweep_table(result["sweep"]))
+            print(f"plot: {result['sweep']['plot']}")
     return 0
+
+
+def parse_values(text: str) -> list[int]:
+    """``"50,100,200"`` -> ``[50, 100, 200]`` (``ValueError`` naming the option otherwise)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"--sweep-values {text!r} is not valid: expected comma-separated integers, e.g. 50,100,200")
+    return values
+
+
+def sweep_table(sweep: dict) -> str:
+    """The sweep as a Markdown table: knob value, then success rate (when reported) and mean return per mode."""
+    name, rows = sweep["knob"], sweep["points"]
+    has_success = "success_rate" in rows[0]["deterministic"]
+    head = [name]
+    for mode in ("det.", "stoch."):
+        head += ([f"success {mode}"] if has_success else []) + [f"return {mode}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"{row[name]}" + (" (trained)" if row[name] == sweep["train_value"] else "")]
+        for mode in ("deterministic", "stochastic"):
+            r = row[mode]
+            cells += ([f"{r['success_rate']:.3f}"] if has_success else []) + [f"{r['mean_return']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[dict], name: str, train_value: int, title: str, path: str) -> None:
+    """PNG: success rate (or mean return) against the knob, deterministic and stochastic; training value marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "success_rate" if "success_rate" in rows[0]["deterministic"] else "mean_return"
+    xs = [row[name] for row in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for mode, style in (("deterministic", "o-"), ("stochastic", "s--")):
+        ax.plot(xs, [row[mode][key] for row in rows], style, label=mode)
+    ax.axvline(train_value, color="grey", lw=0.8, ls=":", label=f"trained ({name} {train_value})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel(name)
+    ax.set_ylabel(key.replace("_", " "))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from envs.base import hash32
 from envs.memory_maze import ShuffleTables, binary_tree_mazes, cell_graph, origin_shift_, trees_to_grids, wall_table
 from envs.minigrid_wrappers import MINIGRID_MEMORY_IDS
 from envs.minigrid_memory import (
-    BALL, CODE_TO_ENCODING, EMPTY, KEY, UNSEEN, WALL, MiniGridMemory, pad_grids, view_offsets, visibility_mask,
-    visibility_table,
+    BALL, CODE_TO_ENCODING, EMPTY, KEY, ONE_HOT_BITS, UNSEEN, WALL, MiniGridMemory, one_hot_encode, pad_grids,
+    view_offsets, visibility_mask, visibility_table,
 )
 
 torch.set_num_threads(1)
@@ -32,6 +32,7 @@ minigrid = pytest.importorskip("minigrid")
 from minigrid.core.grid import Grid  # noqa: E402
 from minigrid.core.world_object import Ball, Key, Wall  # noqa: E402
 from minigrid.envs import MemoryEnv  # noqa: E402
+from minigrid.wrappers import OneHotPartialObsWrapper  # noqa: E402
 
 
 def make_vec(task: str, num_envs: int, **options) -> gym.vector.VectorEnv:
@@ -254,19 +255,22 @@ def copy_minigrid_episode(env: MemoryEnv) -> tuple:
     return g, tuple(int(v) for v in env.agent_pos), int(env.agent_dir), env.success_pos, env.failure_pos
 
 
-def compare_with_minigrid(size, random_length, view_size, max_steps, policy, seed, num=4, obs_cache=True):
+def compare_with_minigrid(size, random_length, view_size, max_steps, policy, seed, num=4, obs_cache=True,
+                          one_hot=False):
     refs = [MemoryEnv(size=size, random_length=random_length, agent_view_size=view_size, max_steps=max_steps)
             for _ in range(num)]
-    first = [e.reset(seed=seed * 100 + i)[0]["image"] for i, e in enumerate(refs)]
+    # with one_hot the reference image is minigrid's own OneHotPartialObsWrapper encoding
+    image = (lambda o: OneHotPartialObsWrapper(refs[0]).observation(o)["image"]) if one_hot else (lambda o: o["image"])
+    first = [image(e.reset(seed=seed * 100 + i)[0]) for i, e in enumerate(refs)]
     lay = [copy_minigrid_episode(e) for e in refs]
     port = MiniGridMemory(num, size=size, random_length=random_length, view_size=view_size, max_steps=max_steps,
-                          obs_cache=obs_cache, return_final_obs=True)
+                          obs_cache=obs_cache, one_hot=one_hot, return_final_obs=True)
     port.reset(seed=0)
     obs = port.load_layouts(torch.tensor(np.stack([l[0] for l in lay])), torch.tensor([l[1] for l in lay]),
                             torch.tensor([l[2] for l in lay]), torch.tensor([l[3] for l in lay]),
                             torch.tensor([l[4] for l in lay]))
-    V = view_size
-    np.testing.assert_array_equal(obs.view(num, V, V, 3).numpy(), np.stack(first))
+    V, C = view_size, first[0].shape[-1]
+    np.testing.assert_array_equal(obs.view(num, V, V, C).numpy(), np.stack(first))
     alive = np.ones(num, dtype=bool)
     rng = np.random.default_rng(seed)
     compared = terminations = 0
@@ -276,7 +280,7 @@ def compare_with_minigrid(size, random_length, view_size, max_steps, policy, see
         obs = torch.where((te | tr).unsqueeze(1), info["final_obs"], obs)  # an ended episode's last obs
         for i in np.flatnonzero(alive):
             o, rr, tte, ttr, _ = refs[i].step(int(a[i]))
-            np.testing.assert_array_equal(obs[i].view(V, V, 3).numpy(), o["image"], err_msg=f"env {i} step {t}")
+            np.testing.assert_array_equal(obs[i].view(V, V, C).numpy(), image(o), err_msg=f"env {i} step {t}")
             assert abs(float(r[i]) - rr) < 1e-6 and (bool(te[i]), bool(tr[i])) == (tte, ttr), (i, t)
             compared += 1
             terminations += tte
@@ -311,6 +315,23 @@ def test_port_matches_minigrid_random_actions(size, random_length, view_size, ob
         compared, terminations = compared + c, terminations + t
     assert compared > 100
     assert terminations > 0  # some episodes reach an object
+
+
+@pytest.mark.parametrize("size,random_length,view_size,obs_cache", [(13, False, 3, True), (9, True, 5, False)])
+def test_port_one_hot_matches_minigrid_wrapper(size, random_length, view_size, obs_cache):
+    policy = lambda t, rng, n: rng.choice([0, 1, 2, 2, 2, 3], n)  # noqa: E731
+    compared, _ = compare_with_minigrid(size, random_length, view_size, 60, policy, seed=3, obs_cache=obs_cache,
+                                        one_hot=True)
+    assert compared > 50
+
+
+def test_wrapped_minigrid_one_hot():
+    raw = gym.make("MemoryCores/MiniGridMemoryWrapped-v0", env_id="MiniGrid-MemoryS13-v0", view_size=3)
+    hot = gym.make("MemoryCores/MiniGridMemoryWrapped-v0", env_id="MiniGrid-MemoryS13-v0", view_size=3, one_hot=True)
+    assert hot.observation_space.shape == (3 * 3 * ONE_HOT_BITS,)
+    for o_raw, o_hot in [(raw.reset(seed=5)[0], hot.reset(seed=5)[0]), (raw.step(0)[0], hot.step(0)[0])]:
+        np.testing.assert_array_equal(one_hot_encode(torch.from_numpy(o_raw)).numpy(), o_hot)
+        assert o_hot.reshape(9, ONE_HOT_BITS).sum(-1).tolist() == [3] * 9  # one bit per field
 
 
 def test_port_truncation_matches_minigrid():

@@ -291,6 +291,25 @@ def test_train_and_evaluate_scripts(tmp_path, capsys):
     assert set(res["deterministic"]) >= {"mean_return", "success_rate"} and res["stochastic"]["episodes"] == 5
     assert train_main(["--resume", "--run-dir", run, "--hidden-size", "16", "--no-progress"]) == 2
     assert "does not fit checkpoint" in capsys.readouterr().err
+    # length generalisation sweep: the trained length and 2x, 4x, 8x; the knob really changes the env
+    assert eval_main([run, "--episodes", "6", "--sweep", "--json", "--plot", str(tmp_path / "g.png")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    sweep = res["sweep"]
+    assert sweep["knob"] == "length" and sweep["train_value"] == 2
+    assert [p["length"] for p in sweep["points"]] == [2, 4, 8, 16]
+    assert sweep["points"][0]["deterministic"] == res["deterministic"]  # same env and seed as the plain evaluation
+    for p in sweep["points"]:
+        assert p["env_kwargs"]["length"] == p["length"] and "max_steps" not in p["env_kwargs"]
+        # a T-maze episode lasts at least L + 1 steps (the walk to the junction) and at most the 4 (L + 1) limit
+        assert p["length"] + 1 <= p["stochastic"]["mean_length"] <= 4 * (p["length"] + 1)
+    assert os.path.getsize(tmp_path / "g.png") > 1000
+    assert eval_main([run, "--episodes", "4", "--sweep-values", "3,5"]) == 0
+    out = capsys.readouterr().out
+    assert "| 3 | " in out and "| 5 | " in out and "| length | success det." in out
+    assert eval_main([run, "--sweep-values", "0"]) == 2
+    assert "sweep value length=0 is not valid" in capsys.readouterr().err
+    assert eval_main([run, "--sweep", "--env", "CartPole-v1"]) == 2
+    assert "has no length knob" in capsys.readouterr().err
 
 
 @pytest.mark.cuda
