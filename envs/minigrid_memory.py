@@ -442,11 +442,13 @@ class MiniGridMemory(BatchedEnv):
         device: torch device of the state and of every input/output tensor.
         one_hot: give MiniGrid's ``OneHotPartialObsWrapper`` encoding instead (20 bits per cell: object, colour and
             state one-hots), which a linear encoder separates better than the raw indices (key 5 vs ball 6).
+        num_actions: 7 (MiniGrid's action set) or 3 (only left, right, forward: the four others never change the
+            state in MemoryEnv, so this removes no strategy, only wasted steps from exploration).
         return_final_obs: also give the last observation of ending episodes (``info["final_obs"]``).
 
     Observation: uint8 ``[N, view_size * view_size * 3]``, MiniGrid's ``[view_size, view_size, 3]`` image
     (``(OBJECT_IDX, COLOR_IDX, STATE)`` per cell) flattened in C order; with ``one_hot`` uint8 (0/1)
-    ``[N, view_size * view_size * 20]``. Actions: ``Discrete(7)``.
+    ``[N, view_size * view_size * 20]``. Actions: ``Discrete(7)`` (``Discrete(3)`` with ``num_actions=3``, same ids).
     ``info["episode"]["success"]``: the matching object was reached.
     """
 
@@ -460,6 +462,7 @@ class MiniGridMemory(BatchedEnv):
         max_steps: int | None = None,
         obs_cache: bool = True,
         one_hot: bool = False,
+        num_actions: int = NUM_ACTIONS,
         device: torch.device | str | None = "cpu",
         return_final_obs: bool = False,
     ) -> None:
@@ -472,7 +475,9 @@ class MiniGridMemory(BatchedEnv):
             raise ValueError(f"one_hot={one_hot!r} is not valid: expected True or False")
         obs_space = (gym.spaces.Box(0, 1, (view_size * view_size * ONE_HOT_BITS,), dtype=np.uint8) if one_hot
                      else gym.spaces.Box(0, 255, (view_size * view_size * 3,), dtype=np.uint8))
-        super().__init__(num_envs, obs_space, gym.spaces.Discrete(NUM_ACTIONS), device=device,
+        if isinstance(num_actions, bool) or num_actions not in (3, NUM_ACTIONS):
+            raise ValueError(f"num_actions={num_actions!r} is not valid: expected 3 (left, right, forward) or 7 (all)")
+        super().__init__(num_envs, obs_space, gym.spaces.Discrete(int(num_actions)), device=device,
                          return_final_obs=return_final_obs)
         self.size, self.random_length, self.view_size, self.max_steps = size, bool(random_length), view_size, max_steps
         self.core = MemoryCore(self.num_envs, size, self.random_length, view_size, max_steps, self.device,

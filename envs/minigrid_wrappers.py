@@ -20,7 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["MINIGRID_MEMORY_IDS", "FlatImageObs", "make_minigrid_memory"]
+__all__ = ["MINIGRID_MEMORY_IDS", "FlatImageObs", "MoveActions", "make_minigrid_memory"]
 
 MINIGRID_MEMORY_IDS = (
     "MiniGrid-MemoryS7-v0",
@@ -45,6 +45,22 @@ class FlatImageObs(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         return observation["image"].reshape(-1)
 
 
+class MoveActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
+    """Only MiniGrid's first three actions (0 left, 1 right, 2 forward): ``Discrete(3)``, ids unchanged.
+
+    In the memory envs the other four (pickup, drop, toggle, done) never change the state, so no strategy is lost;
+    exploration just stops wasting steps on them.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
+        self.action_space = gym.spaces.Discrete(3)
+
+    def action(self, action: Any) -> int:
+        return int(action)
+
+
 def _import_minigrid() -> None:
     try:
         import minigrid  # noqa: F401  (registers the MiniGrid-* ids with Gymnasium)
@@ -60,6 +76,7 @@ def make_minigrid_memory(
     view_size: int = 3,
     max_steps: int | None = None,
     one_hot: bool = False,
+    num_actions: int = 7,
     render_mode: str | None = None,
 ) -> gym.Env:
     """One of MiniGrid's memory envs with a flat image observation and a ``view_size x view_size`` view.
@@ -70,6 +87,7 @@ def make_minigrid_memory(
         max_steps: episode step limit; None keeps MiniGrid's ``5 * size ** 2``.
         one_hot: apply MiniGrid's ``OneHotPartialObsWrapper`` first (20 bits per cell instead of 3 indices), so the
             flat observation has ``view_size * view_size * 20`` values in {0, 1}.
+        num_actions: 7 (MiniGrid's actions) or 3 (:class:`MoveActions`: left, right, forward only).
         render_mode: passed to MiniGrid (``None``, ``"rgb_array"`` or ``"human"``).
 
     Registered as ``MemoryCores/MiniGridMemoryWrapped-v0`` (options as keyword arguments of ``gymnasium.make``).
@@ -86,10 +104,13 @@ def make_minigrid_memory(
         kwargs["max_steps"] = int(max_steps)
     if not isinstance(one_hot, (bool, np.bool_)):
         raise ValueError(f"one_hot={one_hot!r} is not valid: expected True or False")
+    if isinstance(num_actions, bool) or num_actions not in (3, 7):
+        raise ValueError(f"num_actions={num_actions!r} is not valid: expected 3 (left, right, forward) or 7 (all)")
     _import_minigrid()
     env = gym.make(env_id, render_mode=render_mode, disable_env_checker=True, **kwargs)
     if one_hot:
         from minigrid.wrappers import OneHotPartialObsWrapper
 
         env = OneHotPartialObsWrapper(env)
-    return FlatImageObs(env)
+    env = FlatImageObs(env)
+    return MoveActions(env) if num_actions == 3 else env

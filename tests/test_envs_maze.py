@@ -334,6 +334,32 @@ def test_wrapped_minigrid_one_hot():
         assert o_hot.reshape(9, ONE_HOT_BITS).sum(-1).tolist() == [3] * 9  # one bit per field
 
 
+def test_move_actions_only():
+    """num_actions=3 plays exactly like the 7-action env restricted to left, right, forward (both envs)."""
+    a, b = make_vec("MiniGridMemory", 32, size=9, view_size=3), make_vec("MiniGridMemory", 32, size=9, view_size=3,
+                                                                          num_actions=3)
+    assert b.single_action_space == gym.spaces.Discrete(3)
+    oa, _ = a.reset(seed=4)
+    ob, _ = b.reset(seed=4)
+    g = torch.Generator().manual_seed(0)
+    ends = 0
+    for _ in range(80):
+        act = torch.randint(0, 3, (32,), generator=g)
+        ra, rb = a.step(act), b.step(act)
+        for x, y in zip(ra[:4], rb[:4]):
+            assert torch.equal(x, y)
+        ends += int(ra[2].sum())
+    assert ends > 0
+    w = gym.make("MemoryCores/MiniGridMemoryWrapped-v0", env_id="MiniGrid-MemoryS7-v0", num_actions=3)
+    assert w.action_space == gym.spaces.Discrete(3)
+    w.reset(seed=0)
+    assert w.step(2)[0].shape == (27,)
+    with pytest.raises(ValueError, match="num_actions=5 is not valid"):
+        make_vec("MiniGridMemory", 2, num_actions=5)
+    with pytest.raises(ValueError, match="num_actions=4 is not valid"):
+        gym.make("MemoryCores/MiniGridMemoryWrapped-v0", num_actions=4)
+
+
 def test_port_truncation_matches_minigrid():
     policy = lambda t, rng, n: rng.choice([0, 1, 4], n)  # noqa: E731  (never moves: always truncated)
     assert compare_with_minigrid(9, False, 3, 15, policy, seed=1) == (4 * 15, 0)
