@@ -604,6 +604,10 @@ class ActorCritic(nn.Module):
             scales up to this many steps (:func:`chrono_init_`); 0 keeps torch's init.
         segment_unroll: let :meth:`evaluate_sequence` use :func:`segmented_unroll` when asked (default: for the
             cores in :data:`SEGMENT_CORES`).
+        head_hidden: when > 0, the policy and the value head each get a hidden layer of this width (Linear ->
+            tanh) on the core output, as Stable-Baselines3's ``net_arch`` after its LSTM; 0: linear heads. A
+            hidden layer lets a head combine what the core remembers with what it sees now non-linearly (e.g.
+            "the remembered cue equals the object in view"), which a linear head on the core output cannot.
     """
 
     def __init__(
@@ -617,10 +621,13 @@ class ActorCritic(nn.Module):
         normalize_obs: bool = False,
         segment_unroll: bool | None = None,
         chrono_init: int = 0,
+        head_hidden: int = 0,
     ) -> None:
         super().__init__()
         if embed_size <= 0:
             raise ValueError(f"embed_size must be a positive int, got {embed_size!r}")
+        if isinstance(head_hidden, bool) or not isinstance(head_hidden, int) or head_hidden < 0:
+            raise ValueError(f"head_hidden={head_hidden!r} is not valid: expected an integer >= 0")
         core_kwargs = dict(core_kwargs or {})
         self.core_name = "none" if core is None or str(core).lower() in NO_CORE else str(core)
         if self.core_name != "none" and self.core_name not in memory_cores.CORES:
@@ -646,6 +653,12 @@ class ActorCritic(nn.Module):
             critic_width = width
         else:
             self.critic_encoder, self.critic_core, self.critic_mlp, critic_width = torso()
+        if head_hidden:
+            self.actor_mlp = nn.Sequential(_layer_init(nn.Linear(width, head_hidden)), nn.Tanh())
+            self.value_mlp = nn.Sequential(_layer_init(nn.Linear(critic_width, head_hidden)), nn.Tanh())
+            width = critic_width = head_hidden
+        else:
+            self.actor_mlp = self.value_mlp = nn.Identity()
         self.actor_head = make_head(action_space, width)
         self.value_head = _layer_init(nn.Linear(critic_width, 1), gain=1.0)
         self.has_choices = core_has_choices(self.core) or core_has_choices(self.critic_core)
@@ -704,7 +717,7 @@ class ActorCritic(nn.Module):
                 self.critic_encoder, self.critic_core, self.critic_mlp, obs, state.critic, resets, critic_choices,
                 greedy, segmented, resets_cpu,
             )
-        value = self.value_head(hv).squeeze(-1)
+        value = self.value_head(self.value_mlp(hv)).squeeze(-1)
         T, B = value.shape
         zero = value.new_zeros(T, B)
         if ch_a is None and ch_c is None:
@@ -730,7 +743,7 @@ class ActorCritic(nn.Module):
         obs1 = obs_map(lambda t: t.unsqueeze(0), obs)
         resets = None if reset is None else reset.unsqueeze(0)
         h, value, new_state, (choices, c_lp, c_ent) = self._forward_seq(obs1, state, resets, greedy=deterministic)
-        dist = self.actor_head(h[0])
+        dist = self.actor_head(self.actor_mlp(h[0]))
         if action is None:
             action = dist.mode() if deterministic else dist.sample()
         choices = None if choices is None else tree_map_any(lambda t: t[0], choices)
@@ -757,7 +770,7 @@ class ActorCritic(nn.Module):
         h, value, new_state, (_, c_lp, c_ent) = self._forward_seq(
             obs, state, resets, choices, segmented=segmented, resets_cpu=resets_cpu
         )
-        dist = self.actor_head(h)
+        dist = self.actor_head(self.actor_mlp(h))
         return SeqOut(dist.log_prob(actions), dist.entropy(), value, c_lp, c_ent, new_state)
 
     def env_action(self, action: Tensor) -> Tensor:

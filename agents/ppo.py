@@ -59,6 +59,9 @@ class TrainConfig:
     chrono_init: int = 0
     """Chrono-initialise the LSTM gate biases inside the core for memory time scales up to this many steps (0: torch's
     default init, which forgets about half per step)."""
+    head_hidden: int = 0
+    """Width of a hidden layer (Linear -> tanh) before the policy and the value head (0: linear heads on the core
+    output). Lets the heads combine the remembered with the currently seen non-linearly."""
     normalize_obs: bool = False
     """Normalise float Box observations by running mean/std (stored normalised, so the update sees the same)."""
 

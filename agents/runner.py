@@ -43,6 +43,7 @@ def build_policy(cfg: TrainConfig, observation_space, action_space) -> ActorCrit
         shared_core=cfg.shared_core,
         normalize_obs=cfg.normalize_obs,
         chrono_init=cfg.chrono_init,
+        head_hidden=cfg.head_hidden,
     )
 
 

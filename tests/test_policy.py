@@ -132,14 +132,15 @@ CORE_KW = {
 
 
 @pytest.mark.parametrize("core", ["none"] + sorted(memory_cores.CORES))
-@pytest.mark.parametrize("shared", [True, False])
-def test_actor_critic_step_loop_equals_sequence(core, shared):
+@pytest.mark.parametrize("shared,head_hidden", [(True, 0), (False, 0), (True, 6), (False, 6)])
+def test_actor_critic_step_loop_equals_sequence(core, shared, head_hidden):
     """Sampling step by step, then scoring the same actions (and core choices) over the sequence from the initial
     state with the same resets gives the same log-probs and values: what makes PPO's first ratio exactly 1."""
     torch.manual_seed(0)
     obs_space, act_space = OBS_SPACES["dict"], ACT_SPACES["multidiscrete"]
     pol = ActorCritic(obs_space, act_space, core=core, core_kwargs=CORE_KW.get(core, {}), embed_size=8,
-                      shared_core=shared)
+                      shared_core=shared, head_hidden=head_hidden)
+    assert sum(n.startswith(("actor_mlp.", "value_mlp.")) for n, _ in pol.named_parameters()) == (4 if head_hidden else 0)
     T = 5
     obs = [batch_obs(obs_space, B, seed=t) for t in range(T)]
     resets = torch.zeros(T, B, dtype=torch.bool)
@@ -171,6 +172,11 @@ def test_actor_critic_step_loop_equals_sequence(core, shared):
         assert missing == [] or all("rl" in n or "choice" in n for n in missing), missing
     else:
         assert missing == [], missing
+
+
+def test_head_hidden_is_checked():
+    with pytest.raises(ValueError, match="head_hidden=-1 is not valid"):
+        ActorCritic(OBS_SPACES["dict"], ACT_SPACES["multidiscrete"], core="lstm", head_hidden=-1)
 
 
 def test_obs_normalizer_statistics():
