@@ -608,6 +608,8 @@ class ActorCritic(nn.Module):
             tanh) on the core output, as Stable-Baselines3's ``net_arch`` after its LSTM; 0: linear heads. A
             hidden layer lets a head combine what the core remembers with what it sees now non-linearly (e.g.
             "the remembered cue equals the object in view"), which a linear head on the core output cannot.
+        obs_skip: the heads see the encoder output beside the core output (``[core out | embed]``), so the current
+            observation reaches them directly and not only through the core's gates (no effect without a core).
     """
 
     def __init__(
@@ -622,8 +624,10 @@ class ActorCritic(nn.Module):
         segment_unroll: bool | None = None,
         chrono_init: int = 0,
         head_hidden: int = 0,
+        obs_skip: bool = False,
     ) -> None:
         super().__init__()
+        self.obs_skip = bool(obs_skip) and not (core is None or str(core).lower() in NO_CORE)
         if embed_size <= 0:
             raise ValueError(f"embed_size must be a positive int, got {embed_size!r}")
         if isinstance(head_hidden, bool) or not isinstance(head_hidden, int) or head_hidden < 0:
@@ -645,7 +649,7 @@ class ActorCritic(nn.Module):
                 mlp = nn.Sequential(_layer_init(nn.Linear(embed_size, width)), nn.Tanh())
                 return enc, None, mlp, width
             c = memory_cores.make_core(self.core_name, embed_size, **core_kwargs)
-            return enc, c, None, c.output_size
+            return enc, c, None, c.output_size + (embed_size if self.obs_skip else 0)
 
         self.encoder, self.core, self.mlp, width = torso()
         if shared_core:
@@ -698,8 +702,12 @@ class ActorCritic(nn.Module):
         if core is None:
             return mlp(x), state, None
         if segmented and self.segment_unroll and resets is not None and x.shape[0] > 1 and not core_has_choices(core):
-            return segmented_unroll(core, x, state, resets, resets_cpu), None, None
-        return unroll_core(core, x, state, resets, choices, greedy)
+            h, new_state, ch = segmented_unroll(core, x, state, resets, resets_cpu), None, None
+        else:
+            h, new_state, ch = unroll_core(core, x, state, resets, choices, greedy)
+        if self.obs_skip:
+            h = torch.cat([h, x], -1)  # [T, B, core out + embed]: what the core remembers beside what is seen now
+        return h, new_state, ch
 
     def _forward_seq(
         self, obs: Obs, state: AgentState, resets: Tensor | None, choices: Any = None, greedy: bool = False,

@@ -62,6 +62,8 @@ class TrainConfig:
     head_hidden: int = 0
     """Width of a hidden layer (Linear -> tanh) before the policy and the value head (0: linear heads on the core
     output). Lets the heads combine the remembered with the currently seen non-linearly."""
+    obs_skip: bool = False
+    """The heads also see the encoder output beside the core output (the current observation directly)."""
     normalize_obs: bool = False
     """Normalise float Box observations by running mean/std (stored normalised, so the update sees the same)."""
 

@@ -44,6 +44,7 @@ def build_policy(cfg: TrainConfig, observation_space, action_space) -> ActorCrit
         normalize_obs=cfg.normalize_obs,
         chrono_init=cfg.chrono_init,
         head_hidden=cfg.head_hidden,
+        obs_skip=cfg.obs_skip,
     )
 
 

@@ -132,14 +132,15 @@ CORE_KW = {
 
 
 @pytest.mark.parametrize("core", ["none"] + sorted(memory_cores.CORES))
-@pytest.mark.parametrize("shared,head_hidden", [(True, 0), (False, 0), (True, 6), (False, 6)])
-def test_actor_critic_step_loop_equals_sequence(core, shared, head_hidden):
+@pytest.mark.parametrize("shared,head_hidden,skip", [(True, 0, False), (False, 0, False), (True, 6, True),
+                                                     (False, 6, True)])
+def test_actor_critic_step_loop_equals_sequence(core, shared, head_hidden, skip):
     """Sampling step by step, then scoring the same actions (and core choices) over the sequence from the initial
     state with the same resets gives the same log-probs and values: what makes PPO's first ratio exactly 1."""
     torch.manual_seed(0)
     obs_space, act_space = OBS_SPACES["dict"], ACT_SPACES["multidiscrete"]
     pol = ActorCritic(obs_space, act_space, core=core, core_kwargs=CORE_KW.get(core, {}), embed_size=8,
-                      shared_core=shared, head_hidden=head_hidden)
+                      shared_core=shared, head_hidden=head_hidden, obs_skip=skip)
     assert sum(n.startswith(("actor_mlp.", "value_mlp.")) for n, _ in pol.named_parameters()) == (4 if head_hidden else 0)
     T = 5
     obs = [batch_obs(obs_space, B, seed=t) for t in range(T)]
