@@ -104,8 +104,13 @@ def _clock() -> tuple[float, float]:
 
 
 # ================================================================================================= our PPO
+COMPILE_MODES = ("none", "act", "update", "both")
+"""``--compile``: which of our PPO's functions ``torch.compile`` wraps: the rollout step
+(``ActorCritic.get_action_and_value``), the update's sequence evaluation (``ActorCritic.evaluate_sequence``), both."""
+
+
 def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tuple[int, int, int], seconds: float,
-               warmup: int, device: str, seed: int) -> Result:
+               warmup: int, device: str, seed: int, compile_mode: str = "none") -> Result:
     """Our recurrent PPO (``agents.ppo.PPO``) on ``env_id``: whole collect + update iterations for ``seconds``."""
     from agents.env_adapter import TorchVecEnv
     from agents.ppo import PPO, TrainConfig, resolve_device
@@ -123,6 +128,10 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
     venv = TorchVecEnv(env_id, B, dev, cfg.env_kwargs_dict())
     policy = build_policy(cfg, venv.single_observation_space, venv.single_action_space).to(dev)
     ppo = PPO(policy, venv, cfg, seed=seed)
+    if compile_mode in ("act", "both"):
+        policy.get_action_and_value = torch.compile(policy.get_action_and_value, dynamic=False)
+    if compile_mode in ("update", "both"):
+        policy.evaluate_sequence = torch.compile(policy.evaluate_sequence, dynamic=False)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def iteration() -> float:
@@ -135,9 +144,14 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
         sync()
         return time.perf_counter() - t_up
 
+    t_warm = time.perf_counter()
     for _ in range(warmup):
         iteration()
+    warm = time.perf_counter() - t_warm
     res = Result(entry, f"{env_id} {json.dumps(cfg.env_kwargs_dict())}", B, T, note=f"seq_len {L}")
+    if compile_mode != "none":
+        res.entry = f"{entry} (compile {compile_mode})"
+        res.note += f", torch.compile: {compile_mode}, {warm:.0f} s warm-up"
     n_params = sum(p.numel() for p in policy.parameters())
     res.extra["params"] = n_params
     (w0, c0), steps0 = _clock(), ppo.global_step
@@ -287,7 +301,7 @@ def bench_env(entry: str, env_id: str, env_kwargs: dict, num_envs: int, seconds:
 
 
 # ======================================================================================================= driver
-def run_entry(entry: str, args: argparse.Namespace) -> Result:
+def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none") -> Result:
     task, agent = entry.split(":")
     B, T, L = TASK_SHAPES[task]
     B = args.num_envs or B
@@ -305,20 +319,20 @@ def run_entry(entry: str, args: argparse.Namespace) -> Result:
             return bench_sb3(entry, "MemoryCores/TMaze-v0", env_kwargs_for("MemoryCores/TMaze-v0", TMAZE_KWARGS),
                              shape, warmup=args.warmup_updates, **kw)
         return bench_ours(entry, agent, "MemoryCores/TMaze-v0", TMAZE_KWARGS, shape, warmup=args.warmup_updates,
-                          device=args.device, **kw)
+                          device=args.device, compile_mode=compile_mode, **kw)
     if task == "minigrid":
         if sb3:
             return bench_sb3(entry, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, shape,
                              warmup=args.warmup_updates, **kw)
         return bench_ours(entry, agent, "MemoryCores/MiniGridMemory-v0", {"size": 7, "view_size": 7}, shape,
-                          warmup=args.warmup_updates, device=args.device, **kw)
+                          warmup=args.warmup_updates, device=args.device, compile_mode=compile_mode, **kw)
     # minigrid-sync
     if agent == "env":
         return bench_env(entry, "MiniGrid-MemoryS7-v0", {}, 1, sync=False, **kw)
     if agent == "env-sync":
         return bench_env(entry, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, B, sync=True, **kw)
     return bench_ours(entry, agent, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, shape,
-                      warmup=args.warmup_updates, device=args.device, **kw)
+                      warmup=args.warmup_updates, device=args.device, compile_mode=compile_mode, **kw)
 
 
 def print_table(results: list[Result]) -> list[str]:
@@ -367,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed (default 1)")
     parser.add_argument("--no-sb3", action="store_true", help="skip the sb3-* entries")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument("--compile", nargs="+", default=["none"], choices=COMPILE_MODES, metavar="MODE",
+                        help="time our agents once per mode, side by side: none (eager), act (torch.compile the "
+                             "rollout step), update (the update's sequence evaluation), both (default: none)")
     args = parser.parse_args(argv)
 
     bad = [e for e in args.entries if e not in ENTRIES]
@@ -411,10 +428,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.warmup_updates} warm-up iteration(s), seed {args.seed}; {versions}; load average {load:.2f} at start",
           flush=True)
     results = []
-    for e in entries:
+    runs = [(e, m) for e in entries for m in (["none"] if is_sb3(e) or e.endswith(":env") or e.endswith(":env-sync")
+                                               else args.compile)]
+    for e, m in runs:
         t0 = time.perf_counter()
-        r = run_entry(e, args)
+        r = run_entry(e, args, m)
         results.append(r)
+        e = r.entry
         print(f"{e:>24}: {r.sps:10,.0f} steps/s wall, {r.sps_cpu:10,.0f} steps/s CPU time ({r.steps} steps, "
               f"{r.iterations} iterations, {time.perf_counter() - t0:.0f} s with warm-up) {r.env}", flush=True)
     print()
