@@ -53,6 +53,10 @@ def _layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0)
 
 
 # ====================================================================================================== encoders
+HEAD_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+"""Non-linearities of the optional hidden layer before the policy and value heads (``head_activation``)."""
+
+
 def _is_text_space(space: spaces.Space) -> bool:
     """Text-like entries (``Text``, MiniGrid's ``MissionSpace``) are not encoded."""
     return isinstance(space, spaces.Text) or type(space).__name__ == "MissionSpace"
@@ -610,6 +614,9 @@ class ActorCritic(nn.Module):
             "the remembered cue equals the object in view"), which a linear head on the core output cannot.
         obs_skip: the heads see the encoder output beside the core output (``[core out | embed]``), so the current
             observation reaches them directly and not only through the core's gates (no effect without a core).
+        head_activation: ``"tanh"`` (default) or ``"relu"``, the non-linearity of the ``head_hidden`` layers. An odd
+            function such as tanh has no second-order term, so from a small initialisation a tanh layer picks up a
+            product of two inputs ("remembered cue" x "object in view") only slowly; ReLU has one from the start.
     """
 
     def __init__(
@@ -625,6 +632,7 @@ class ActorCritic(nn.Module):
         chrono_init: int = 0,
         head_hidden: int = 0,
         obs_skip: bool = False,
+        head_activation: str = "tanh",
     ) -> None:
         super().__init__()
         self.obs_skip = bool(obs_skip) and not (core is None or str(core).lower() in NO_CORE)
@@ -632,6 +640,10 @@ class ActorCritic(nn.Module):
             raise ValueError(f"embed_size must be a positive int, got {embed_size!r}")
         if isinstance(head_hidden, bool) or not isinstance(head_hidden, int) or head_hidden < 0:
             raise ValueError(f"head_hidden={head_hidden!r} is not valid: expected an integer >= 0")
+        if head_activation not in HEAD_ACTIVATIONS:
+            raise ValueError(
+                f"head_activation={head_activation!r} is not valid: expected one of {', '.join(HEAD_ACTIVATIONS)}"
+            )
         core_kwargs = dict(core_kwargs or {})
         self.core_name = "none" if core is None or str(core).lower() in NO_CORE else str(core)
         if self.core_name != "none" and self.core_name not in memory_cores.CORES:
@@ -658,8 +670,9 @@ class ActorCritic(nn.Module):
         else:
             self.critic_encoder, self.critic_core, self.critic_mlp, critic_width = torso()
         if head_hidden:
-            self.actor_mlp = nn.Sequential(_layer_init(nn.Linear(width, head_hidden)), nn.Tanh())
-            self.value_mlp = nn.Sequential(_layer_init(nn.Linear(critic_width, head_hidden)), nn.Tanh())
+            act = HEAD_ACTIVATIONS[head_activation]
+            self.actor_mlp = nn.Sequential(_layer_init(nn.Linear(width, head_hidden)), act())
+            self.value_mlp = nn.Sequential(_layer_init(nn.Linear(critic_width, head_hidden)), act())
             width = critic_width = head_hidden
         else:
             self.actor_mlp = self.value_mlp = nn.Identity()

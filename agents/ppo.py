@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -64,6 +64,9 @@ class TrainConfig:
     output). Lets the heads combine the remembered with the currently seen non-linearly."""
     obs_skip: bool = False
     """The heads also see the encoder output beside the core output (the current observation directly)."""
+    head_activation: Literal["tanh", "relu"] = "tanh"
+    """Non-linearity of the --head-hidden layers: tanh or relu (relu picks up products of two inputs, e.g. remembered
+    cue x object in view, faster from a small initialisation)."""
     normalize_obs: bool = False
     """Normalise float Box observations by running mean/std (stored normalised, so the update sees the same)."""
 

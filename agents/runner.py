@@ -45,6 +45,7 @@ def build_policy(cfg: TrainConfig, observation_space, action_space) -> ActorCrit
         chrono_init=cfg.chrono_init,
         head_hidden=cfg.head_hidden,
         obs_skip=cfg.obs_skip,
+        head_activation=cfg.head_activation,
     )
 
 

@@ -178,6 +178,25 @@ def test_actor_critic_step_loop_equals_sequence(core, shared, head_hidden, skip)
 def test_head_hidden_is_checked():
     with pytest.raises(ValueError, match="head_hidden=-1 is not valid"):
         ActorCritic(OBS_SPACES["dict"], ACT_SPACES["multidiscrete"], core="lstm", head_hidden=-1)
+    with pytest.raises(ValueError, match="head_activation='gelu' is not valid: expected one of tanh, relu"):
+        ActorCritic(OBS_SPACES["dict"], ACT_SPACES["multidiscrete"], core="lstm", head_hidden=4, head_activation="gelu")
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_head_activation_relu(shared):
+    """With head_activation="relu" both head layers are rectified: the hidden activations the heads read are >= 0
+    and exactly ReLU of the layer's pre-activation (tanh, the default, gives negative ones on the same weights)."""
+    torch.manual_seed(0)
+    kw = dict(core="lstm", core_kwargs=CORE_KW["lstm"], embed_size=8, shared_core=shared, head_hidden=6)
+    relu = ActorCritic(OBS_SPACES["box"], ACT_SPACES["discrete"], head_activation="relu", **kw)
+    tanh = ActorCritic(OBS_SPACES["box"], ACT_SPACES["discrete"], **kw)
+    tanh.load_state_dict(relu.state_dict())  # same parameters, only the non-linearity differs
+    x = torch.randn(32, relu.actor_mlp[0].in_features)
+    for r, t in ((relu.actor_mlp, tanh.actor_mlp), (relu.value_mlp, tanh.value_mlp)):
+        pre = r[0](x)
+        torch.testing.assert_close(r(x), pre.clamp_min(0))
+        torch.testing.assert_close(t(x), pre.tanh())
+        assert bool((t(x) < 0).any())
 
 
 def test_obs_normalizer_statistics():
