@@ -33,13 +33,18 @@ MINIGRID_MEMORY_IDS = (
 
 
 class FlatImageObs(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
-    """Keep only MiniGrid's ``obs["image"]`` (``[V, V, 3]`` uint8), flattened to ``[V * V * 3]``."""
+    """Keep only MiniGrid's ``obs["image"]`` (``[V, V, C]`` uint8), flattened to ``[V * V * C]``.
 
-    def __init__(self, env: gym.Env) -> None:
-        gym.utils.RecordConstructorArgs.__init__(self)
+    ``high`` is the declared upper bound: 255 for MiniGrid's index encoding (as MiniGrid declares it), 1 for the
+    one-hot encoding (MiniGrid declares 255 there too, but the values are bits), so that the space equals the
+    batched port's :class:`envs.minigrid_memory.MiniGridMemory` space and a policy trained on one runs on the other.
+    """
+
+    def __init__(self, env: gym.Env, high: int = 255) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, high=high)
         gym.ObservationWrapper.__init__(self, env)
         image = env.observation_space["image"]
-        self.observation_space = gym.spaces.Box(0, 255, (int(np.prod(image.shape)),), dtype=np.uint8)
+        self.observation_space = gym.spaces.Box(0, high, (int(np.prod(image.shape)),), dtype=np.uint8)
 
     def observation(self, observation: dict[str, Any]) -> np.ndarray:
         return observation["image"].reshape(-1)
@@ -112,5 +117,5 @@ def make_minigrid_memory(
         from minigrid.wrappers import OneHotPartialObsWrapper
 
         env = OneHotPartialObsWrapper(env)
-    env = FlatImageObs(env)
+    env = FlatImageObs(env, high=1 if one_hot else 255)
     return MoveActions(env) if num_actions == 3 else env

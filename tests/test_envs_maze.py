@@ -329,6 +329,11 @@ def test_wrapped_minigrid_one_hot():
     raw = gym.make("MemoryCores/MiniGridMemoryWrapped-v0", env_id="MiniGrid-MemoryS13-v0", view_size=3)
     hot = gym.make("MemoryCores/MiniGridMemoryWrapped-v0", env_id="MiniGrid-MemoryS13-v0", view_size=3, one_hot=True)
     assert hot.observation_space.shape == (3 * 3 * ONE_HOT_BITS,)
+    # the same spaces as the batched port, so a policy trained on the port runs on MiniGrid's own env
+    for one_hot, env in ((False, raw), (True, hot)):
+        port = gym.make("MemoryCores/MiniGridMemory-v0", size=13, view_size=3, one_hot=one_hot)
+        assert env.observation_space == port.observation_space
+        assert hot.observation_space.contains(hot.reset(seed=1)[0])
     for o_raw, o_hot in [(raw.reset(seed=5)[0], hot.reset(seed=5)[0]), (raw.step(0)[0], hot.step(0)[0])]:
         np.testing.assert_array_equal(one_hot_encode(torch.from_numpy(o_raw)).numpy(), o_hot)
         assert o_hot.reshape(9, ONE_HOT_BITS).sum(-1).tolist() == [3] * 9  # one bit per field
