@@ -25,7 +25,10 @@ FORMAT = "memory-cores-ppo/1"
 CHECKPOINT_NAME = "checkpoint.pt"
 
 # Fields that shape the policy or its inputs: they must match when resuming or evaluating.
-STRUCTURAL = ("env", "env_kwargs", "core", "hidden_size", "core_kwargs", "embed_size", "shared_core", "normalize_obs")
+STRUCTURAL = ("env", "env_kwargs", "core", "hidden_size", "core_kwargs", "embed_size", "shared_core", "normalize_obs",
+              "head_hidden", "obs_skip", "head_activation")
+NETWORK = STRUCTURAL[2:]
+"""The options that define the network (all structural ones but the env): what ``--init-from`` must match."""
 
 
 class CheckpointError(ValueError):
@@ -62,10 +65,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def check_compatible(config: dict[str, Any], ckpt: dict[str, Any], path: str | Path = "checkpoint") -> None:
-    """Raise :class:`CheckpointError` naming the first structural option that differs from the checkpoint's."""
+def check_compatible(
+    config: dict[str, Any], ckpt: dict[str, Any], path: str | Path = "checkpoint", names: tuple[str, ...] = STRUCTURAL
+) -> None:
+    """Raise :class:`CheckpointError` naming the first of ``names`` (default: every structural option) that differs
+    from the checkpoint's."""
     saved = ckpt["config"]
-    for name in STRUCTURAL:
+    for name in names:
         if name in config and name in saved and config[name] != saved[name]:
             flag = "--" + name.replace("_", "-")
             raise CheckpointError(

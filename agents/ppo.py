@@ -122,6 +122,10 @@ class TrainConfig:
     """Write a checkpoint every this many updates (and always at the end)."""
     resume: bool = False
     """Continue a killed run from the last checkpoint in --run-dir."""
+    init_from: str = ""
+    """Start from the policy weights of this checkpoint (file or run directory), e.g. a curriculum: train on a small
+    maze, then go on from its weights on a larger one. The network options must match it; env keywords may differ
+    (same observation and action spaces). Optimizer, step counts and run directory start fresh."""
     progress: bool = True
     """Show a live progress bar."""
     tensorboard: bool = True

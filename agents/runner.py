@@ -13,6 +13,7 @@ import torch
 from .checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
+    NETWORK,
     check_compatible,
     config_from_dict,
     config_to_dict,
@@ -86,6 +87,17 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
         cfg = replace(cfg, num_envs=venv.num_envs)
         cfg.validate()
     policy = build_policy(cfg, venv.single_observation_space, venv.single_action_space).to(device)
+    if cfg.init_from and ckpt is None:  # on --resume the run's own checkpoint has the weights
+        init = load_checkpoint(cfg.init_from, map_location=device)
+        check_compatible(config_to_dict(cfg), init, cfg.init_from, names=NETWORK)
+        try:
+            policy.load_state_dict(init["policy"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"--init-from {cfg.init_from}: its policy does not fit this env's spaces "
+                f"({venv.single_observation_space} / {venv.single_action_space}; it was trained with "
+                f"{init.get('observation_space')} / {init.get('action_space')})"
+            ) from None
     start_update = 0
     if ckpt is not None:
         try:

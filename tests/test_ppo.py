@@ -205,6 +205,34 @@ def test_checkpoint_errors(tmp_path):
         train(replace(cfg, core="gru", resume=True))
 
 
+def test_init_from_starts_from_the_checkpoint_weights(tmp_path):
+    """--init-from: a new run (other env keywords, e.g. a longer corridor) starts from another run's weights, with a
+    fresh optimizer and step count; a different network or different spaces are refused in one line."""
+    src = str(tmp_path / "short")
+    cfg = small_cfg(core="lstm", run_dir=src, head_hidden=4, head_activation="relu")
+    train(cfg)
+    saved = load_checkpoint(src)["policy"]
+    longer = replace(cfg, env_kwargs='{"length": 5, "max_steps": 10}', init_from=src, learning_rate=1e-12,
+                     run_dir=str(tmp_path / "long"))
+    out = train(longer)
+    assert out["updates"] == 2 and out["global_step"] == 2 * 64  # counted from 0, not continued
+    after = load_checkpoint(tmp_path / "long")
+    assert after["config"]["init_from"] == src
+    for k, v in saved.items():  # learning rate 1e-12: the weights are still the source's (Adam moves them <= 1e-11)
+        torch.testing.assert_close(after["policy"][k], v, atol=1e-9, rtol=0)
+    fresh = train(replace(longer, init_from="", run_dir=str(tmp_path / "fresh")))
+    assert fresh["updates"] == 2
+    assert any(not torch.equal(load_checkpoint(tmp_path / "fresh")["policy"][k], v) for k, v in saved.items())
+    with pytest.raises(CheckpointError, match="--head-activation is 'tanh'"):
+        train(replace(longer, head_activation="tanh", run_dir=str(tmp_path / "b")))
+    with pytest.raises(CheckpointError, match="--hidden-size"):
+        train(replace(longer, hidden_size=16, run_dir=str(tmp_path / "c")))
+    with pytest.raises(CheckpointError, match="does not fit this env's spaces"):
+        train(replace(longer, env="MemoryCores/Copy-v0", env_kwargs="{}", run_dir=str(tmp_path / "d")))
+    with pytest.raises(CheckpointError, match="not found"):
+        train(replace(longer, init_from=str(tmp_path / "nope"), run_dir=str(tmp_path / "e")))
+
+
 class NaNAfter(gym.Env):
     """Box obs, Discrete actions; rewards become NaN after ``n`` steps."""
 
