@@ -609,7 +609,7 @@ class ActorCritic(nn.Module):
         segment_unroll: let :meth:`evaluate_sequence` use :func:`segmented_unroll` when asked (default: for the
             cores in :data:`SEGMENT_CORES`).
         head_hidden: when > 0, the policy and the value head each get a hidden layer of this width (Linear ->
-            tanh) on the core output, as Stable-Baselines3's ``net_arch`` after its LSTM; 0: linear heads. A
+            ``head_activation``) on the core output, as Stable-Baselines3's ``net_arch`` after its LSTM; 0: linear heads. A
             hidden layer lets a head combine what the core remembers with what it sees now non-linearly (e.g.
             "the remembered cue equals the object in view"), which a linear head on the core output cannot.
         obs_skip: the heads see the encoder output beside the core output (``[core out | embed]``), so the current

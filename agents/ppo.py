@@ -60,7 +60,7 @@ class TrainConfig:
     """Chrono-initialise the LSTM gate biases inside the core for memory time scales up to this many steps (0: torch's
     default init, which forgets about half per step)."""
     head_hidden: int = 0
-    """Width of a hidden layer (Linear -> tanh) before the policy and the value head (0: linear heads on the core
+    """Width of a hidden layer (Linear -> --head-activation) before the policy and the value head (0: linear heads on the core
     output). Lets the heads combine the remembered with the currently seen non-linearly."""
     obs_skip: bool = False
     """The heads also see the encoder output beside the core output (the current observation directly)."""

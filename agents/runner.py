@@ -80,6 +80,10 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
         check_compatible(config_to_dict(cfg), ckpt, ckpt_path)
     elif ckpt_path.exists():
         raise CheckpointError(f"{ckpt_path} exists: pass --resume to continue that run or choose another --run-dir")
+    init = None  # --init-from: checked before the env is built (on --resume the run's own checkpoint has the weights)
+    if cfg.init_from and ckpt is None:
+        init = load_checkpoint(cfg.init_from, map_location=device)
+        check_compatible(config_to_dict(cfg), init, cfg.init_from, names=NETWORK)
 
     torch.manual_seed(cfg.seed)
     venv = TorchVecEnv(env if env is not None else cfg.env, cfg.num_envs, device, cfg.env_kwargs_dict())
@@ -87,12 +91,11 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
         cfg = replace(cfg, num_envs=venv.num_envs)
         cfg.validate()
     policy = build_policy(cfg, venv.single_observation_space, venv.single_action_space).to(device)
-    if cfg.init_from and ckpt is None:  # on --resume the run's own checkpoint has the weights
-        init = load_checkpoint(cfg.init_from, map_location=device)
-        check_compatible(config_to_dict(cfg), init, cfg.init_from, names=NETWORK)
+    if init is not None:
         try:
             policy.load_state_dict(init["policy"])
-        except RuntimeError as e:
+        except RuntimeError:
+            venv.close()
             raise CheckpointError(
                 f"--init-from {cfg.init_from}: its policy does not fit this env's spaces "
                 f"({venv.single_observation_space} / {venv.single_action_space}; it was trained with "
