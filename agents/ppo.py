@@ -45,6 +45,10 @@ class TrainConfig:
     """Gymnasium env id: a project task (MemoryCores/...), a MiniGrid id or any id with supported spaces."""
     env_kwargs: str = "{}"
     """JSON object of keyword arguments for the env, e.g. '{"length": 50}' (merged over the task's defaults)."""
+    env_factory: str = ""
+    """module:function that builds one env (a gymnasium.Env, wrappers included), called with the --env-kwargs as
+    keywords; N copies are run in a SyncVectorEnv. Used instead of making --env (which then only names the run).
+    Stored in the checkpoint, so evaluate.py and --resume rebuild the same env."""
     core: str = "lstm"
     """Memory core: a name in memory_cores.CORES (lstm, gru, alstm, ntm, dnc, rl_access, ...) or 'none' for the
     feed-forward baseline."""
@@ -78,7 +82,12 @@ class TrainConfig:
     """Truncated-BPTT length L of a training sequence (must divide num_steps); the core state at each sequence
     start is stored in the rollout."""
     total_steps: int = 1_000_000
-    """Total environment steps (all envs together)."""
+    """Total environment steps (all envs together), rounded down to whole updates of num_envs * num_steps (said
+    when it happens)."""
+    time_budget: float = 0.0
+    """Wall-clock budget in seconds (0: none). Training stops at the first update that ends past it (or at
+    --total-steps, whichever comes first) and the learning rate anneals over the elapsed fraction of the budget
+    instead of the steps, for time-boxed comparisons. Seconds of earlier sessions of a resumed run count."""
     learning_rate: float = 3e-4
     """Adam learning rate."""
     anneal_lr: bool = True
@@ -93,6 +102,10 @@ class TrainConfig:
     """Epochs over the rollout per update."""
     norm_adv: bool = True
     """Normalise advantages per minibatch."""
+    norm_reward: bool = False
+    """Scale rewards by the running standard deviation of the discounted return (as Stable-Baselines3's
+    VecNormalize(norm_reward=True)), clipped to +-10, so value targets stay near unit scale whatever the env's
+    reward scale. Episode statistics stay in the env's units."""
     clip_coef: float = 0.2
     """Surrogate clipping coefficient."""
     clip_vloss: bool = True
@@ -268,6 +281,44 @@ class Rollout:
     returns: Tensor | None = None
 
 
+# ================================================================================================ reward scaling
+class RewardScaler:
+    """Rewards divided by the running standard deviation of the discounted return (Stable-Baselines3's
+    ``VecNormalize(norm_reward=True)``): ``R_t = gamma R_{t-1} + r_t`` per env (0 after an episode ends), running
+    variance ``sigma^2`` of ``R`` over all envs and steps (Chan et al.'s parallel update), ``r_t / sqrt(sigma^2 +
+    eps)`` clipped to ``+-clip``. Device tensors only (no host sync). ``[N]`` rewards in and out.
+    """
+
+    def __init__(self, num_envs: int, gamma: float, device: torch.device, clip: float = 10.0, eps: float = 1e-8):
+        self.gamma, self.clip, self.eps = gamma, clip, eps
+        self.ret = torch.zeros(num_envs, device=device)  # [N] running discounted return R
+        self.mean = torch.zeros((), device=device)
+        self.var = torch.ones((), device=device)
+        self.count = torch.full((), 1e-4, device=device)
+
+    def __call__(self, reward: Tensor, done: Tensor) -> Tensor:
+        self.ret = self.ret * self.gamma + reward
+        n = self.ret.numel()
+        b_mean, b_var = self.ret.mean(), self.ret.var(unbiased=False)
+        tot = self.count + n
+        delta = b_mean - self.mean
+        self.var = (self.var * self.count + b_var * n + delta.pow(2) * self.count * n / tot) / tot
+        self.mean = self.mean + delta * n / tot
+        self.count = tot
+        self.ret = torch.where(done, torch.zeros_like(self.ret), self.ret)
+        return (reward / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"ret": self.ret, "mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        dev = self.ret.device
+        for k in ("mean", "var", "count"):
+            setattr(self, k, state[k].to(dev))
+        if state["ret"].shape == self.ret.shape:  # the per-env returns only fit the same number of envs
+            self.ret = state["ret"].to(dev)
+
+
 # =============================================================================================================== PPO
 class PPO:
     """Recurrent PPO: :meth:`collect` a rollout on the device, :meth:`update` the policy on it.
@@ -286,6 +337,7 @@ class PPO:
         self.device = env.device
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.stats = EpisodeStats(env.num_envs, self.device)
+        self.reward_scaler = RewardScaler(env.num_envs, cfg.gamma, self.device) if cfg.norm_reward else None
         B = env.num_envs
         # the running state of the rollout
         self.next_obs = policy.normalize_obs(env.reset(seed=seed), update=True)
@@ -340,7 +392,9 @@ class PPO:
                 _copy_tree_at(buf.choices, out.choices, t)
 
             step = env.step(policy.env_action(out.action))
-            buf.rewards[t] = step.reward
+            done = step.terminated | step.truncated
+            scaler = self.reward_scaler
+            buf.rewards[t] = step.reward if scaler is None else scaler(step.reward, done)
             buf.terminated[t] = step.terminated
             buf.truncated[t] = step.truncated
             if step.final_obs is not None and self._any_truncated(step.truncated):
@@ -349,7 +403,6 @@ class PPO:
                 buf.final_values[t] = policy.get_value(final_obs, out.state)
             else:
                 buf.final_values[t] = 0.0
-            done = step.terminated | step.truncated
             self.stats.add(step.reward, done, step.success)
             obs, start, state = policy.normalize_obs(step.obs, update=True), done, out.state
         self.next_obs, self.next_start, self.next_state = obs, start, state
@@ -362,6 +415,16 @@ class PPO:
             cfg.gamma, cfg.gae_lambda,
         )
         return buf
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def extra_state(self) -> dict[str, Any]:
+        """Trainer state beyond the policy and the optimizer, for checkpoints (the reward scaler's statistics)."""
+        return {"reward_scaler": self.reward_scaler.state_dict()} if self.reward_scaler is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state` (keys this run does not use are ignored)."""
+        if self.reward_scaler is not None and "reward_scaler" in state:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
 
     # ----------------------------------------------------------------------------------------------- update
     def sequences(self, r: Rollout) -> dict[str, Any]:

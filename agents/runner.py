@@ -24,6 +24,7 @@ from .env_adapter import TorchVecEnv
 from .policy import ActorCritic
 from .ppo import PPO, NonFiniteLossError, TrainConfig, resolve_device
 from .run_logging import Progress, RunLogger
+from .spaces_io import SpaceSpecError, space_from_dict, space_to_dict
 
 
 class TrainingStopped(RuntimeError):
@@ -60,6 +61,10 @@ def _payload(cfg: TrainConfig, ppo: PPO, env: TorchVecEnv) -> dict[str, Any]:
         torch_rng=torch.get_rng_state(),
         observation_space=str(env.single_observation_space),
         action_space=str(env.single_action_space),
+        ppo_state=ppo.extra_state(),
+        # the spaces as plain data: load_policy rebuilds the policy from the checkpoint alone
+        observation_space_spec=space_to_dict(env.single_observation_space),
+        action_space_spec=space_to_dict(env.single_action_space),
     )
 
 
@@ -113,6 +118,7 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
     if ckpt is not None:
         ppo.optimizer.load_state_dict(ckpt["optimizer"])
         ppo.update_count, ppo.global_step = start_update, int(ckpt["global_step"])
+        ppo.load_extra_state(ckpt.get("ppo_state", {}))
         torch.set_rng_state(ckpt["torch_rng"].cpu())
 
     logger = RunLogger(run_dir, cfg.tensorboard, start_step=ppo.global_step if ckpt is not None else None)
@@ -170,9 +176,17 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[A
     """The policy of a checkpoint (in eval mode) and its training config."""
     ckpt = load_checkpoint(path, map_location=device)
     cfg = config_from_dict(TrainConfig, ckpt["config"])
-    venv = TorchVecEnv(cfg.env, 1, "cpu", cfg.env_kwargs_dict(), need_final_obs=False)
-    policy = build_policy(cfg, venv.single_observation_space, venv.single_action_space)
-    venv.close()
+    if "observation_space_spec" in ckpt:
+        try:
+            obs_space = space_from_dict(ckpt["observation_space_spec"])
+            act_space = space_from_dict(ckpt["action_space_spec"])
+        except SpaceSpecError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from None
+    else:  # checkpoints written before the spaces were stored: the spaces of the env it names
+        venv = TorchVecEnv(cfg.env, 1, "cpu", cfg.env_kwargs_dict(), need_final_obs=False)
+        obs_space, act_space = venv.single_observation_space, venv.single_action_space
+        venv.close()
+    policy = build_policy(cfg, obs_space, act_space)
     try:
         policy.load_state_dict(ckpt["policy"])
     except RuntimeError as e:
