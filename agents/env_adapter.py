@@ -80,6 +80,23 @@ def resolve_spec(env_id: str) -> gym.envs.registration.EnvSpec:
         raise EnvError(f"unknown env id {env_id!r} ({e}); project tasks: {', '.join(known)}") from None
 
 
+def load_env_factory(target: str):
+    """The function named by ``"module:function"`` (``--env-factory``); :class:`EnvError` when it cannot be
+    imported. Placeholder: completed with the factory support."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    if not module or not name:
+        raise EnvError(f"--env-factory {target!r} is not valid: expected module:function, e.g. my_envs:make_env")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise EnvError(f"--env-factory {target!r} cannot be imported: {e}") from None
+    if not callable(fn):
+        raise EnvError(f"--env-factory {target!r} is not callable")
+    return fn
+
+
 def _is_batched_tensor_env(spec: gym.envs.registration.EnvSpec) -> bool:
     """Whether the id's vector entry point is one of the project's device-resident batched envs."""
     if spec.vector_entry_point is None:

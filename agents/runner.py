@@ -20,7 +20,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .env_adapter import TorchVecEnv
+from .env_adapter import TorchVecEnv, load_env_factory
 from .policy import ActorCritic
 from .ppo import PPO, NonFiniteLossError, TrainConfig, resolve_device
 from .run_logging import Progress, RunLogger
@@ -33,6 +33,14 @@ class TrainingStopped(RuntimeError):
 
 def default_run_dir(cfg: TrainConfig) -> str:
     return str(Path("runs") / f"{cfg.env.replace('/', '_')}__{cfg.core}__{cfg.seed}")
+
+
+def env_source(cfg: TrainConfig, env: Any = None) -> Any:
+    """What :class:`TorchVecEnv` is built from: ``env`` when given (a ``VectorEnv`` or a factory), else the
+    config's ``--env-factory`` (imported), else its ``--env`` id."""
+    if env is not None:
+        return env
+    return load_env_factory(cfg.env_factory) if cfg.env_factory else cfg.env
 
 
 def build_policy(cfg: TrainConfig, observation_space, action_space) -> ActorCritic:
@@ -91,7 +99,7 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
         check_compatible(config_to_dict(cfg), init, cfg.init_from, names=NETWORK)
 
     torch.manual_seed(cfg.seed)
-    venv = TorchVecEnv(env if env is not None else cfg.env, cfg.num_envs, device, cfg.env_kwargs_dict())
+    venv = TorchVecEnv(env_source(cfg, env), cfg.num_envs, device, cfg.env_kwargs_dict())
     if venv.num_envs != cfg.num_envs:
         cfg = replace(cfg, num_envs=venv.num_envs)
         cfg.validate()
