@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -44,12 +44,23 @@ class StepOut(NamedTuple):
 
 
 def _to_torch(x: Any, device: torch.device) -> Any:
+    """A batched numpy observation as torch tensors on ``device``, nested as its space: a ``Dict`` batch -> a
+    ``dict`` (``Text`` entries dropped), a ``Tuple`` batch -> a ``tuple`` (``None`` in a ``Text`` entry's place,
+    so the positions still match the space), any depth; arrays -> tensors."""
     if isinstance(x, dict):
         return {k: _to_torch(v, device) for k, v in x.items() if not _is_text(v)}
+    if isinstance(x, tuple):
+        return tuple(None if _is_text(v) else _to_torch(v, device) for v in x)
     return torch.as_tensor(np.asarray(x), device=device)
 
 
 def _is_text(v: Any) -> bool:
+    """Whether a batched entry is text: a string array, or the tuple of ``N`` strings that Gymnasium batches a
+    ``Text`` (or MiniGrid mission) entry into. A ``dict``/``tuple`` of arrays (a nested space) is not text."""
+    if isinstance(v, dict):
+        return False
+    if isinstance(v, tuple):
+        return len(v) > 0 and all(isinstance(e, (str, bytes)) for e in v)
     a = np.asarray(v)
     return a.dtype.kind in ("U", "S", "O")
 
@@ -69,32 +80,76 @@ def _maybe_import_minigrid(env_id: str) -> None:
             raise EnvError(f"env {env_id!r} needs the minigrid package: pip install minigrid") from e
 
 
-def resolve_spec(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The registered spec of ``env_id``, or :class:`EnvError` with a clear message."""
-    _project_env_ids()
-    _maybe_import_minigrid(env_id)
-    try:
-        return gym.spec(env_id)
-    except gym.error.Error as e:
-        known = sorted(k for k in gym.registry if k.startswith("MemoryCores/"))
-        raise EnvError(f"unknown env id {env_id!r} ({e}); project tasks: {', '.join(known)}") from None
+def split_env_id(env_id: str) -> tuple[str | None, str]:
+    """Gymnasium's ``"module:EnvId"`` form -> ``("module", "EnvId")``; a plain id -> ``(None, id)``."""
+    module, sep, name = env_id.rpartition(":")
+    return (module, name) if sep and module else (None, env_id)
 
 
-def load_env_factory(target: str):
-    """The function named by ``"module:function"`` (``--env-factory``); :class:`EnvError` when it cannot be
-    imported. Placeholder: completed with the factory support."""
+def _import_module(module: str, what: str) -> Any:
     import importlib
 
-    module, _, name = target.partition(":")
-    if not module or not name:
-        raise EnvError(f"--env-factory {target!r} is not valid: expected module:function, e.g. my_envs:make_env")
     try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise EnvError(f"--env-factory {target!r} cannot be imported: {e}") from None
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise EnvError(f"{what}: cannot import module {module!r} ({e}); is it installed or on PYTHONPATH?") from None
+
+
+def resolve_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of ``env_id`` (a registered id, or Gymnasium's ``"module:EnvId"`` form, which imports
+    ``module`` first so that it registers its envs, as ``gym.make`` does), or :class:`EnvError` with a clear
+    message."""
+    _project_env_ids()
+    module, name = split_env_id(env_id)
+    if module is not None:
+        _import_module(module, f"env {env_id!r}")
+    _maybe_import_minigrid(name)
+    try:
+        return gym.spec(name)
+    except gym.error.Error as e:
+        known = sorted(k for k in gym.registry if k.startswith("MemoryCores/"))
+        where = f" after importing {module!r}" if module else ""
+        raise EnvError(f"unknown env id {name!r}{where} ({e}); project tasks: {', '.join(known)}") from None
+
+
+def load_env_factory(target: str) -> Callable[..., gym.Env]:
+    """The function named by ``"module:function"`` (``--env-factory``); :class:`EnvError` when it cannot be
+    imported or is not callable. The function is called with the env keywords and returns one ``gymnasium.Env``
+    (wrappers included)."""
+    module, sep, name = target.rpartition(":")
+    if not sep or not module or not name:
+        raise EnvError(f"--env-factory {target!r} is not valid: expected module:function, e.g. my_envs:make_env")
+    mod = _import_module(module, f"--env-factory {target!r}")
+    fn = getattr(mod, name, None)
+    if fn is None:
+        raise EnvError(f"--env-factory {target!r}: module {module!r} has no attribute {name!r}")
     if not callable(fn):
         raise EnvError(f"--env-factory {target!r} is not callable")
+    fn.env_factory_name = target  # how TorchVecEnv names the env
     return fn
+
+
+def factory_name(fn: Callable) -> str:
+    """``"module:function"`` of an env factory (as given to :func:`load_env_factory`, else from the function)."""
+    return getattr(fn, "env_factory_name", None) or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
+
+
+def _checked_factory(fn: Callable[..., gym.Env], env_kwargs: dict) -> Callable[[], gym.Env]:
+    """A thunk for ``SyncVectorEnv`` that calls ``fn(**env_kwargs)`` and checks that it returned a single env."""
+
+    def make() -> gym.Env:
+        try:
+            env = fn(**env_kwargs)
+        except TypeError as e:
+            raise EnvError(f"env factory {factory_name(fn)}: bad env_kwargs {json.dumps(env_kwargs)}: {e}") from None
+        if isinstance(env, gym.vector.VectorEnv) or not isinstance(env, gym.Env):
+            raise EnvError(
+                f"env factory {factory_name(fn)} returned {type(env).__name__}: it must return one gymnasium.Env "
+                "(the trainer runs N copies in a SyncVectorEnv)"
+            )
+        return env
+
+    return make
 
 
 def _is_batched_tensor_env(spec: gym.envs.registration.EnvSpec) -> bool:
@@ -118,16 +173,18 @@ class TorchVecEnv:
     """``N`` environments with torch tensors in and out on ``device`` (see the module docstring).
 
     Args:
-        env: a Gymnasium id (str) or a ``VectorEnv`` instance.
+        env: a Gymnasium id (str; ``"module:EnvId"`` imports ``module`` first, as ``gym.make`` does), an env
+            factory (a callable returning one ``gymnasium.Env``, called as ``env(**env_kwargs)`` for each of the N
+            copies of a ``SyncVectorEnv``), or a ``VectorEnv`` instance (with SAME_STEP autoreset).
         num_envs: N (ignored for an instance).
         device: torch device of every tensor the adapter returns.
-        env_kwargs: keyword arguments for the env's constructor (ids only).
+        env_kwargs: keyword arguments for the env's constructor (ids and factories).
         need_final_obs: ask for the last observation of ended episodes (``StepOut.final_obs``).
     """
 
     def __init__(
         self,
-        env: str | gym.vector.VectorEnv,
+        env: str | Callable[..., gym.Env] | gym.vector.VectorEnv,
         num_envs: int = 1,
         device: torch.device | str = "cpu",
         env_kwargs: dict | None = None,
@@ -142,18 +199,28 @@ class TorchVecEnv:
             try:
                 if _is_batched_tensor_env(spec):
                     venv = gym.make_vec(
-                        env, num_envs=num_envs, vectorization_mode="vector_entry_point", device=self.device,
+                        spec, num_envs=num_envs, vectorization_mode="vector_entry_point", device=self.device,
                         return_final_obs=need_final_obs, **env_kwargs,
                     )
                 else:
                     venv = gym.make_vec(
-                        env, num_envs=num_envs, vectorization_mode="sync",
+                        spec, num_envs=num_envs, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **env_kwargs,
                     )
             except TypeError as e:
                 raise EnvError(f"bad env_kwargs {json.dumps(env_kwargs)} for {env!r}: {e}") from None
-        else:
+        elif callable(env) and not isinstance(env, gym.vector.VectorEnv):
+            self.env_id = factory_name(env)
+            venv = gym.vector.SyncVectorEnv(
+                [_checked_factory(env, env_kwargs) for _ in range(num_envs)], autoreset_mode=AutoresetMode.SAME_STEP
+            )
+        elif isinstance(env, gym.vector.VectorEnv):
             venv, self.env_id = env, getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
+        else:
+            raise EnvError(
+                f"env {env!r} is not valid: expected an env id, an env factory or a gymnasium VectorEnv "
+                f"(a single gymnasium.Env: pass a function that makes it)"
+            )
         mode = venv.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if mode != AutoresetMode.SAME_STEP and str(mode) != str(AutoresetMode.SAME_STEP.value):
             raise EnvError(
@@ -171,7 +238,7 @@ class TorchVecEnv:
             venv.return_final_obs = True
         # success: the env's own flag, else (MiniGrid) a positive reward at termination
         self._minigrid_success = "minigrid" in str(getattr(getattr(venv, "spec", None), "entry_point", "")).lower() or (
-            self.env_id.startswith("MiniGrid")
+            split_env_id(self.env_id)[1].startswith("MiniGrid")
         )
 
     def reset(self, seed: int | None = None) -> Any:
@@ -217,16 +284,28 @@ class TorchVecEnv:
 
 
 def _replace_rows(obs: Any, final_obs: np.ndarray, done: np.ndarray) -> Any:
-    """``obs`` with the rows where ``done`` replaced by the per-env ``final_obs`` entries (object array)."""
+    """``obs`` (a batch: arrays ``[N, ...]`` nested in dicts/tuples as the space) with the rows where ``done``
+    replaced by the per-env ``final_obs`` entries (an object array ``[N]`` of single observations, nested the same
+    way). ``obs`` is not modified."""
+    rows = [final_obs[i] if d else None for i, d in enumerate(np.asarray(done, dtype=bool))]
+    return _replace_rows_nested(obs, rows)
+
+
+def _replace_rows_nested(obs: Any, rows: list) -> Any:
+    """:func:`_replace_rows` on one level: ``rows[i]`` is env ``i``'s single observation at this level, or None
+    to keep the row."""
     if isinstance(obs, dict):
-        out = {k: np.array(v, copy=True) for k, v in obs.items()}
-        for i in np.flatnonzero(done):
-            for k in out:
-                out[k][i] = final_obs[i][k]
-        return out
+        return {k: _replace_rows_nested(v, [None if r is None else r[k] for r in rows]) for k, v in obs.items()}
+    if isinstance(obs, tuple):
+        if _is_text(obs):  # a Text entry batched as a tuple of N strings
+            return tuple(v if r is None else r for v, r in zip(obs, rows))
+        return tuple(
+            _replace_rows_nested(v, [None if r is None else r[j] for r in rows]) for j, v in enumerate(obs)
+        )
     out = np.array(obs, copy=True)
-    for i in np.flatnonzero(done):
-        out[i] = final_obs[i]
+    for i, r in enumerate(rows):
+        if r is not None:
+            out[i] = r
     return out
 
 

@@ -102,7 +102,7 @@ class TrainConfig:
     """Epochs over the rollout per update."""
     norm_adv: bool = True
     """Normalise advantages per minibatch."""
-    norm_reward: bool = False
+    norm_reward: bool = True
     """Scale rewards by the running standard deviation of the discounted return (as Stable-Baselines3's
     VecNormalize(norm_reward=True)), clipped to +-10, so value targets stay near unit scale whatever the env's
     reward scale. Episode statistics stay in the env's units."""
@@ -157,8 +157,23 @@ class TrainConfig:
         return kw
 
     @property
+    def steps_per_update(self) -> int:
+        """Environment steps of one update: ``num_envs * num_steps``."""
+        return self.num_envs * self.num_steps
+
+    @property
     def num_updates(self) -> int:
-        return max(1, self.total_steps // (self.num_envs * self.num_steps))
+        """Updates of the run: ``total_steps`` rounded down to whole updates (at least one)."""
+        return max(1, self.total_steps // self.steps_per_update)
+
+    def total_steps_rounding(self) -> str | None:
+        """One line saying how ``total_steps`` was rounded to whole updates, or None when it is a multiple."""
+        per, n = self.steps_per_update, self.num_updates
+        if self.total_steps == n * per:
+            return None
+        way = "up" if n * per > self.total_steps else "down"
+        return (f"--total-steps {self.total_steps:,} rounded {way} to {n * per:,}: {n:,} whole update"
+                f"{'s' if n > 1 else ''} of num_envs * num_steps = {self.num_envs} * {self.num_steps} = {per:,} steps")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option, its value and the valid range."""
@@ -184,6 +199,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"--{name.replace('_', '-')} {v!r} is not valid: expected a positive number")
+        if isinstance(self.time_budget, bool) or not isinstance(self.time_budget, (int, float)) or not (
+            self.time_budget >= 0 and math.isfinite(self.time_budget)
+        ):
+            raise ValueError(f"--time-budget {self.time_budget!r} is not valid: expected seconds >= 0 (0: no budget)")
         self.env_kwargs_dict()
         self.core_kwargs_dict()
 
@@ -452,10 +471,22 @@ class PPO:
             states=tree_map(lambda s: s.reshape((-1,) + tuple(s.shape[2:])), r.seq_states),
         )
 
-    def set_learning_rate(self) -> float:
+    def set_learning_rate(self, elapsed_seconds: float | None = None) -> float:
+        """Set and return the learning rate of the coming update: constant, or with ``anneal_lr`` linearly annealed
+        to 0 over the run: over the updates (``1 - update_count / num_updates``) or, with a ``time_budget``, over
+        the elapsed fraction of the budget (``1 - elapsed_seconds / time_budget``).
+
+        ``elapsed_seconds``: the run's training seconds so far, earlier sessions of a resumed run included (default:
+        ``self.train_seconds``, which the runner sets before each update; 0 when unset). A host-side number: no
+        device synchronisation.
+        """
         cfg = self.cfg
         lr = cfg.learning_rate
-        if cfg.anneal_lr:
+        if cfg.anneal_lr and cfg.time_budget > 0:
+            if elapsed_seconds is None:
+                elapsed_seconds = getattr(self, "train_seconds", 0.0)
+            lr = cfg.learning_rate * max(0.0, 1.0 - elapsed_seconds / cfg.time_budget)
+        elif cfg.anneal_lr:
             lr = cfg.learning_rate * max(0.0, 1.0 - self.update_count / cfg.num_updates)
         for g in self.optimizer.param_groups:
             g["lr"] = lr

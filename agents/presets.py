@@ -1,7 +1,10 @@
 """Per-task default hyper-parameters for ``scripts/train.py`` (anything given on the command line wins).
 
-Keys are env ids, or prefixes ending in ``*``; the first match wins. Values are :class:`agents.ppo.TrainConfig`
-fields.
+Keys are env ids, or prefixes ending in ``*``; the first match wins (an id given as ``module:EnvId`` matches as
+``EnvId``). Values are :class:`agents.ppo.TrainConfig` fields. An env without a preset (any other Gymnasium env, an
+``--env-factory``) gets :class:`~agents.ppo.TrainConfig`'s own defaults, the generic ones: rewards scaled by the
+running standard deviation of the return (``norm_reward``), so envs with returns in the hundreds train with the
+same settings as envs with returns near one. The project's tasks have rewards near one and keep them unscaled.
 """
 
 from __future__ import annotations
@@ -15,17 +18,28 @@ TASK_DEFAULTS: dict[str, dict] = {
     # A small entropy bonus lets the corridor walk become deterministic (with 0.01 the bonus outweighs the small
     # discount gain of each step east at L = 50), so episodes fit into the 256-step BPTT sequences; chrono init
     # gives the LSTM memory time scales of ~100 steps (with torch's init the cue's gradient vanishes).
+    # A small wall penalty (-0.01; Bakker used -0.1) makes waiting at the junction cost something: with 0, bumping
+    # east into the junction's wall was free but for the discount, the entropy bonus kept probability on that
+    # "wait" as well as on the cued arm, and in 2 of 5 seeds the greedy policy waited forever for one of the cues
+    # (deterministic success 0.504 while sampling gave 0.99). With -0.1 the corridor walk is learnt but the cue was
+    # not within 500k steps (3 of 3 seeds at chance). docs/agents.md, "Greedy evaluation of the T-maze".
     "MemoryCores/TMaze-v0": dict(
-        env_kwargs='{"wrong_arm_reward": 0.0}',
+        env_kwargs='{"wrong_arm_reward": 0.0, "wall_reward": -0.01}',
         num_envs=32, num_steps=256, seq_len=256, num_minibatches=4, update_epochs=4, total_steps=1_500_000,
-        learning_rate=5e-4, gamma=0.99, ent_coef=0.001, chrono_init=128,
+        learning_rate=5e-4, gamma=0.99, ent_coef=0.001, chrono_init=128, norm_reward=False,
     ),
-    "MemoryCores/Copy-v0": dict(num_envs=64, num_steps=64, seq_len=64, total_steps=2_000_000, gamma=0.9),
-    "MemoryCores/RepeatCopy-v0": dict(num_envs=64, num_steps=128, seq_len=128, total_steps=2_000_000, gamma=0.9),
-    "MemoryCores/AssociativeRecall-v0": dict(num_envs=64, num_steps=64, seq_len=64, total_steps=2_000_000, gamma=0.9),
-    "MemoryCores/MemoryMaze*": dict(num_envs=64, num_steps=128, seq_len=64, total_steps=5_000_000, gamma=0.99),
-    "MemoryCores/MiniGridMemory*": dict(num_envs=64, num_steps=128, seq_len=64, total_steps=2_000_000, gamma=0.99),
-    "MiniGrid-Memory*": dict(num_envs=16, num_steps=128, seq_len=64, total_steps=2_000_000, gamma=0.99),
+    "MemoryCores/Copy-v0": dict(num_envs=64, num_steps=64, seq_len=64, total_steps=2_000_000, gamma=0.9,
+                                norm_reward=False),
+    "MemoryCores/RepeatCopy-v0": dict(num_envs=64, num_steps=128, seq_len=128, total_steps=2_000_000, gamma=0.9,
+                                      norm_reward=False),
+    "MemoryCores/AssociativeRecall-v0": dict(num_envs=64, num_steps=64, seq_len=64, total_steps=2_000_000, gamma=0.9,
+                                             norm_reward=False),
+    "MemoryCores/MemoryMaze*": dict(num_envs=64, num_steps=128, seq_len=64, total_steps=5_000_000, gamma=0.99,
+                                    norm_reward=False),
+    "MemoryCores/MiniGridMemory*": dict(num_envs=64, num_steps=128, seq_len=64, total_steps=2_000_000, gamma=0.99,
+                                        norm_reward=False),
+    "MiniGrid-Memory*": dict(num_envs=16, num_steps=128, seq_len=64, total_steps=2_000_000, gamma=0.99,
+                             norm_reward=False),
 }
 
 
@@ -50,18 +64,25 @@ def env_kwargs_for(env_id: str, given: dict) -> dict:
     """The env keywords for ``env_id``: the task's defaults, overridden by ``given``, plus derived keys."""
     base = json.loads(task_defaults(env_id).get("env_kwargs", "{}"))
     merged = {**base, **given}
-    fn = ENV_KWARGS_FNS.get(env_id)
+    fn = ENV_KWARGS_FNS.get(env_id.rpartition(":")[2])
     if fn is not None:
         merged = {**fn(merged), **merged}
     return merged
 
 
-def task_defaults(env_id: str) -> dict:
-    """The per-task defaults of ``env_id`` ({} when none)."""
-    for key, value in TASK_DEFAULTS.items():
+def preset_key(env_id: str) -> str | None:
+    """The key of :data:`TASK_DEFAULTS` that applies to ``env_id`` (None: the generic defaults apply)."""
+    env_id = env_id.rpartition(":")[2]  # Gymnasium's module:EnvId form
+    for key in TASK_DEFAULTS:
         if key == env_id or (key.endswith("*") and env_id.startswith(key[:-1])):
-            return dict(value)
-    return {}
+            return key
+    return None
+
+
+def task_defaults(env_id: str) -> dict:
+    """The per-task defaults of ``env_id`` ({} when none: TrainConfig's generic defaults apply)."""
+    key = preset_key(env_id)
+    return dict(TASK_DEFAULTS[key]) if key is not None else {}
 
 
 # ======================================= length knobs for generalisation sweeps ==================================

@@ -5,6 +5,12 @@ Example::
     python3 scripts/benchmark_envs.py                       # every task, 1 / 64 / 4096 envs, CPU, 1 thread
     python3 scripts/benchmark_envs.py --tasks Copy TMaze --num-envs 4096 --seconds 2
     python3 scripts/benchmark_envs.py --device cuda --num-envs 1 4096 65536
+    python3 scripts/benchmark_envs.py --tasks CartPole-v1 my_envs:MyEnv-v0 --num-envs 1 64   # any Gymnasium id
+
+A task is a project task name (the keys of TASKS) or any Gymnasium env id, ``module:EnvId`` included (Gymnasium's
+form: ``module`` is imported first so that it registers the env): ids are stepped through the trainer's env adapter
+(``agents.env_adapter.TorchVecEnv``: the project's batched tensor envs on the device, any other env in a
+``SyncVectorEnv`` with torch actions in and tensors out, as in training).
 
 Random actions come from a pool generated before timing (``--action-pool`` batches, cycled), so the figure is the
 env's own step rate, autoresets included. A step of N envs counts as N steps. Two rates are printed: by the wall
@@ -88,9 +94,15 @@ def random_actions(env, pool: int, generator: torch.Generator) -> list[torch.Ten
 def bench(task: str, num_envs: int, device: str, seconds: float, pool: int, options: dict) -> tuple[float, float]:
     """Steps per second (num_envs * env.step calls / time) of one task, by the wall clock and by this process's CPU
     time (which leaves out the time other processes hold the cores; on CUDA only the wall clock means anything)."""
-    env = gym.make_vec(
-        f"MemoryCores/{task}-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", device=device, **options
-    )
+    if task in TASKS:
+        env = gym.make_vec(
+            f"MemoryCores/{task}-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", device=device,
+            **options,
+        )
+    else:  # any Gymnasium id, through the trainer's adapter
+        from agents.env_adapter import TorchVecEnv
+
+        env = TorchVecEnv(task, num_envs, device, options, need_final_obs=False)
     env.reset(seed=0)
     actions = random_actions(env, pool, torch.Generator().manual_seed(1))
     sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
@@ -113,7 +125,9 @@ def bench(task: str, num_envs: int, device: str, seconds: float, pool: int, opti
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"tasks to time (default: all: {list(TASKS)})")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS),
+                        help=f"project tasks or Gymnasium env ids (module:EnvId too) to time (default: all project "
+                             f"tasks: {list(TASKS)})")
     parser.add_argument(
         "--num-envs", nargs="+", type=int, default=None,
         help="batch sizes (default: 1 64 4096 on CPU; 1 64 4096 65536 on CUDA)",
@@ -130,9 +144,14 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    unknown = [t for t in args.tasks if t not in TASKS]
-    if unknown:
-        parser.error(f"unknown tasks {unknown}: valid are {list(TASKS)}")
+    from agents.env_adapter import EnvError, resolve_spec
+
+    for t in args.tasks:
+        if t not in TASKS:
+            try:
+                resolve_spec(t)
+            except EnvError as e:
+                parser.error(f"--tasks {t!r} is neither a project task ({', '.join(TASKS)}) nor a known env id: {e}")
     sizes = args.num_envs or ([1, 64, 4096, 65536] if args.device.startswith("cuda") else [1, 64, 4096])
     dev_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -141,7 +160,7 @@ def main() -> None:
     print(f"{'task':<20}{'num_envs':>10}{'steps/s (wall)':>17}{'us/call':>10}{'steps/s (cpu)':>17}")
     for task in args.tasks:
         for n in sizes:
-            rate, cpu_rate = bench(task, n, args.device, args.seconds, args.action_pool, TASKS[task])
+            rate, cpu_rate = bench(task, n, args.device, args.seconds, args.action_pool, TASKS.get(task, {}))
             print(f"{task:<20}{n:>10}{rate:>17,.0f}{1e6 * n / rate:>10.1f}{cpu_rate:>17,.0f}", flush=True)
         if task == "MiniGridMemory" and args.minigrid_sync_num_envs:
             for env_id in MINIGRID_SYNC:

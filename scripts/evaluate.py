@@ -6,9 +6,13 @@
     python scripts/evaluate.py RUN_DIR --sweep                      # + length generalisation: table and PNG
     python scripts/evaluate.py RUN_DIR --sweep-values 50,100,200,400 --plot tmaze_sweep.png
 
-CHECKPOINT is a checkpoint file or a run directory. --env defaults to the env the policy was trained on (with
-its env keywords; --env-kwargs overrides them). Deterministic = the mode of the action distribution (and greedy
-core choices); stochastic = sampled. Each of the N episodes is the first episode of one of N parallel envs.
+CHECKPOINT is a checkpoint file or a run directory. The env defaults to the one the policy was trained on (its
+--env id, `module:EnvId` included, or its --env-factory, with its env keywords; --env-kwargs overrides them).
+--env ID or --env-factory module:function evaluates on another (same observation and action spaces). A policy
+trained through the Python API on an env instance with wrappers: pass a factory that builds that env.
+
+Both modes are always reported: deterministic = the mode of the action distribution (and greedy core choices);
+stochastic = sampled, as in training. Each of the N episodes is the first episode of one of N parallel envs.
 
 --sweep (tasks with a length knob: T-maze length, Copy/RepeatCopy length, AssociativeRecall items, MiniGridMemory
 size) evaluates the same policy at the training value and at 2x, 4x and 8x it (or at --sweep-values), every other
@@ -29,7 +33,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="checkpoint file or run directory")
-    parser.add_argument("--env", default=None, help="env id (default: the training env)")
+    parser.add_argument("--env", default=None,
+                        help="env id, or module:EnvId to import a module that registers it (default: the training env)")
+    parser.add_argument("--env-factory", default=None,
+                        help="module:function returning one gymnasium.Env (wrappers included), called with the env "
+                             "keywords; instead of --env (default: the training run's factory, if it had one)")
     parser.add_argument("--env-kwargs", default=None, help="JSON env keywords (default: the training ones)")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per mode (default 100)")
     parser.add_argument("--seed", type=int, default=12345, help="env seed (default 12345)")
@@ -49,27 +57,36 @@ def main(argv: list[str] | None = None) -> int:
     from agents.checkpoint import CheckpointError
     from agents.ppo import resolve_device
     from agents.presets import LENGTH_KNOBS
-    from agents.runner import evaluate_policy, load_policy
+    from agents.env_adapter import load_env_factory
+    from agents.evaluation import env_for_checkpoint, evaluate_policy, load_policy
 
     try:
         if args.episodes <= 0:
             raise ValueError(f"--episodes {args.episodes} is not valid: expected a positive integer")
         device = resolve_device(args.device)
+        if args.env and args.env_factory:
+            raise ValueError("give --env or --env-factory, not both")
         policy, cfg, ckpt = load_policy(args.checkpoint, device)
-        env = args.env or cfg.env
+        same_env = not args.env and not args.env_factory or (args.env or args.env_factory) in (cfg.env, cfg.env_factory)
+        if args.env_factory:
+            env_source, env = load_env_factory(args.env_factory), args.env_factory
+        elif args.env:
+            env_source = env = args.env
+        else:
+            env_source, env = env_for_checkpoint(cfg), cfg.env_factory or cfg.env
         if args.env_kwargs is not None:
             env_kwargs = json.loads(args.env_kwargs)
             if not isinstance(env_kwargs, dict):
                 raise ValueError(f"--env-kwargs {args.env_kwargs!r} must be a JSON object")
         else:
-            env_kwargs = cfg.env_kwargs_dict() if env == cfg.env else {}
+            env_kwargs = cfg.env_kwargs_dict() if same_env else {}
         torch.manual_seed(args.seed)
         result = {
             "checkpoint": str(args.checkpoint), "env": env, "env_kwargs": env_kwargs, "core": cfg.core,
             "train_steps": int(ckpt["global_step"]),
         }
         sweep = args.sweep or args.sweep_values is not None
-        knob = LENGTH_KNOBS.get(env)
+        knob = LENGTH_KNOBS.get(env.rpartition(":")[2]) if not args.env_factory else None
         if sweep and knob is None:
             raise ValueError(f"--sweep: env {env!r} has no length knob; sweeps exist for {', '.join(LENGTH_KNOBS)}")
         if sweep:
@@ -77,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             points = [(v, knob.kwargs_at(env_kwargs, v)) for v in values]  # checks every value before running
         for mode in ("deterministic", "stochastic"):
             result[mode] = evaluate_policy(
-                policy, env, args.episodes, deterministic=mode == "deterministic", env_kwargs=env_kwargs,
+                policy, env_source, args.episodes, deterministic=mode == "deterministic", env_kwargs=env_kwargs,
                 seed=args.seed, device=device,
             )
         if sweep:
@@ -85,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             for value, kw in points:
                 row = {knob.name: value, "env_kwargs": kw}
                 for mode in ("deterministic", "stochastic"):
-                    row[mode] = evaluate_policy(policy, env, args.episodes, deterministic=mode == "deterministic",
+                    row[mode] = evaluate_policy(policy, env_source, args.episodes, deterministic=mode == "deterministic",
                                                 env_kwargs=kw, seed=args.seed, device=device)
                 rows.append(row)
             plot = args.plot or os.path.join(

@@ -2,6 +2,8 @@
 
     python3 scripts/train_tianshou.py --env MemoryCores/TMaze-v0 --env-kwargs '{"length": 4}' --core lstm \
         --stack-num 8 --epochs 5 --epoch-steps 4000
+    python3 scripts/train_tianshou.py --env my_envs:MyEnv-v0 ...        # imports my_envs, which registers MyEnv-v0
+    python3 scripts/train_tianshou.py --env-factory my_envs:make_env    # a function returning one gymnasium.Env
 
 Tianshou trains recurrent nets on windows of ``--stack-num`` observations started from the core's initial state
 (see the docstring of ``agents/tianshou.py``): a cue further back than the window cannot be learned. Prints one
@@ -22,8 +24,12 @@ import torch
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="MemoryCores/TMaze-v0", help="a Gymnasium id with a Discrete action space")
-    p.add_argument("--env-kwargs", default="{}", help="JSON dict of keyword arguments for gymnasium.make")
+    p.add_argument("--env", default="MemoryCores/TMaze-v0",
+                   help="a Gymnasium id with a Discrete action space; module:EnvId imports module first")
+    p.add_argument("--env-factory", default="",
+                   help="module:function returning one gymnasium.Env (wrappers included), called with --env-kwargs; "
+                        "used instead of --env")
+    p.add_argument("--env-kwargs", default="{}", help="JSON dict of keyword arguments for the env")
     p.add_argument("--core", default="lstm", help="a name in memory_cores.CORES")
     p.add_argument("--core-kwargs", default="{}", help="JSON dict for the core's constructor")
     p.add_argument("--embed-size", type=int, default=64, help="encoder output width (the core's input)")
@@ -46,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
@@ -56,15 +63,31 @@ def main(argv: list[str] | None = None) -> dict:
 
     from agents.tianshou import CoreActor, CoreCritic, make_ppo
 
-    env_kwargs = json.loads(args.env_kwargs)
-    core_kwargs = json.loads(args.core_kwargs)
+    from agents.env_adapter import EnvError, load_env_factory, resolve_spec
+
+    try:
+        env_kwargs = json.loads(args.env_kwargs)
+        core_kwargs = json.loads(args.core_kwargs)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: --env-kwargs / --core-kwargs is not valid JSON: {e}") from None
+    try:
+        factory = load_env_factory(args.env_factory) if args.env_factory else None
+        if factory is None:
+            resolve_spec(args.env)  # one clear line for an unknown id or a module that cannot be imported
+    except EnvError as e:
+        raise SystemExit(f"error: {e}") from None
+    env_name = args.env_factory or args.env
 
     def make_env() -> gym.Env:
-        return gym.make(args.env, **env_kwargs)
+        return factory(**env_kwargs) if factory is not None else gym.make(args.env, **env_kwargs)
 
-    probe = make_env()
+    try:
+        probe = make_env()
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: bad --env-kwargs {args.env_kwargs} for {env_name}: {e}") from None
     if not isinstance(probe.action_space, gym.spaces.Discrete):
-        raise SystemExit(f"--env {args.env}: Tianshou's discrete PPO needs a Discrete action space, got {probe.action_space}")
+        raise SystemExit(f"error: {env_name}: Tianshou's discrete PPO needs a Discrete action space, got "
+                         f"{probe.action_space}")
     train_envs = DummyVectorEnv([make_env for _ in range(args.num_envs)])
     test_envs = DummyVectorEnv([make_env for _ in range(min(args.num_envs, args.test_episodes))])
     train_envs.seed(args.seed)
@@ -99,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     elapsed = time.time() - t0
     test = test_collector.collect(n_episode=args.test_episodes, reset_before_collect=True)
     out = {
-        "env": args.env,
+        "env": env_name,
         "core": args.core,
         "stack_num": args.stack_num,
         "env_steps": int(result.train_step),

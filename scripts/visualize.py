@@ -74,8 +74,12 @@ def find_fields(state: Any, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def record_episode(checkpoint: str, seed: int = 0, deterministic: bool = True, max_steps: int = 1000,
-                   env: str | None = None, env_kwargs: dict | None = None) -> dict[str, Any]:
+                   env: str | None = None, env_kwargs: dict | None = None,
+                   env_factory: str | None = None) -> dict[str, Any]:
     """Play one episode with the checkpoint's policy; returns per-step arrays.
+
+    ``env`` (an id, ``module:EnvId`` too) or ``env_factory`` (``module:function``) replace the training env (its
+    id or factory); ``env_kwargs`` default to the training ones when the env is the training env.
 
     Returns a dict with ``core`` (name), ``env``, ``actions`` ``[T]``, ``rewards`` ``[T]``, ``success`` (bool or
     None), ``panels``: list of ``(title, array [T, N])`` in drawing order, ``choices`` ``[T]`` and
@@ -83,13 +87,21 @@ def record_episode(checkpoint: str, seed: int = 0, deterministic: bool = True, m
     """
     import torch
 
-    from agents.env_adapter import TorchVecEnv
-    from agents.runner import load_policy
+    from agents.env_adapter import TorchVecEnv, load_env_factory
+    from agents.evaluation import env_for_checkpoint, load_policy
 
+    if env and env_factory:
+        raise ValueError("give --env or --env-factory, not both")
     policy, cfg, _ = load_policy(checkpoint, "cpu")
-    env_id = env or cfg.env
-    kwargs = cfg.env_kwargs_dict() if env_kwargs is None and env_id == cfg.env else dict(env_kwargs or {})
-    venv = TorchVecEnv(env_id, 1, "cpu", kwargs, need_final_obs=False)
+    if env_factory:
+        source, env_id = load_env_factory(env_factory), env_factory
+    elif env:
+        source = env_id = env
+    else:
+        source, env_id = env_for_checkpoint(cfg), cfg.env_factory or cfg.env
+    same = env_id in (cfg.env, cfg.env_factory)
+    kwargs = cfg.env_kwargs_dict() if env_kwargs is None and same else dict(env_kwargs or {})
+    venv = TorchVecEnv(source, 1, "cpu", kwargs, need_final_obs=False)
     core = policy.core
     names = getattr(core, "processes", None)
     obs = policy.normalize_obs(venv.reset(seed=seed))
@@ -277,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--seed", type=int, default=0, help="env seed of the episode (default 0)")
     w.add_argument("--stochastic", action="store_true", help="sample actions and core choices (default: mode/greedy)")
     w.add_argument("--max-steps", type=int, default=1000, help="stop after this many steps (default 1000)")
-    w.add_argument("--env", default=None, help="env id (default: the training env)")
+    w.add_argument("--env", default=None, help="env id, or module:EnvId (default: the training env)")
+    w.add_argument("--env-factory", default=None,
+                   help="module:function returning one gymnasium.Env, instead of --env (default: the training one)")
     w.add_argument("--env-kwargs", default=None, help="JSON env keywords (default: the training ones)")
     c = sub.add_parser("curves", help="learning curves from run directories (metrics.jsonl)")
     c.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
@@ -304,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise ValueError(f"--env-kwargs {args.env_kwargs!r} is not valid JSON: {e}") from None
                 if not isinstance(env_kwargs, dict):
                     raise ValueError(f"--env-kwargs {args.env_kwargs!r} must be a JSON object")
-            ep = record_episode(args.checkpoint, args.seed, not args.stochastic, args.max_steps, args.env, env_kwargs)
+            ep = record_episode(args.checkpoint, args.seed, not args.stochastic, args.max_steps, args.env, env_kwargs,
+                                args.env_factory)
             ckpt = Path(args.checkpoint)
             run_dir = ckpt if ckpt.is_dir() else ckpt.parent
             out = plot_episode(ep, args.out or run_dir / "weights.png")
