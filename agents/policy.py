@@ -1,13 +1,15 @@
 """Actor-critic policies on top of any memory core: observation encoder -> core -> policy and value heads.
 
 Shapes: one step works on batch-first tensors ``[B, ...]``; sequences are time-major ``[T, B, ...]``, as in the
-cores. An observation is a tensor, or a ``dict`` of tensors for a ``Dict`` space.
+cores. An observation is a tensor, or a ``dict``/``tuple`` nesting of tensors for a ``Dict``/``Tuple`` space.
 
 Spaces supported:
 
 * observations: ``Box`` (flat vectors of any shape; 3-d boxes are images and go through a CNN), ``Discrete``,
-  ``MultiDiscrete``, ``MultiBinary``, and ``Dict`` of these (``Text`` entries of a ``Dict``, such as MiniGrid's
-  constant ``mission``, are skipped).
+  ``MultiDiscrete``, ``MultiBinary``, and ``Dict`` and ``Tuple`` of these, nested to any depth (e.g.
+  ``Dict(a=Tuple(Box, Discrete), b=Dict(c=MultiBinary))``). ``Text`` entries of a ``Dict`` or ``Tuple``, such as
+  MiniGrid's constant ``mission``, are skipped. A batch of a ``Dict`` space is a ``dict`` of tensors, of a ``Tuple``
+  space a ``tuple`` (``None`` in the place of a skipped ``Text`` entry), nested as the space: :func:`obs_map`.
 * actions: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` and ``Box`` (a diagonal Gaussian; the sample is
   clipped to the bounds only when it is sent to the environment, the stored action is the raw sample).
 
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 import memory_cores
 from memory_cores import Core, tree_map
 
-Obs = Any  # a tensor, or a dict of tensors for a Dict observation space
+Obs = Any  # a tensor, or a dict/tuple nesting of tensors for a Dict/Tuple observation space (None: a skipped Text)
 
 
 class UnsupportedSpaceError(ValueError):
@@ -39,10 +41,45 @@ class UnsupportedSpaceError(ValueError):
 
 
 def obs_map(fn, obs: Obs, *rest: Obs) -> Obs:
-    """Apply ``fn`` to every tensor of an observation (a tensor or a dict of tensors)."""
+    """Apply ``fn`` to every tensor of an observation and return the results in the same structure.
+
+    ``obs`` is a tensor, or a ``dict``/``tuple`` nesting of tensors as its ``Dict``/``Tuple`` space (any depth);
+    ``None`` entries (skipped ``Text`` entries of a ``Tuple``) stay None. ``rest``: observations of the same
+    structure whose matching tensors are passed beside, ``fn(t, *r_t)`` (e.g. ``dst[t].copy_(src)``).
+    """
+    if obs is None:
+        return None
     if isinstance(obs, dict):
-        return {k: fn(v, *(r[k] for r in rest)) for k, v in obs.items()}
+        return {k: obs_map(fn, v, *(r[k] for r in rest)) for k, v in obs.items()}
+    if isinstance(obs, (tuple, list)):
+        out = [obs_map(fn, v, *(r[i] for r in rest)) for i, v in enumerate(obs)]
+        return type(obs)(*out) if hasattr(obs, "_fields") else type(obs)(out)
     return fn(obs, *rest)
+
+
+def _map_with_path(fn, obs: Obs, path: tuple = ()) -> Obs:
+    """:func:`obs_map` with the entry's path: ``fn(path, t)``, ``path`` the keys/indices from the top
+    (``("a", 0)`` for ``obs["a"][0]``; ``()`` for a plain tensor)."""
+    if obs is None:
+        return None
+    if isinstance(obs, dict):
+        return {k: _map_with_path(fn, v, path + (k,)) for k, v in obs.items()}
+    if isinstance(obs, (tuple, list)):
+        out = [_map_with_path(fn, v, path + (i,)) for i, v in enumerate(obs)]
+        return type(obs)(*out) if hasattr(obs, "_fields") else type(obs)(out)
+    return fn(path, obs)
+
+
+def _get_path(obs: Obs, path: tuple) -> Any:
+    """The entry of a nested observation at ``path`` (see :func:`_map_with_path`)."""
+    for p in path:
+        obs = obs[p]
+    return obs
+
+
+def _one_line(space: spaces.Space) -> str:
+    """``str(space)`` on one line (a Box with per-element bounds prints its arrays over several lines)."""
+    return " ".join(str(space).split())
 
 
 def _layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
@@ -158,28 +195,77 @@ class MultiDiscreteEncoder(nn.Module):
         return torch.relu(self.embed(idx).sum(-2) + self.bias)
 
 
-class DictEncoder(nn.Module):
-    """``Dict``: one encoder per entry, outputs concatenated, then Linear -> ReLU to ``out``."""
+def _module_names(keys: list) -> list[str]:
+    """Unique ``nn.ModuleDict`` names for the entries of a ``Dict`` space: the key itself where it is a valid name
+    (so existing checkpoints keep their parameter names), else the key with non-alphanumerics as ``_`` and a
+    ``_2``, ``_3``, ... suffix where needed (a key with ``.``, an empty key, or one that names a ``ModuleDict``
+    attribute such as ``keys``). The same keys in the same order always give the same names."""
+    probe, used, names = nn.ModuleDict(), set(), []
+    for key in keys:
+        name = str(key)
+        if not name or "." in name or hasattr(probe, name):
+            name = "_" + "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+        base, n = name, 2
+        while name in used or hasattr(probe, name):
+            name, n = f"{base}_{n}", n + 1
+        used.add(name)
+        names.append(name)
+    return names
 
-    def __init__(self, space: spaces.Dict, out_size: int) -> None:
+
+class _EntriesEncoder(nn.Module):
+    """One encoder per entry of a ``Dict``/``Tuple`` space (``Text`` entries skipped), outputs concatenated
+    ``[*, sum of entry widths]``, then Linear -> ReLU to ``[*, out]``. Entries may be ``Dict``/``Tuple`` themselves
+    (each nested level is one such encoder)."""
+
+    def __init__(self, entries: list[tuple[Any, str, str, spaces.Space]], space: spaces.Space, out_size: int,
+                 path: str) -> None:
+        """``entries``: ``(key into the observation, module name, path for errors, sub-space)`` in order."""
         super().__init__()
         self.encoders = nn.ModuleDict()
-        for key, sub in space.spaces.items():
+        self.entry_keys: list[Any] = []
+        for key, name, sub_path, sub in entries:
             if _is_text_space(sub):
                 continue  # e.g. MiniGrid's mission string: constant per task, not encoded
-            self.encoders[key] = make_encoder(sub, out_size, _path=f"observation[{key!r}]")
+            self.encoders[name] = make_encoder(sub, out_size, _path=sub_path)
+            self.entry_keys.append(key)
         if not self.encoders:
-            raise UnsupportedSpaceError("Dict observation space has no supported entry")
+            raise UnsupportedSpaceError(
+                f"{path} space {_one_line(space)} has no supported entry (Text entries are skipped)"
+            )
         width = sum(e.out_size for e in self.encoders.values())
         self.trunk = nn.Sequential(_layer_init(nn.Linear(width, out_size)), nn.ReLU())
         self.out_size = out_size
 
-    def forward(self, obs: dict[str, Tensor]) -> Tensor:
-        return self.trunk(torch.cat([enc(obs[k]) for k, enc in self.encoders.items()], dim=-1))
+    def forward(self, obs: dict[Any, Obs] | tuple[Obs, ...]) -> Tensor:
+        # [*, e_1] ++ ... ++ [*, e_K] -> [*, sum e_k] -> [*, out]
+        return self.trunk(torch.cat([enc(obs[k]) for k, enc in zip(self.entry_keys, self.encoders.values())], -1))
+
+
+class DictEncoder(_EntriesEncoder):
+    """``Dict``: one encoder per entry (module named by the key, see :func:`_module_names`), outputs concatenated,
+    then Linear -> ReLU to ``out``. ``{key: [*, ...]}`` -> ``[*, out]``."""
+
+    def __init__(self, space: spaces.Dict, out_size: int, _path: str = "observation") -> None:
+        keys = list(space.spaces)
+        entries = [(k, name, f"{_path}[{k!r}]", space.spaces[k]) for k, name in zip(keys, _module_names(keys))]
+        super().__init__(entries, space, out_size, _path)
+
+
+class TupleEncoder(_EntriesEncoder):
+    """``Tuple``: one encoder per entry (modules named ``"0"``, ``"1"``, ...), outputs concatenated, then Linear ->
+    ReLU to ``out``. ``([*, ...], [*, ...], ...)`` -> ``[*, out]``; a skipped ``Text`` entry's place may hold None."""
+
+    def __init__(self, space: spaces.Tuple, out_size: int, _path: str = "observation") -> None:
+        entries = [(i, str(i), f"{_path}[{i}]", sub) for i, sub in enumerate(space.spaces)]
+        super().__init__(entries, space, out_size, _path)
 
 
 def make_encoder(space: spaces.Space, out_size: int, _path: str = "observation") -> nn.Module:
-    """The encoder for an observation space; raises :class:`UnsupportedSpaceError` naming the space."""
+    """The encoder for an observation space, ``[*, ...]`` -> ``[*, out_size]``; ``Dict``/``Tuple`` spaces nest.
+
+    Raises :class:`UnsupportedSpaceError` (one line) naming the path of the bad entry, e.g. ``observation[0]['x']``.
+    """
     if isinstance(space, spaces.Box):
         return ImageEncoder(space, out_size) if _is_image(space) else FlatEncoder(space, out_size)
     if isinstance(space, spaces.MultiBinary):
@@ -188,10 +274,13 @@ def make_encoder(space: spaces.Space, out_size: int, _path: str = "observation")
         return DiscreteEncoder(space, out_size)
     if isinstance(space, spaces.MultiDiscrete):
         return MultiDiscreteEncoder(space, out_size)
-    if isinstance(space, spaces.Dict) and _path == "observation":
-        return DictEncoder(space, out_size)
+    if isinstance(space, spaces.Dict):
+        return DictEncoder(space, out_size, _path)
+    if isinstance(space, spaces.Tuple):
+        return TupleEncoder(space, out_size, _path)
     raise UnsupportedSpaceError(
-        f"unsupported {_path} space {space}; supported: Box, Discrete, MultiDiscrete, MultiBinary and a Dict of these"
+        f"unsupported {_path} space {_one_line(space)}; supported: Box, Discrete, MultiDiscrete, MultiBinary, and "
+        "Dict/Tuple of these (nested; Text entries skipped)"
     )
 
 
@@ -379,41 +468,58 @@ def make_head(space: spaces.Space, in_size: int) -> nn.Module:
 
 # ============================================================================================== obs normaliser
 class ObsNormalizer(nn.Module):
-    """Running mean/variance normalisation of the float ``Box`` entries of an observation, clipped to ``±clip``.
+    """Running mean/variance normalisation of the float non-image ``Box`` leaves of an observation, wherever they
+    are nested in ``Dict``/``Tuple`` spaces, clipped to ``±clip``.
 
-    Other entries (images, discrete, binary) pass through. The statistics are buffers (saved with the policy).
-    Applied once in the rollout; the *normalised* observation is stored, so the update sees exactly what the
-    rollout saw.
+    Other leaves (images, discrete, binary, integer boxes) pass through. The statistics are buffers (saved with the
+    policy) named by the leaf's path: ``mean_obs``/``var_obs`` for a plain ``Box``, ``mean_obs_<key>`` for a
+    ``Dict`` entry, ``mean_obs_<key>_<index>_...`` for nested ones (non-alphanumerics as ``_``; a ``_2``, ``_3``,
+    ... suffix where two paths would give one name), so the same space always gives the same names. Applied once
+    in the rollout; the *normalised* observation is stored, so the update sees exactly what the rollout saw.
     """
 
     def __init__(self, space: spaces.Space, clip: float = 10.0, eps: float = 1e-8) -> None:
         super().__init__()
         self.clip, self.eps = clip, eps
-        subs = dict(space.spaces) if isinstance(space, spaces.Dict) else {"": space}
-        self.keys: list[str] = []
-        for key, sub in subs.items():
-            if isinstance(sub, spaces.Box) and np.issubdtype(sub.dtype, np.floating) and not _is_image(sub):
-                name = self._name(key)
-                self.register_buffer(f"mean_{name}", torch.zeros(sub.shape))
-                self.register_buffer(f"var_{name}", torch.ones(sub.shape))
-                self.keys.append(key)
+        self.leaves: dict[tuple, str] = {}  # path (keys/indices from the top) -> buffer name stem
+        for path, sub in self._float_leaves(space):
+            name, base, n = self._name(path), self._name(path), 2
+            while name in self.leaves.values():
+                name, n = f"{base}_{n}", n + 1
+            self.register_buffer(f"mean_{name}", torch.zeros(sub.shape))
+            self.register_buffer(f"var_{name}", torch.ones(sub.shape))
+            self.leaves[path] = name
         self.register_buffer("count", torch.tensor(1e-4))
 
-    @staticmethod
-    def _name(key: str) -> str:
-        return "obs" if not key else "obs_" + "".join(ch if ch.isalnum() else "_" for ch in key)
+    @classmethod
+    def _float_leaves(cls, space: spaces.Space, path: tuple = ()):
+        """``(path, Box)`` of every float non-image ``Box`` inside ``space``, in the space's order."""
+        if isinstance(space, spaces.Box):
+            if np.issubdtype(space.dtype, np.floating) and not _is_image(space):
+                yield path, space
+        elif isinstance(space, spaces.Dict):
+            for key, sub in space.spaces.items():
+                yield from cls._float_leaves(sub, path + (key,))
+        elif isinstance(space, spaces.Tuple):
+            for i, sub in enumerate(space.spaces):
+                yield from cls._float_leaves(sub, path + (i,))
 
-    def _stats(self, key: str) -> tuple[Tensor, Tensor]:
-        name = self._name(key)
+    @staticmethod
+    def _name(path: tuple) -> str:
+        clean = ("".join(ch if ch.isalnum() else "_" for ch in str(p)) for p in path)
+        return "_".join(("obs", *clean))
+
+    def _stats(self, path: tuple) -> tuple[Tensor, Tensor]:
+        name = self.leaves[path]
         return getattr(self, f"mean_{name}"), getattr(self, f"var_{name}")
 
     @torch.no_grad()
     def update(self, obs: Obs) -> None:
         """Fold a batch ``[B, ...]`` into the running statistics (parallel Welford / Chan et al.)."""
         n = None
-        for key in self.keys:
-            x = (obs[key] if key else obs).float()
-            mean, var = self._stats(key)
+        for path in self.leaves:
+            x = _get_path(obs, path).float()  # [B, *shape]
+            mean, var = self._stats(path)
             n = x.shape[0]
             b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
             tot = self.count + n
@@ -424,19 +530,17 @@ class ObsNormalizer(nn.Module):
             self.count.add_(n)
 
     def forward(self, obs: Obs) -> Obs:
-        if not self.keys:
+        """The observation with its float ``Box`` leaves normalised (same structure; other leaves as given)."""
+        if not self.leaves:
             return obs
 
-        def norm(key: str, x: Tensor) -> Tensor:
-            mean, var = self._stats(key)
+        def norm(path: tuple, x: Tensor) -> Tensor:
+            if path not in self.leaves:
+                return x
+            mean, var = self._stats(path)
             return ((x.float() - mean) / torch.sqrt(var + self.eps)).clamp(-self.clip, self.clip)
 
-        if isinstance(obs, dict):
-            out = dict(obs)
-            for key in self.keys:
-                out[key] = norm(key, obs[key])
-            return out
-        return norm("", obs)
+        return _map_with_path(norm, obs)
 
 
 # ============================================================================================== core plumbing
@@ -602,8 +706,8 @@ class ActorCritic(nn.Module):
         core_kwargs: keyword arguments for the core's constructor (``hidden_size``, ``num_slots``, ...).
         embed_size: width of the encoder output, the core's input.
         shared_core: actor and critic share one encoder and core (default); False gives the critic its own.
-        normalize_obs: keep running statistics of float ``Box`` observations and normalise them
-            (:meth:`normalize_obs`).
+        normalize_obs: keep running statistics of the float non-image ``Box`` leaves of the observation (nested
+            ones too) and normalise them (:meth:`normalize_obs`, :class:`ObsNormalizer`).
         chrono_init: when > 0, chrono-initialise the gate biases of every LSTM inside the core(s) for memory time
             scales up to this many steps (:func:`chrono_init_`); 0 keeps torch's init.
         segment_unroll: let :meth:`evaluate_sequence` use :func:`segmented_unroll` when asked (default: for the
