@@ -8,6 +8,9 @@ as ``Text``), and ``Dict``/``Tuple`` of these, nested to any depth::
 
     >>> space_from_dict(space_to_dict(spaces.Tuple((spaces.Discrete(2), spaces.Box(0, 1, (3,))))))
     Tuple(Discrete(2), Box(0.0, 1.0, (3,), float32))
+
+:func:`spaces_match` says whether an env's space fits a policy rebuilt from a stored one (``Text`` entries, which are
+not encoded, match any text entry).
 """
 
 from __future__ import annotations
@@ -93,3 +96,22 @@ def space_from_dict(data: dict[str, Any]) -> spaces.Space:
         raise SpaceSpecError(f"stored space {str(data)[:80]} is not valid ({type(e).__name__}: {e})") from None
     raise SpaceSpecError(f"stored space type {kind!r} is not known; known: Box, Discrete, MultiDiscrete, "
                          "MultiBinary, Text, Dict, Tuple")
+
+
+def spaces_match(a: spaces.Space, b: spaces.Space) -> bool:
+    """Whether a policy made for space ``a`` fits space ``b``: the same plain data, except that ``Text`` entries
+    (never encoded) match any text entry. A MiniGrid env's ``MissionSpace`` (whose ``str`` holds a function address)
+    thus matches the ``Text`` it was stored as; use this, not ``str(a) == str(b)``, to check an env against a policy
+    rebuilt from a checkpoint. Spaces that cannot be stored are compared with ``==``."""
+
+    def view(data: Any) -> Any:
+        if isinstance(data, dict):
+            return {"type": "Text"} if data.get("type") == "Text" else {k: view(v) for k, v in data.items()}
+        if isinstance(data, list):
+            return [view(v) for v in data]
+        return data
+
+    try:
+        return view(space_to_dict(a)) == view(space_to_dict(b))
+    except SpaceSpecError:
+        return a == b
