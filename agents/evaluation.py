@@ -20,7 +20,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .env_adapter import EnvError, TorchVecEnv, load_env_factory
 from .policy import ActorCritic
 from .ppo import TrainConfig
-from .spaces_io import SpaceSpecError, space_from_dict
+from .spaces_io import SpaceSpecError, space_from_dict, spaces_match
 
 
 def build_policy(cfg: TrainConfig, observation_space: gym.Space, action_space: gym.Space) -> ActorCritic:
@@ -83,9 +83,8 @@ def _config_from(ckpt: dict, path: str | Path) -> TrainConfig:
 
 
 def _check_spaces(venv: TorchVecEnv, policy: ActorCritic) -> None:
-    if str(venv.single_observation_space) != str(policy.observation_space) or str(venv.single_action_space) != str(
-        policy.action_space
-    ):
+    if not (spaces_match(venv.single_observation_space, policy.observation_space)
+            and spaces_match(venv.single_action_space, policy.action_space)):
         raise EnvError(
             f"env {venv.env_id!r} has spaces {venv.single_observation_space} / {venv.single_action_space} but the "
             f"policy was trained on {policy.observation_space} / {policy.action_space} (an env made with wrappers "

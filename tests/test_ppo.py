@@ -311,7 +311,8 @@ def test_train_and_evaluate_scripts(tmp_path, capsys):
                        "--num-steps", "32", "--seq-len", "16", "--hidden-size", "8", "--no-progress",
                        "--no-tensorboard", "--run-dir", run]) == 0
     cfg = load_checkpoint(run)["config"]
-    assert json.loads(cfg["env_kwargs"]) == {"wrong_arm_reward": 0.0, "length": 2, "max_steps": 12}  # merged
+    assert json.loads(cfg["env_kwargs"]) == {"wrong_arm_reward": 0.0, "wall_reward": -0.01, "length": 2,
+                                             "max_steps": 12}  # merged
     assert cfg["chrono_init"] == 128  # a task default
     capsys.readouterr()
     assert eval_main([run, "--episodes", "5", "--json"]) == 0
