@@ -172,8 +172,9 @@ class TrainConfig:
         if self.total_steps == n * per:
             return None
         way = "up" if n * per > self.total_steps else "down"
-        return (f"--total-steps {self.total_steps:,} rounded {way} to {n * per:,}: {n:,} whole update"
-                f"{'s' if n > 1 else ''} of num_envs * num_steps = {self.num_envs} * {self.num_steps} = {per:,} steps")
+        return (f"--total-steps {self.total_steps:,} rounded {way} to {n * per:,} ({n:,} update{'s' if n > 1 else ''}):"
+                f" training runs whole updates of num_envs * num_steps = {self.num_envs} * {self.num_steps} = {per:,}"
+                " steps")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option, its value and the valid range."""
