@@ -3,10 +3,13 @@
 
     python scripts/train.py --env MemoryCores/TMaze-v0 --core lstm
     python scripts/train.py --env MemoryCores/TMaze-v0 --env-kwargs '{"length": 50}' --core none --seed 2
-    python scripts/train.py --resume --run-dir runs/MemoryCores_TMaze-v0__lstm__1     # continue a killed run
+    python scripts/train.py --env MemoryCores/TMaze-v0 --core lstm --resume     # continue that run after a kill
 
 Per-task defaults (agents/presets.py) fill every option not given; `--env ID --help` shows them for that task.
-Writes run_dir/metrics.jsonl, TensorBoard scalars (run_dir/tb) and run_dir/checkpoint.pt.
+Writes run_dir/metrics.jsonl, TensorBoard scalars (run_dir/tb) and run_dir/checkpoint.pt (the one before it is kept
+as checkpoint.prev.pt). Ctrl-C or SIGTERM finishes the update in progress, writes its checkpoint and prints the
+command that continues the run (a second Ctrl-C stops at once). Without --run-dir, --resume continues the run of
+the given --env, --core and --seed.
 """
 
 from __future__ import annotations
@@ -16,8 +19,20 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def _defaults_line(env: str, has_preset: bool, resume_dir: str | None) -> str:
+    """The --help line that says which defaults the option list shows."""
+    if resume_dir is not None:
+        return f"Defaults below: the saved config of the run in {resume_dir} (--resume); options given must fit it."
+    if has_preset:
+        return (f"Defaults below: the preset of {env} (agents/presets.py); another --env shows its own "
+                "(`--env ID --help`); envs without a preset use the generic defaults.")
+    return (f"Defaults below: the generic defaults ({env} has no preset in agents/presets.py); "
+            "`--env ID --help` shows another env's.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,33 +42,65 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     import tyro
 
-    from agents.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+    from agents.checkpoint import CheckpointError, has_checkpoint, load_run_checkpoint
     from agents.presets import env_kwargs_for, task_defaults
     from agents.ppo import TrainConfig
-    from agents.runner import TrainingStopped, default_run_dir, train
+    from agents.runner import TrainingInterrupted, TrainingStopped, check_run_dir, continue_command, \
+        default_run_dir, train
 
     # pre-parse the options that decide the defaults: the env (per-task defaults) and a run to resume
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--env", default=TrainConfig.env)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--env", default=None)
+    pre.add_argument("--env-factory", "--env_factory", default="")
+    pre.add_argument("--core", default=TrainConfig.core)
+    pre.add_argument("--seed", default=str(TrainConfig.seed))
     pre.add_argument("--run-dir", "--run_dir", default="")
     pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--env-kwargs", "--env_kwargs", default=None)
     known, _ = pre.parse_known_args(argv)
+    # the env's name: --env, else the factory (which then names the run), else TrainConfig's default env
+    known.env = known.env or known.env_factory or TrainConfig.env
+    run_dir = known.run_dir or None
     try:
         defaults = dataclasses.asdict(TrainConfig())
-        if known.resume and known.run_dir:
+        if known.resume:
             # resuming: the saved run's config is the default; options given now must still fit it
-            saved = load_checkpoint(os.path.join(known.run_dir, CHECKPOINT_NAME))["config"]
+            if run_dir is None:  # the run directory a new run of this --env, --core and --seed got
+                try:
+                    seed = int(known.seed)
+                except ValueError:
+                    raise ValueError(f"--seed {known.seed!r} is not valid: expected an integer") from None
+                run_dir = default_run_dir(TrainConfig(env=known.env, core=known.core, seed=seed))
+                if not has_checkpoint(run_dir):
+                    raise CheckpointError(
+                        f"--resume: no checkpoint in {run_dir}, the run directory of --env {known.env} --core "
+                        f"{known.core} --seed {seed}; pass --run-dir of the run to continue"
+                    )
+            check_run_dir(Path(run_dir))
+            saved = load_run_checkpoint(run_dir)[0]["config"]  # a fallback's warning is printed by train()
             defaults.update({k: v for k, v in saved.items() if k in defaults})
-            defaults.update(resume=True)
+            defaults.update(resume=True, run_dir=run_dir)
+            has_preset = True
         else:
-            defaults.update(task_defaults(known.env))
+            preset = task_defaults(known.env)
+            defaults.update(preset)
             defaults["env"] = known.env
-        cfg = tyro.cli(TrainConfig, args=argv, default=TrainConfig(**defaults), description=__doc__)
-        if not known.resume:
-            # env keywords of the task defaults that the command line did not set are kept
-            cfg = dataclasses.replace(cfg, env_kwargs=json.dumps(env_kwargs_for(cfg.env, cfg.env_kwargs_dict())))
+            has_preset = bool(preset)
+        description = f"{__doc__}\n{_defaults_line(known.env, has_preset, run_dir if known.resume else None)}"
+        cfg = tyro.cli(TrainConfig, args=argv, default=TrainConfig(**defaults), description=description)
+        if not known.resume or known.env_kwargs is not None:
+            # env keywords of the task defaults that the command line did not set are kept (on --resume only when
+            # --env-kwargs is given again, as in the original command: the merged keywords must fit the saved ones)
+            given = cfg.env_kwargs_dict()
+            try:
+                merged = env_kwargs_for(cfg.env, given)
+            except (TypeError, ValueError):
+                # a given value the derived keys cannot be computed from: the env itself names the key
+                merged = {**json.loads(task_defaults(cfg.env).get("env_kwargs", "{}")), **given}
+            cfg = dataclasses.replace(cfg, env_kwargs=json.dumps(merged))
         if not cfg.run_dir:
             cfg = dataclasses.replace(cfg, run_dir=default_run_dir(cfg))
+        run_dir = cfg.run_dir
         summary = train(cfg)
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
@@ -61,12 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; resume with --resume --run-dir <run_dir> from the last checkpoint", file=sys.stderr)
+    except TrainingInterrupted as e:
+        print(e, file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # before training began (building the env, ...)
+        if run_dir is not None and has_checkpoint(run_dir):
+            print(f"interrupted; continue from the last checkpoint with: {continue_command(run_dir)}", file=sys.stderr)
+        else:
+            print("interrupted before any checkpoint was written: start again with the same command", file=sys.stderr)
         return 130
     m = summary["metrics"]
     parts = [f"{k}={m[k]:.3f}" for k in ("ep_rew_mean", "success_rate", "fps") if k in m]
-    print(f"done: {summary['global_step']} steps in {summary['seconds']:.0f} s; {' '.join(parts)}; "
+    why = f" (time budget of {cfg.time_budget:g} s reached)" if summary["stopped"] == "time budget" else ""
+    print(f"done: {summary['global_step']} steps in {summary['seconds']:.0f} s{why}; {' '.join(parts)}; "
           f"checkpoint {summary['checkpoint']}")
     return 0
 
