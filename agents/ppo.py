@@ -87,7 +87,8 @@ class TrainConfig:
     time_budget: float = 0.0
     """Wall-clock budget in seconds (0: none). Training stops at the first update that ends past it (or at
     --total-steps, whichever comes first) and the learning rate anneals over the elapsed fraction of the budget
-    instead of the steps, for time-boxed comparisons. Seconds of earlier sessions of a resumed run count."""
+    (or of the steps, if that is larger), for time-boxed comparisons: give a large --total-steps to let time
+    decide. Seconds of earlier sessions of a resumed run count."""
     learning_rate: float = 3e-4
     """Adam learning rate."""
     anneal_lr: bool = True
@@ -474,8 +475,9 @@ class PPO:
 
     def set_learning_rate(self, elapsed_seconds: float | None = None) -> float:
         """Set and return the learning rate of the coming update: constant, or with ``anneal_lr`` linearly annealed
-        to 0 over the run: over the updates (``1 - update_count / num_updates``) or, with a ``time_budget``, over
-        the elapsed fraction of the budget (``1 - elapsed_seconds / time_budget``).
+        to 0 over the run: ``1 - f`` with ``f`` the fraction of the updates done (``update_count / num_updates``)
+        or, with a ``time_budget``, the larger of that and the elapsed fraction of the budget
+        (``elapsed_seconds / time_budget``), so the rate reaches 0 at whichever end comes first.
 
         ``elapsed_seconds``: the run's training seconds so far, earlier sessions of a resumed run included (default:
         ``self.train_seconds``, which the runner sets before each update; 0 when unset). A host-side number: no
@@ -483,12 +485,13 @@ class PPO:
         """
         cfg = self.cfg
         lr = cfg.learning_rate
-        if cfg.anneal_lr and cfg.time_budget > 0:
-            if elapsed_seconds is None:
-                elapsed_seconds = getattr(self, "train_seconds", 0.0)
-            lr = cfg.learning_rate * max(0.0, 1.0 - elapsed_seconds / cfg.time_budget)
-        elif cfg.anneal_lr:
-            lr = cfg.learning_rate * max(0.0, 1.0 - self.update_count / cfg.num_updates)
+        if cfg.anneal_lr:
+            frac = self.update_count / cfg.num_updates
+            if cfg.time_budget > 0:
+                if elapsed_seconds is None:
+                    elapsed_seconds = getattr(self, "train_seconds", 0.0)
+                frac = max(frac, elapsed_seconds / cfg.time_budget)
+            lr = cfg.learning_rate * max(0.0, 1.0 - frac)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         return lr

@@ -52,7 +52,9 @@ def tmaze_env_kwargs(given: dict) -> dict:
     ``1e-6`` at ``L = 50``. An agent that has learnt the corridor walks it in ``L + 1`` steps, so the longer limit
     only matters while exploring.
     """
-    L = int(given.get("length", 10))
+    L = given.get("length", 10)
+    if isinstance(L, bool) or not isinstance(L, int):
+        return {}  # not a valid length: the env's own check names the key
     return {"max_steps": max(4 * (L + 1), L * L)}
 
 
