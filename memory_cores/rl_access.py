@@ -13,6 +13,7 @@ One step (``x``: ``[B, I]``)::
         differentiable portion: k_t : [B, W]  content key;  beta_t = oneplus(beta^_t) : [B]  key strength;
                                 e_t = sigmoid(e^_t) : [B, W]  erase vector;  v_t : [B, W]  write (add) vector
     a_t ~ Categorical(softmax(z_t))      (train mode)    or    a_t = argmax z_t    (eval mode / greedy)
+          sampled by Gumbel-max: argmax_i (log pi_i - log(-log u_i)), u_i ~ U(0, 1) (no host sync on CUDA)
     memory M_t, head p_t, usage u_t, read r_t  <-  access process a_t  (list below)
     y_t = [h_t, r_t]                                                             # [B, H + W]
 
@@ -265,7 +266,8 @@ class RLAccessCore(Core):
                 rollout; bit-identical to it) and ``log_prob`` scores them. None: sampled from pi (or argmax
                 when ``greedy``), whatever the train/eval mode.
             greedy: take argmax z_t instead of sampling (ignored when ``choice`` is given).
-            generator: torch RNG used for sampling (default: the global one).
+            generator: torch RNG of the uniforms u of the Gumbel-max sampling, on the device of ``x`` (default: the
+                global one).
         Returns:
             ``y``: ``[B, H + W]``, the new state, and a :class:`ChoiceInfo` of ``[B]`` fields.
         """
@@ -342,7 +344,11 @@ class RLAccessCore(Core):
                 if greedy:
                     choice = z.argmax(dim=-1)  # first index on ties
                 else:
-                    choice = torch.multinomial(log_pi.detach().exp(), 1, generator=generator).squeeze(-1)
+                    # Gumbel-max: a_t = argmax_i (log pi_i + g_i), g_i = -log(-log u_i), u_i ~ U(0, 1), as the
+                    # policy heads sample: one tensor program on the device (torch.multinomial syncs on CUDA)
+                    u = torch.rand(log_pi.shape, generator=generator, device=log_pi.device, dtype=log_pi.dtype)
+                    u = u.clamp_(min=torch.finfo(log_pi.dtype).tiny)
+                    choice = (log_pi.detach() - torch.log(-torch.log(u))).argmax(dim=-1)
             log_prob = log_pi.gather(-1, choice.unsqueeze(-1)).squeeze(-1)  # log pi(a_t) [B]
             entropy = -(log_pi.exp() * log_pi).sum(-1)  # H(pi) [B]
 

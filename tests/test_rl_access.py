@@ -228,6 +228,23 @@ def test_sampling_frequencies_follow_the_policy():
     assert (freq - probs).abs().max() < 4 * (probs * (1 - probs) / B).sqrt().max() + 1e-3
 
 
+def test_sampling_is_gumbel_max_without_host_sync(monkeypatch):
+    """The choice is sampled as the policy heads sample actions: argmax(log pi + Gumbel noise) from uniforms drawn
+    with the given generator, no ``torch.multinomial`` (which synchronises with the host on CUDA)."""
+
+    def no_multinomial(*args, **kwargs):
+        raise AssertionError("torch.multinomial synchronises with the host on CUDA")
+
+    monkeypatch.setattr(torch, "multinomial", no_multinomial)
+    core = make()
+    x, s = torch.randn(6, I), core.initial_state(6)
+    with torch.no_grad():
+        _, _, info = core.step_with_choice(x, s, generator=torch.Generator().manual_seed(4))
+    u = torch.rand(6, core.num_choices, generator=torch.Generator().manual_seed(4))
+    expected = (torch.log_softmax(info.logits, -1) - torch.log(-torch.log(u))).argmax(-1)
+    assert torch.equal(info.choice, expected)
+
+
 def test_greedy_is_deterministic_and_seed_independent():
     core = make()
     xs = torch.randn(8, 3, I)
