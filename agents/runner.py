@@ -250,6 +250,10 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
                 break
         raise
 
+    n_params = sum(p.numel() for p in policy.parameters())
+    print(f"{cfg.core} on {cfg.env}: {n_params:,} parameters, {cfg.num_envs} envs x {cfg.num_steps} steps per update, "
+          f"{cfg.num_updates:,} updates, device {device}, torch threads {torch.get_num_threads()}; run dir {run_dir}",
+          flush=True)
     bar = Progress(cfg.num_updates * cfg.steps_per_update, ppo.global_step, cfg.progress,
                    desc=f"{cfg.core} on {cfg.env}")
     last_saved = start_update if ckpt is not None else None
