@@ -1,4 +1,4 @@
-"""The training loop behind ``scripts/train.py`` and the evaluation behind ``scripts/evaluate.py``."""
+"""The training loop behind ``scripts/train.py`` (evaluation: :mod:`agents.evaluation`, re-exported here)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from .checkpoint import (
     NETWORK,
     NonFiniteStateError,
     check_compatible,
-    config_from_dict,
     config_to_dict,
     has_checkpoint,
     load_checkpoint,
@@ -29,10 +28,10 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .env_adapter import TorchVecEnv, load_env_factory
-from .policy import ActorCritic
+from .evaluation import build_policy, evaluate_policy, load_policy  # noqa: F401  (re-exported: agents.runner API)
 from .ppo import PPO, NonFiniteLossError, TrainConfig, resolve_device
 from .run_logging import Progress, RunLogger
-from .spaces_io import SpaceSpecError, space_from_dict, space_to_dict
+from .spaces_io import space_to_dict
 
 
 class TrainingStopped(RuntimeError):
@@ -128,22 +127,6 @@ def env_source(cfg: TrainConfig, env: Any = None) -> Any:
     if env is not None:
         return env
     return load_env_factory(cfg.env_factory) if cfg.env_factory else cfg.env
-
-
-def build_policy(cfg: TrainConfig, observation_space, action_space) -> ActorCritic:
-    return ActorCritic(
-        observation_space,
-        action_space,
-        core=cfg.core,
-        core_kwargs=cfg.core_kwargs_dict(),
-        embed_size=cfg.embed_size,
-        shared_core=cfg.shared_core,
-        normalize_obs=cfg.normalize_obs,
-        chrono_init=cfg.chrono_init,
-        head_hidden=cfg.head_hidden,
-        obs_skip=cfg.obs_skip,
-        head_activation=cfg.head_activation,
-    )
 
 
 def _payload(cfg: TrainConfig, ppo: PPO, env: TorchVecEnv, train_seconds: float) -> dict[str, Any]:
@@ -345,79 +328,3 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
             f"continue with: {continue_command(run_dir)}", signals.signum, dict(summary, stopped="signal"),
         )
     return summary
-
-
-# ======================================================================================================= evaluation
-def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[ActorCritic, TrainConfig, dict]:
-    """The policy of a checkpoint (in eval mode) and its training config."""
-    ckpt = load_checkpoint(path, map_location=device)
-    cfg = config_from_dict(TrainConfig, ckpt["config"])
-    if "observation_space_spec" in ckpt:
-        try:
-            obs_space = space_from_dict(ckpt["observation_space_spec"])
-            act_space = space_from_dict(ckpt["action_space_spec"])
-        except SpaceSpecError as e:
-            raise CheckpointError(f"checkpoint {path}: {e}") from None
-    else:  # checkpoints written before the spaces were stored: the spaces of the env it names
-        venv = TorchVecEnv(cfg.env, 1, "cpu", cfg.env_kwargs_dict(), need_final_obs=False)
-        obs_space, act_space = venv.single_observation_space, venv.single_action_space
-        venv.close()
-    policy = build_policy(cfg, obs_space, act_space)
-    try:
-        policy.load_state_dict(ckpt["policy"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not fit its own config: {str(e).splitlines()[0]}") from None
-    return policy.to(device).eval(), cfg, ckpt
-
-
-@torch.no_grad()
-def evaluate_policy(
-    policy: ActorCritic,
-    env: str,
-    episodes: int = 100,
-    deterministic: bool = True,
-    env_kwargs: dict | None = None,
-    seed: int = 12345,
-    device: str | torch.device = "cpu",
-) -> dict[str, float]:
-    """Run ``episodes`` episodes (the first episode of each of ``episodes`` parallel envs, so short episodes are
-    not over-represented); returns mean return, success rate (when the env reports success) and mean length."""
-    device = torch.device(device)
-    venv = TorchVecEnv(env, episodes, device, env_kwargs, need_final_obs=False)
-    if str(venv.single_observation_space) != str(policy.observation_space) or str(venv.single_action_space) != str(
-        policy.action_space
-    ):
-        raise ValueError(
-            f"env {env!r} has spaces {venv.single_observation_space} / {venv.single_action_space} but the policy was "
-            f"trained on {policy.observation_space} / {policy.action_space}"
-        )
-    N = venv.num_envs
-    obs = policy.normalize_obs(venv.reset(seed=seed))
-    start = torch.ones(N, dtype=torch.bool, device=device)
-    state = policy.initial_state(N, device)
-    finished = torch.zeros(N, dtype=torch.bool, device=device)
-    ret = torch.zeros(N, device=device)
-    length = torch.zeros(N, device=device)
-    success = torch.zeros(N, dtype=torch.bool, device=device)
-    has_success = False
-    steps = 0
-    while True:
-        out = policy.get_action_and_value(obs, state, start, deterministic=deterministic)
-        step = venv.step(policy.env_action(out.action))
-        live = ~finished
-        ret += step.reward * live
-        length += live.float()
-        done = step.terminated | step.truncated
-        if step.success is not None:
-            has_success = True
-            success |= step.success & done & live
-        finished |= done
-        obs, start, state = policy.normalize_obs(step.obs), done, out.state
-        steps += 1
-        if steps % 16 == 0 and bool(finished.all()):
-            break
-    venv.close()
-    out = {"episodes": N, "mean_return": float(ret.mean()), "mean_length": float(length.mean())}
-    if has_success:
-        out["success_rate"] = float(success.float().mean())
-    return out
