@@ -18,6 +18,12 @@ samples in the rollout and scores a given action in the update; :meth:`ActorCrit
 over ``[T, B]`` with ``core.unroll``. Cores that take discrete internal decisions (``has_discrete_choices``, e.g.
 ``rl_access``) get their choices sampled in the rollout, returned so the caller can store them like actions, and
 re-evaluated exactly in the update (``choices=...``).
+
+The value is the baseline of those choices too, so for such a core it reads only the part of the core output
+computed before the step's choice (``y_t[..., :core.pre_choice_size]``, for ``rl_access`` the controller output
+``h_t``, not the read ``r_t`` that follows the choice; :func:`memory_cores.rl_access.pre_choice_size`): a value
+that saw the choice's outcome would learn ``E[G_t | a_t]`` and cancel the choice's gradient. Such a core must be
+shared by actor and critic. For every other core the value reads the whole core output.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from torch import Tensor, nn
 
 import memory_cores
 from memory_cores import Core, tree_map
+from memory_cores.rl_access import pre_choice_size
 
 Obs = Any  # a tensor, or a dict/tuple nesting of tensors for a Dict/Tuple observation space (None: a skipped Text)
 
@@ -705,7 +712,8 @@ class ActorCritic(nn.Module):
             feed-forward baseline (encoder -> Linear -> tanh -> heads).
         core_kwargs: keyword arguments for the core's constructor (``hidden_size``, ``num_slots``, ...).
         embed_size: width of the encoder output, the core's input.
-        shared_core: actor and critic share one encoder and core (default); False gives the critic its own.
+        shared_core: actor and critic share one encoder and core (default); False gives the critic its own. Must be
+            True for a core with discrete choices (a critic core's own choices would reach no action or reward).
         normalize_obs: keep running statistics of the float non-image ``Box`` leaves of the observation (nested
             ones too) and normalise them (:meth:`normalize_obs`, :class:`ObsNormalizer`).
         chrono_init: when > 0, chrono-initialise the gate biases of every LSTM inside the core(s) for memory time
@@ -718,6 +726,9 @@ class ActorCritic(nn.Module):
             "the remembered cue equals the object in view"), which a linear head on the core output cannot.
         obs_skip: the heads see the encoder output beside the core output (``[core out | embed]``), so the current
             observation reaches them directly and not only through the core's gates (no effect without a core).
+
+    The value head reads the core output, or for a core with discrete choices (``rl_access``) only its part computed
+    before the step's choice (``[y_t[..., :pre_choice_size] | embed]``, see the module docstring).
         head_activation: ``"tanh"`` (default) or ``"relu"``, the non-linearity of the ``head_hidden`` layers. An odd
             function such as tanh has no second-order term, so from a small initialisation a tanh layer picks up a
             product of two inputs ("remembered cue" x "object in view") only slowly; ReLU has one from the start.
@@ -768,9 +779,20 @@ class ActorCritic(nn.Module):
             return enc, c, None, c.output_size + (embed_size if self.obs_skip else 0)
 
         self.encoder, self.core, self.mlp, width = torso()
+        self.has_choices = core_has_choices(self.core)
+        if self.has_choices and not shared_core:
+            raise ValueError(
+                f"shared_core=False is not valid for core {self.core_name!r}: its discrete access choices are trained "
+                "through the actor's policy gradient, and a separate critic core's choices would reach no action or "
+                "reward; use shared_core=True (--shared-core)"
+            )
+        # the core output the value may read: all of it, or for a core with choices the part before the choice
+        self.value_core_width = pre_choice_size(self.core) if self.core is not None else width
         if shared_core:
             self.critic_encoder = self.critic_core = self.critic_mlp = None
             critic_width = width
+            if self.has_choices:  # [h_t | embed]: y_t's pre-choice part (and the encoder output with obs_skip)
+                critic_width = width - self.core.output_size + self.value_core_width
         else:
             self.critic_encoder, self.critic_core, self.critic_mlp, critic_width = torso()
         if head_hidden:
@@ -782,7 +804,6 @@ class ActorCritic(nn.Module):
             self.actor_mlp = self.value_mlp = nn.Identity()
         self.actor_head = make_head(action_space, width)
         self.value_head = _layer_init(nn.Linear(critic_width, 1), gain=1.0)
-        self.has_choices = core_has_choices(self.core) or core_has_choices(self.critic_core)
         self.segment_unroll = self.core_name in SEGMENT_CORES if segment_unroll is None else bool(segment_unroll)
         if chrono_init:
             for c in (self.core, self.critic_core):
@@ -836,22 +857,32 @@ class ActorCritic(nn.Module):
             self.encoder, self.core, self.mlp, obs, state.actor, resets, actor_choices, greedy, segmented, resets_cpu
         )
         if self.shared_core:
-            hv, s_critic, ch_c = h, state.critic, None
-        else:
-            hv, s_critic, ch_c = self._torso(
+            hv, s_critic = self._value_features(h), state.critic
+        else:  # (a core with choices is always shared: the critic core takes none)
+            hv, s_critic, _ = self._torso(
                 self.critic_encoder, self.critic_core, self.critic_mlp, obs, state.critic, resets, critic_choices,
                 greedy, segmented, resets_cpu,
             )
         value = self.value_head(self.value_mlp(hv)).squeeze(-1)
         T, B = value.shape
-        zero = value.new_zeros(T, B)
-        if ch_a is None and ch_c is None:
+        if ch_a is None:
+            zero = value.new_zeros(T, B)
             ch = (None, zero, zero)
         else:
-            lp = (ch_a.log_prob if ch_a else zero) + (ch_c.log_prob if ch_c else zero)
-            ent = (ch_a.entropy if ch_a else zero) + (ch_c.entropy if ch_c else zero)
-            ch = ((ch_a.choice if ch_a else None, ch_c.choice if ch_c else None), lp, ent)
+            ch = ((ch_a.choice, None), ch_a.log_prob, ch_a.entropy)
         return h, value, AgentState(s_actor, s_critic), ch
+
+    def _value_features(self, h: Tensor) -> Tensor:
+        """What the value reads of the shared torso's features ``h`` ``[T, B, width]``: all of them, or for a core
+        with discrete choices ``[y_t[..., :pre_choice_size] | embed]`` (``[T, B, H (+ embed)]``), the features that
+        precede the choice a_t, so the value is a valid baseline of a_t (a value that saw r_t, the outcome of a_t,
+        would learn E[G_t | a_t] and cancel a_t's policy gradient)."""
+        if not self.has_choices:
+            return h
+        pre, out = self.value_core_width, self.core.output_size
+        if self.obs_skip:
+            return torch.cat([h[..., :pre], h[..., out:]], -1)  # [h_t | embed of x_t]: neither depends on a_t
+        return h[..., :pre]  # h_t
 
     # -------------------------------------------------------------------------------------------- public
     def get_action_and_value(

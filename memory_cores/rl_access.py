@@ -52,6 +52,10 @@ Design notes:
   contents and outputs, plus the log-probabilities of those choices under the current parameters.
 * The previous choice (one-hot, ``[B, P]``) is fed to the controller with the previous read, so the policy knows
   what it did last.
+* A learner's baseline (critic) of ``a_t`` reads ``y_t[..., :pre_choice_size]`` = ``h_t`` only
+  (:func:`pre_choice_size`): ``r_t`` is the outcome of ``a_t``, and a value that sees it learns ``E[G_t | a_t]``,
+  which cancels the choice's policy gradient. ``agents/policy.py`` and ``agents/sb3.py`` do so;
+  ``tests/test_choice_objective.py`` measures the gradient on a bandit against the exact one.
 * Resets go through :meth:`memory_cores.base.Core.reset_state` (the package's one reset mechanism). Learned
   initial values: controller ``h_0``, ``c_0``, memory ``M_0`` (a small constant 1e-6 at init, Collier and Beel
   2018) and the read ``r_0``; the head starts at slot 0, usage at zero, the previous choice at zero.
@@ -131,6 +135,10 @@ class DiscreteChoiceCore(Protocol):
     has_discrete_choices: bool
     num_choices: int
     choice_names: tuple[str, ...]
+    pre_choice_size: int
+    """The core output ``y_t`` begins with ``pre_choice_size`` features computed before the step's choice ``a_t``
+    (``y_t[..., :pre_choice_size]``); the rest may depend on ``a_t``. Only the leading part may feed a baseline
+    (critic) of ``a_t``: see :func:`pre_choice_size`."""
 
     def step_with_choice(self, x, state, reset=None, choice=None, greedy=False, generator=None): ...
 
@@ -140,6 +148,20 @@ class DiscreteChoiceCore(Protocol):
 def has_discrete_choices(core: object) -> bool:
     """True when ``core`` follows :class:`DiscreteChoiceCore` (its actions need a score-function loss)."""
     return bool(getattr(core, "has_discrete_choices", False))
+
+
+def pre_choice_size(core: object) -> int:
+    """How many leading features of ``core``'s output a baseline of its choices may read.
+
+    The REINFORCE baseline ``b_t`` of a choice ``a_t`` must not depend on ``a_t`` (else ``E[(G_t - b_t) grad log
+    pi(a_t)]`` is no longer the policy gradient: a critic that sees the outcome of ``a_t`` learns ``E[G_t | a_t]``
+    and cancels the choice's gradient). For a core with discrete choices that is ``core.pre_choice_size`` (for
+    ``rl_access``: H, the controller output ``h_t``, computed before ``a_t``; the read ``r_t`` follows it); for any
+    other core the whole ``core.output_size``.
+    """
+    if has_discrete_choices(core):
+        return int(core.pre_choice_size)
+    return int(core.output_size)
 
 
 def _memory_dtype(dtype: torch.dtype) -> torch.dtype:

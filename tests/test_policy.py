@@ -131,9 +131,19 @@ CORE_KW = {
 }
 
 
-@pytest.mark.parametrize("core", ["none"] + sorted(memory_cores.CORES))
-@pytest.mark.parametrize("shared,head_hidden,skip", [(True, 0, False), (False, 0, False), (True, 6, True),
-                                                     (False, 6, True)])
+def _choice_core(name: str) -> bool:
+    return bool(getattr(memory_cores.CORES.get(name), "has_discrete_choices", False))
+
+
+@pytest.mark.parametrize(
+    "core,shared,head_hidden,skip",
+    [
+        (core, shared, head_hidden, skip)
+        for core in ["none"] + sorted(memory_cores.CORES)
+        for shared, head_hidden, skip in [(True, 0, False), (False, 0, False), (True, 6, True), (False, 6, True)]
+        if shared or not _choice_core(core)  # a core with choices is always shared (test_choice_core_must_be_shared)
+    ],
+)
 def test_actor_critic_step_loop_equals_sequence(core, shared, head_hidden, skip):
     """Sampling step by step, then scoring the same actions (and core choices) over the sequence from the initial
     state with the same resets gives the same log-probs and values: what makes PPO's first ratio exactly 1."""
@@ -169,10 +179,15 @@ def test_actor_critic_step_loop_equals_sequence(core, shared, head_hidden, skip)
     # gradients reach every parameter from the sequence loss
     (seq.log_prob.sum() + seq.value.sum() + seq.entropy.sum() + seq.choice_log_prob.sum()).backward()
     missing = [n for n, p in pol.named_parameters() if p.grad is None]
-    if not shared:
-        assert missing == [] or all("rl" in n or "choice" in n for n in missing), missing
-    else:
-        assert missing == [], missing
+    assert missing == [], missing
+
+
+@pytest.mark.parametrize("core", [c for c in sorted(memory_cores.CORES) if _choice_core(c)])
+def test_choice_core_must_be_shared(core):
+    """A separate critic core would take access choices that reach no action or reward: refused, in one line."""
+    with pytest.raises(ValueError, match=r"shared_core=False is not valid for core .*--shared-core"):
+        ActorCritic(OBS_SPACES["box"], ACT_SPACES["discrete"], core=core, core_kwargs=CORE_KW.get(core, {}),
+                    embed_size=8, shared_core=False)
 
 
 def test_head_hidden_is_checked():
