@@ -11,9 +11,11 @@ Read top to bottom, like CleanRL's ``ppo_atari_lstm.py``:
 4. :class:`PPO`: ``collect()`` steps the policy and the envs ``T`` times with no host synchronisation (on CUDA) and
    ``update()`` runs epochs over minibatches of whole sequences of length ``L``: the core is re-run from the stored
    state with the stored reset flags (resets inside a sequence go through the core's reset mask, sequences are not
-   cut), the stored actions and core choices are re-scored, and the clipped surrogate, value loss, entropy bonus
-   and, for cores with discrete choices (``rl_access``), a clipped score-function loss on the choices (the critic's
-   advantage as baseline, own entropy coefficient) are minimised with gradient-norm clipping.
+   cut), the stored actions and core choices are re-scored, and the clipped surrogate, value loss and entropy
+   bonus are minimised with gradient-norm clipping (:meth:`PPO.loss`). For cores with discrete choices
+   (``rl_access``) a step's decision is the pair (action, access choice): one ratio of the pair's probabilities is
+   clipped, as in the Stable-Baselines3 adapter, and the critic, which reads only what precedes the choice, is its
+   baseline.
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ class TrainConfig:
     target_kl: float | None = None
     """Stop the epochs of an update early when the approximate KL exceeds this (None: never)."""
     choice_coef: float = 1.0
-    """Weight of the score-function loss of a core's discrete choices (rl_access)."""
+    """Weight of a core's discrete choices (rl_access) in the step's joint PPO log-ratio: 1 clips the ratio of
+    pi(action, choice) as one decision (the SB3 adapter's objective), 0 leaves the choices untrained."""
     choice_ent_coef: float = 0.01
     """Entropy bonus coefficient of a core's discrete choices."""
 
@@ -497,7 +500,10 @@ class PPO:
         return lr
 
     def update(self, r: Rollout) -> dict[str, Tensor]:
-        """Epochs of minibatch updates on whole sequences; returns device tensors (averaged over minibatches)."""
+        """Epochs of minibatch updates on whole sequences; returns device tensors averaged over the minibatches:
+        ``loss``, ``policy_gradient_loss``, ``value_loss``, ``entropy_loss``, ``approx_kl``, ``clip_fraction`` (of
+        the step's joint ratio, choices included; ``target_kl`` stops on it), ``grad_norm``, with discrete core
+        choices ``choice_entropy`` and ``choice_approx_kl``; and ``explained_variance``, ``learning_rate``."""
         cfg, policy = self.cfg, self.policy
         lr = self.set_learning_rate()
         data = self.sequences(r)
@@ -525,7 +531,25 @@ class PPO:
         self.update_count += 1
         return out
 
-    def _minibatch_step(self, data: dict[str, Any], idx: Tensor, idx_cpu: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, data: dict[str, Any], idx: Tensor, idx_cpu: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The PPO loss of the minibatch of sequences ``idx`` (of :meth:`sequences`' ``N``) and its metrics; no
+        gradient step.
+
+        One clipped surrogate for the whole decision of a step. With ``u_t`` the action and, for a core with discrete
+        choices (``rl_access``), ``a_t`` its access choice, pi(u_t, a_t | history) = pi(u_t | history, a_t)
+        pi(a_t | history), so the probability ratio of the step is::
+
+            log rho_t = [log pi(u_t) - log pi_old(u_t)] + c [log pi(a_t) - log pi_old(a_t)]    (c = choice_coef)
+            L^CLIP    = -mean_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)
+
+        clipped once for the pair, as the SB3 adapter does (the choice is the last component of its MultiDiscrete
+        action); ``c = 1`` is the exact joint ratio, ``c = 0`` leaves the choices untrained. At rho = 1 the gradient
+        is ``-A_t (grad log pi(u_t) + c grad log pi(a_t))``: the choice gets REINFORCE with the critic as baseline,
+        which reads only what precedes a_t (:class:`agents.policy.ActorCritic`). ``approx_kl`` (``mean((rho - 1) -
+        log rho)``) and ``clip_fraction`` are of rho_t, so they and ``target_kl`` count the choices;
+        ``choice_approx_kl`` is the choices' share alone. Entropy bonuses: ``ent_coef`` H(pi(u_t)) and
+        ``choice_ent_coef`` H(pi(a_t)).
+        """
         cfg, policy = self.cfg, self.policy
         starts_cpu = data.get("starts_cpu")
         if starts_cpu is not None:
@@ -536,11 +560,17 @@ class PPO:
             obs_map(pick, data["obs"]), state, pick(data["starts"]), pick(data["actions"]),
             choices=tree_map_any(pick, data["choices"]), segmented=policy.segment_unroll, resets_cpu=starts_cpu,
         )
-        adv = pick(data["advantages"])
+        adv = pick(data["advantages"])  # [L, M]
         if cfg.norm_adv:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        # clipped surrogate of the actions
-        logratio = out.log_prob - pick(data["log_probs"])
+        # log rho_t of the step's decision: the action's, plus the core's choice's (weighted by choice_coef)
+        logratio = out.log_prob - pick(data["log_probs"])  # [L, M]
+        metrics: dict[str, Tensor] = {}
+        if policy.has_choices:
+            c_logratio = out.choice_log_prob - pick(data["choice_log_probs"])  # [L, M]
+            logratio = logratio + cfg.choice_coef * c_logratio
+            with torch.no_grad():
+                metrics["choice_approx_kl"] = ((c_logratio.exp() - 1) - c_logratio).mean()
         ratio = logratio.exp()
         pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
         # value loss (optionally clipped around the rollout's values)
@@ -553,29 +583,29 @@ class PPO:
             v_loss = 0.5 * v_loss_unclipped.mean()
         entropy = out.entropy.mean()
         loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-        metrics = {}
         if policy.has_choices:
-            # score-function (REINFORCE) loss of the core's choices with the critic's advantage as baseline, in
-            # PPO's clipped-ratio form: at ratio 1 its gradient is exactly -A grad log pi(choice)
-            c_ratio = (out.choice_log_prob - pick(data["choice_log_probs"])).exp()
-            c_loss = torch.max(-adv * c_ratio, -adv * c_ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
             c_entropy = out.choice_entropy.mean()
-            loss = loss + cfg.choice_coef * c_loss - cfg.choice_ent_coef * c_entropy
-            metrics["choice_loss"] = c_loss.detach()
+            loss = loss - cfg.choice_ent_coef * c_entropy
             metrics["choice_entropy"] = c_entropy.detach()
-        if not bool(torch.isfinite(loss)):  # one sync per minibatch; stops before a bad gradient step
-            raise NonFiniteLossError(f"non-finite PPO loss ({float(loss.detach())}) at update {self.update_count + 1}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
         with torch.no_grad():
             approx_kl = ((ratio - 1) - logratio).mean()
             clipfrac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
         metrics.update(
             loss=loss.detach(), policy_gradient_loss=pg_loss.detach(), value_loss=v_loss.detach(),
-            entropy_loss=-entropy.detach(), approx_kl=approx_kl, clip_fraction=clipfrac, grad_norm=grad_norm.detach(),
+            entropy_loss=-entropy.detach(), approx_kl=approx_kl, clip_fraction=clipfrac,
         )
+        return loss, metrics
+
+    def _minibatch_step(self, data: dict[str, Any], idx: Tensor, idx_cpu: Tensor | None = None) -> dict[str, Tensor]:
+        """One gradient step on :meth:`loss` of the minibatch ``idx``, gradient norm clipped; returns the metrics."""
+        loss, metrics = self.loss(data, idx, idx_cpu)
+        if not bool(torch.isfinite(loss)):  # one sync per minibatch; stops before a bad gradient step
+            raise NonFiniteLossError(f"non-finite PPO loss ({float(loss.detach())}) at update {self.update_count + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        metrics["grad_norm"] = grad_norm.detach()
         return metrics
 
 

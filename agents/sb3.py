@@ -49,8 +49,13 @@ each sequence, so the choices are stored as part of the **action**: wrap the env
 
 Such a core is shared by actor and critic (``shared_lstm=True``, SB3's meaning: the value head reads the detached
 core output); a separate critic core would take choices nobody trains. The value head reads only the part of the
-core output computed before the choice (``y[:, :core.pre_choice_size]``, the rest zeroed), so the baseline does not
-depend on ``a_t`` (an action-dependent baseline would bias the choice's gradient; :mod:`memory_cores.reinforce`).
+core output computed before the choice (``y[:, :core.pre_choice_size]``, the rest zeroed;
+:func:`memory_cores.rl_access.pre_choice_size`), so the baseline does not depend on ``a_t``: a critic that saw the
+read ``r_t`` would learn ``E[G_t | a_t]`` and cancel the choice's policy gradient (:mod:`memory_cores.reinforce`).
+
+This is the project's PPO objective too (:meth:`agents.ppo.PPO.loss` with ``choice_coef=1`` and ``choice_ent_coef
+= ent_coef``): one clipped ratio of pi(env action, a_t) per step, ``approx_kl`` and ``clip_fraction`` of that ratio,
+and a value that reads h_t only.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ from torch import Tensor, nn
 
 import memory_cores
 from memory_cores import Core
+from memory_cores.rl_access import pre_choice_size
 
 __all__ = [
     "CORE_POLICY_ALIASES",
@@ -414,7 +420,9 @@ class MemoryCorePolicy(RecurrentActorCriticPolicy):
         :mod:`memory_cores.reinforce`)."""
         if not self.has_choices:
             return latent
-        pre = int(getattr(self.core, "pre_choice_size", latent.shape[-1]))
+        # SB3's MLP extractor gives actor and critic one input width, so the part after the choice is zeroed
+        # rather than cut off; agents.policy.ActorCritic cuts it (the same information: h_t)
+        pre = pre_choice_size(self.core)
         keep = (torch.arange(latent.shape[-1], device=latent.device) < pre).to(latent.dtype)  # [O] 1 then 0
         return latent * keep
 

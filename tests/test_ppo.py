@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_update_reevaluates_rollout_exactly(core):
     L = ppo.cfg.seq_len
     inner = r.starts.reshape(-1, L, r.starts.shape[1])[:, 1:]
     assert inner.any(), "the test needs resets inside sequences"
-    assert r.truncated.any() and r.terminated.any() or r.truncated.any()
+    assert r.truncated.any() and r.terminated.any(), "the test needs both kinds of episode end"
     data = ppo.sequences(r)
     with torch.no_grad():
         out = ppo.policy.evaluate_sequence(data["obs"], data["states"], data["starts"], data["actions"],
@@ -123,7 +124,46 @@ def test_rl_access_choices_stored_and_replayed():
     assert choices.shape == (16, 4) and choices.dtype == torch.long
     assert len(torch.unique(choices)) > 1  # sampled, not greedy
     m = ppo.update(r)
-    assert "choice_loss" in m and torch.isfinite(m["choice_loss"])
+    assert torch.isfinite(m["choice_entropy"]) and torch.isfinite(m["choice_approx_kl"])
+    assert float(m["choice_entropy"]) > 0
+
+
+def test_rl_access_ratio_is_the_joint_ratio_of_action_and_choice():
+    """PPO clips one ratio per step, pi(action, choice) / pi_old(action, choice), as the SB3 adapter does.
+
+    Old log-probabilities are set so that the action's ratio is 1.1 and the choice's 1.2 at every step, with
+    advantage +1 and clip 0.2: the joint ratio 1.32 is clipped to 1.2, so the surrogate is -1.2 (clipping each
+    ratio separately would give -1.1 - 1.2 = -2.3), no parameter gets a policy gradient (separately, the action's
+    1.1 would still pass one), and approx_kl = 0.32 - log 1.32 and clip_fraction = 1 count the choice. With
+    choice_coef 0 the ratio is the action's alone."""
+    ppo = make_ppo(small_cfg(core="rl_access", norm_adv=False, ent_coef=0.0, choice_ent_coef=0.0, vf_coef=0.0),
+                   MEM_KW["rl_access"])
+    data = ppo.sequences(ppo.collect())
+    N = data["starts"].shape[1]
+    with torch.no_grad():
+        out = ppo.policy.evaluate_sequence(data["obs"], data["states"], data["starts"], data["actions"],
+                                           data["choices"])
+    data.update(log_probs=out.log_prob - math.log(1.1), choice_log_probs=out.choice_log_prob - math.log(1.2),
+                advantages=torch.ones_like(out.log_prob))
+    idx = torch.arange(N)
+    loss, m = ppo.loss(data, idx)
+    assert float(m["policy_gradient_loss"]) == pytest.approx(-1.2, abs=1e-5)
+    assert float(m["approx_kl"]) == pytest.approx(0.32 - math.log(1.32), abs=1e-5)
+    assert float(m["clip_fraction"]) == 1.0
+    assert float(m["choice_approx_kl"]) == pytest.approx(0.2 - math.log(1.2), abs=1e-5)
+    grads = torch.autograd.grad(loss, [p for p in ppo.policy.parameters()], allow_unused=True)
+    assert all(g is None or float(g.abs().max()) == 0.0 for g in grads)
+
+    ppo.cfg = replace(ppo.cfg, choice_coef=0.0)
+    loss, m = ppo.loss(data, idx)
+    assert float(m["policy_gradient_loss"]) == pytest.approx(-1.1, abs=1e-5)
+    assert float(m["approx_kl"]) == pytest.approx(0.1 - math.log(1.1), abs=1e-5)
+    assert float(m["clip_fraction"]) == 0.0
+    loss.backward()
+    P = ppo.policy.core.num_choices
+    assert float(ppo.policy.actor_head.linear.weight.grad.abs().sum()) > 0  # the action is trained
+    z_grad = ppo.policy.core.interface.weight.grad
+    assert z_grad is None or float(z_grad[:P].abs().sum()) == 0.0  # the choices are not
 
 
 def test_truncated_episodes_bootstrap_from_final_obs():
