@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import memory_cores
 from agents.checkpoint import CheckpointError, load_checkpoint
@@ -164,6 +165,77 @@ def test_rl_access_ratio_is_the_joint_ratio_of_action_and_choice():
     assert float(ppo.policy.actor_head.linear.weight.grad.abs().sum()) > 0  # the action is trained
     z_grad = ppo.policy.core.interface.weight.grad
     assert z_grad is None or float(z_grad[:P].abs().sum()) == 0.0  # the choices are not
+
+
+# ------------------------------------------------------------------------------------ no host sync in the rollout
+class RecordHostReads(TorchDispatchMode):
+    """Records the aten ops that make the host wait for device values (.item(), nonzero, boolean-mask indexing,
+    multinomial sampling, copies off the device): the CPU stand-in for ``torch.cuda.set_sync_debug_mode("error")``."""
+
+    FORBIDDEN = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.item", "aten.multinomial",
+                 "aten.unique_dim", "aten._unique2"}
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device, self.bad = device, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func.overloadpacket)
+        if name in self.FORBIDDEN:
+            self.bad.append(name)
+        if name in ("aten.index", "aten.index_put", "aten.index_put_") and any(
+                i is not None and i.dtype == torch.bool for i in args[1]):
+            self.bad.append(name + " with a bool mask")
+        if name == "aten._to_copy" and kwargs.get("device") not in (None, self.device):
+            self.bad.append(f"copy to {kwargs['device']}")
+        return func(*args, **kwargs)
+
+
+def warm_ppo(core: str, device: str) -> PPO:
+    """A PPO on the batched T-maze on ``device`` (observations normalised, rewards scaled), one rollout collected
+    (buffers allocated, episodes under way)."""
+    cfg = small_cfg(core=core, device=device, normalize_obs=True, num_steps=24)
+    torch.manual_seed(0)
+    env = TorchVecEnv(cfg.env, cfg.num_envs, device, cfg.env_kwargs_dict())
+    pol = ActorCritic(env.single_observation_space, env.single_action_space, core, {**cfg.core_kwargs_dict(),
+                      **MEM_KW.get(core, {})}, cfg.embed_size, cfg.shared_core, cfg.normalize_obs).to(device)
+    ppo = PPO(pol, env, cfg, seed=0)
+    ppo.collect()
+    return ppo
+
+
+@pytest.mark.parametrize("core", ["lstm", "rl_access"])
+def test_collect_reads_nothing_back_to_the_host(core):
+    """CPU sibling of test_collect_has_no_host_sync_on_cuda: the same collect(), on the accelerator path (final
+    values computed every step instead of checking for truncations, the one host read the CPU path allows), runs
+    no op that would make the host wait for the device; the rollout it returns is complete."""
+    ppo = warm_ppo(core, "cpu")
+    ppo._any_truncated = lambda truncated: True  # what collect() does on an accelerator
+    with RecordHostReads(ppo.device) as rec:
+        r = ppo.collect()
+    assert rec.bad == []
+    assert r.starts[1:].any() and (r.truncated | r.terminated).any()
+    assert torch.isfinite(r.advantages).all() and torch.isfinite(r.values).all()
+    if core == "rl_access":
+        assert len(torch.unique(r.choices[0])) > 1 and (r.choice_log_probs < 0).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("core", ["lstm", "rl_access"])
+def test_collect_has_no_host_sync_on_cuda(core):
+    """A whole rollout on CUDA (policy, core choices, env, reward scaling, GAE) never synchronises with the host."""
+    ppo = warm_ppo(core, "cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        r = ppo.collect()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert r.values.is_cuda and torch.isfinite(r.advantages).all()
+    if core == "rl_access":
+        assert r.choices[0].is_cuda and len(torch.unique(r.choices[0])) > 1
 
 
 def test_truncated_episodes_bootstrap_from_final_obs():
