@@ -50,9 +50,12 @@ def params(model):
     return {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
 
 
-# ------------------------------------------------------------------------------------------------------ learning
+# ------------------------------------------------------------------------------------------------ training runs
+# Smoke tests: learn() runs on every policy and its updates reach the core with finite results. They do not show
+# learning; that PPO on a memory core learns is tested on the project's trainer
+# (tests/test_ppo.py::test_ppo_learns_the_short_tmaze_with_an_lstm), whose objective is the adapter's.
 @pytest.mark.parametrize("core", NAMES)
-def test_learns_on_project_task(core):
+def test_learn_updates_the_core_on_project_task(core):
     model = make_model(core, tmaze(core))
     before = params(model)
     model.learn(256)
@@ -64,7 +67,7 @@ def test_learns_on_project_task(core):
 
 
 @pytest.mark.parametrize("core", NAMES)
-def test_learns_on_minigrid_memory(core):
+def test_learn_updates_the_core_on_minigrid_memory(core):
     pytest.importorskip("minigrid")
     env = gym.make("MemoryCores/MiniGridMemoryWrapped-v0", env_id="MiniGrid-MemoryS7-v0", view_size=3)
     env = sb3.wrap_env_for_core(env, core, SMALL.get(core))
