@@ -726,12 +726,12 @@ class ActorCritic(nn.Module):
             "the remembered cue equals the object in view"), which a linear head on the core output cannot.
         obs_skip: the heads see the encoder output beside the core output (``[core out | embed]``), so the current
             observation reaches them directly and not only through the core's gates (no effect without a core).
-
-    The value head reads the core output, or for a core with discrete choices (``rl_access``) only its part computed
-    before the step's choice (``[y_t[..., :pre_choice_size] | embed]``, see the module docstring).
         head_activation: ``"tanh"`` (default) or ``"relu"``, the non-linearity of the ``head_hidden`` layers. An odd
             function such as tanh has no second-order term, so from a small initialisation a tanh layer picks up a
             product of two inputs ("remembered cue" x "object in view") only slowly; ReLU has one from the start.
+
+    The value head reads the core output, or for a core with discrete choices (``rl_access``) only its part computed
+    before the step's choice (``[y_t[..., :pre_choice_size] | embed]``, see the module docstring).
     """
 
     def __init__(
