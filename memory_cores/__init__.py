@@ -16,6 +16,7 @@ import inspect
 from .base import Core, select_rows, stack_states, tree_leaves, tree_map
 from .alstm import AssociativeLSTMCore
 from .dnc import DNCCore
+from .lru import LRUCore
 from .ntm import NTMCore
 from .rl_access import RLAccessCore
 from .rnn import GRUCore, LSTMCore
@@ -27,6 +28,7 @@ CORES: dict[str, type[Core]] = {
     "ntm": NTMCore,
     "dnc": DNCCore,
     "rl_access": RLAccessCore,
+    "lru": LRUCore,
 }
 
 

@@ -1,0 +1,128 @@
+"""A resettable parallel scan for diagonal linear recurrences (the fast path of ``lru`` and ``ffm``).
+
+The recurrence, elementwise over every axis after time::
+
+    h_t = a_t * h_{t-1} + b_t        (h_{-1} = 0)
+    h_t = b_t                        where reset_t   (the carried state is dropped)
+
+Each step is an affine map ``h -> a h + b``; a step with ``reset`` is the constant map ``h -> b``. Composing maps
+is associative, so all prefixes ``e_0 o e_1 o ... o e_t`` (and with them every ``h_t``) come from a parallel scan in
+O(log T) sequential combine steps instead of T. The combine of an earlier element ``i`` with a later ``j`` is the
+resettable operator of Lu et al. 2023 ("Structured State Space Models for In-Context Reinforcement Learning")::
+
+    (a_i, b_i, r_i) . (a_j, b_j, r_j) = (where(r_j, a_j, a_j a_i),  where(r_j, b_j, a_j b_i + b_j),  r_i | r_j)
+
+It uses ``torch.where``, never a mask multiply: an ``inf`` in a dropped state cannot leak through ``0 * inf``.
+
+A core whose episodes restart from a (possibly learned) initial state ``h0`` folds it into ``b``: a step that
+resets has ``b_t = a_t h0 + (input term)`` and ``reset_t = True``, which is exactly "state becomes ``h0``, then the
+step". The carried state enters the same way at ``t = 0`` (``b_0 = a_0 h_{-1} + ...``).
+
+The scan is the odd/even recursion of Blelloch 1990 (as ``jax.lax.associative_scan``): combine neighbouring pairs
+(T/2 elements), scan those recursively, then combine each even element with the prefix before it. Work O(T),
+2 log2(T) combine calls, each one batched torch op over its level. Complex tensors work as well as real ones.
+
+:func:`linear_scan_loop` is the same recurrence as a plain loop: the readable reference the tests compare with.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+import torch
+
+
+def _combine(
+    a_i: Tensor, b_i: Tensor, r_i: Tensor | None, a_j: Tensor, b_j: Tensor, r_j: Tensor | None, need_a: bool = True
+) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    """The resettable operator: element ``i`` (earlier) then element ``j`` (later), batched over a level.
+
+    Returns ``(a, b, r)`` of the composite; ``a`` is None when ``need_a`` is False (the top level needs only ``b``).
+    """
+    if r_j is None:  # no resets anywhere: plain affine composition
+        a = a_j * a_i if need_a else None
+        return a, a_j * b_i + b_j, None
+    a = torch.where(r_j, a_j, a_j * a_i) if need_a else None
+    b = torch.where(r_j, b_j, a_j * b_i + b_j)
+    return a, b, r_i | r_j
+
+
+def _interleave(even: Tensor, odd: Tensor) -> Tensor:
+    """``[even_0, odd_0, even_1, odd_1, ...]`` along dim 0; ``even`` has as many or one more elements than ``odd``."""
+    n = odd.shape[0]
+    shape = torch.broadcast_shapes(even.shape[1:], odd.shape[1:])
+    pairs = torch.stack([even[:n].expand((n,) + shape), odd.expand((n,) + shape)], dim=1)  # [n, 2, ...]
+    out = pairs.reshape((2 * n,) + shape)
+    if even.shape[0] > n:
+        out = torch.cat([out, even[n:].expand((1,) + shape)])
+    return out
+
+
+def _scan(a: Tensor, b: Tensor, r: Tensor | None, need_a: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    """All prefixes of the elements ``(a[t], b[t], r[t])``, ``t = 0 .. T-1`` (dim 0), by odd/even recursion."""
+    T = b.shape[0]
+    if T < 2:
+        return a, b, r
+
+    def sl(x: Tensor | None, s: slice) -> Tensor | None:
+        return None if x is None else x[s]
+
+    # pairs (0 . 1), (2 . 3), ...: T // 2 elements, the prefixes at the odd indices once scanned
+    ev, od = slice(0, 2 * (T // 2), 2), slice(1, None, 2)
+    a_p, b_p, r_p = _combine(sl(a, ev), sl(b, ev), sl(r, ev), a[od], b[od], sl(r, od), need_a=True)
+    a_o, b_o, r_o = _scan(a_p, b_p, r_p, need_a=need_a)  # prefixes ending at 1, 3, 5, ...
+    # the even indices 2, 4, ...: the prefix ending just before (at 2k - 1) . element 2k
+    n_e = (T - 1) // 2
+    if n_e > 0:
+        e2 = slice(2, None, 2)
+        a_e, b_e, r_e = _combine(
+            None if a_o is None else a_o[:n_e], b_o[:n_e], sl(r_o, slice(0, n_e)), a[e2], b[e2], sl(r, e2), need_a
+        )
+    else:
+        a_e, b_e, r_e = a[:0], b[:0], sl(r, slice(0, 0))
+    # prefix ending at 0 is element 0 itself
+    b_out = _interleave(torch.cat([b[:1].expand((1,) + b_e.shape[1:]), b_e]), b_o)
+    a_out = r_out = None
+    if need_a:
+        assert a_o is not None and a_e is not None
+        a_out = _interleave(torch.cat([a[:1].expand((1,) + a_e.shape[1:]), a_e]), a_o)
+    if r is not None:
+        assert r_o is not None and r_e is not None
+        r_out = _interleave(torch.cat([r[:1].expand((1,) + r_e.shape[1:]), r_e]), r_o)
+    return a_out, b_out, r_out
+
+
+def resettable_scan(a: Tensor, b: Tensor, reset: Tensor | None = None) -> Tensor:
+    """``h`` of the recurrence above for every ``t``, by a parallel scan over dim 0.
+
+    Args:
+        a: ``[T, ...]`` multipliers (``Lambda`` of the LRU, ``gamma`` of FFM); broadcastable against ``b`` in the
+            trailing dims (e.g. ``[T, 1, N]`` for a per-unit constant), but with the full time length ``T``
+            (use ``expand``: no copy).
+        b: ``[T, ...]`` inputs.
+        reset: ``[T, ...]`` bool, broadcastable against ``b`` (e.g. ``[T, B, 1]``), or None: True where ``h_t``
+            drops ``h_{t-1}``.
+
+    Returns ``h``: ``[T, ...]`` shaped like ``b`` (broadcast), ``h_t = a_t h_{t-1} + b_t`` from ``h_{-1} = 0``.
+    """
+    if a.shape[0] != b.shape[0] or (reset is not None and reset.shape[0] != b.shape[0]):
+        raise ValueError(
+            f"a, b and reset need the same time length (dim 0), got {a.shape[0]}, {b.shape[0]}"
+            + ("" if reset is None else f", {reset.shape[0]}")
+        )
+    if reset is not None and reset.dtype != torch.bool:
+        raise TypeError(f"reset must be a bool tensor, got {reset.dtype}")
+    _, h, _ = _scan(a, b, reset, need_a=False)
+    return h
+
+
+def linear_scan_loop(a: Tensor, b: Tensor, reset: Tensor | None = None) -> Tensor:
+    """The same recurrence as :func:`resettable_scan`, as the plain time loop (T sequential steps)."""
+    h = torch.zeros_like(a[0] * b[0])
+    hs = []
+    for t in range(b.shape[0]):
+        h_new = a[t] * h + b[t]
+        if reset is not None:
+            h_new = torch.where(reset[t], b[t], h_new)
+        hs.append(h_new)
+        h = h_new
+    return torch.stack(hs)
