@@ -25,7 +25,7 @@ TB_NAMES = {
     "explained_variance": "train/explained_variance",
     "learning_rate": "train/learning_rate",
     "grad_norm": "train/grad_norm",
-    "choice_loss": "train/choice_loss",
+    "choice_approx_kl": "train/choice_approx_kl",
     "choice_entropy": "train/choice_entropy",
     "fps": "time/fps",
     "time_elapsed": "time/time_elapsed",
