@@ -16,6 +16,7 @@ import inspect
 from .base import Core, select_rows, stack_states, tree_leaves, tree_map
 from .alstm import AssociativeLSTMCore
 from .dnc import DNCCore
+from .gtrxl import GTrXLCore
 from .lru import LRUCore
 from .ntm import NTMCore
 from .rl_access import RLAccessCore
@@ -28,6 +29,7 @@ CORES: dict[str, type[Core]] = {
     "ntm": NTMCore,
     "dnc": DNCCore,
     "rl_access": RLAccessCore,
+    "gtrxl": GTrXLCore,
     "lru": LRUCore,
 }
 
