@@ -16,6 +16,7 @@ import inspect
 from .base import Core, select_rows, stack_states, tree_leaves, tree_map
 from .alstm import AssociativeLSTMCore
 from .dnc import DNCCore
+from .ffm import FFMCore
 from .gtrxl import GTrXLCore
 from .lru import LRUCore
 from .ntm import NTMCore
@@ -31,6 +32,7 @@ CORES: dict[str, type[Core]] = {
     "rl_access": RLAccessCore,
     "gtrxl": GTrXLCore,
     "lru": LRUCore,
+    "ffm": FFMCore,
 }
 
 
