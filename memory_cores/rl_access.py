@@ -30,6 +30,29 @@ and fixes the order, which is the meaning of the choice index ``a_t``). ``p`` is
 * ``write_least_used``: erase/add as ``write_head`` but at the one-hot slot argmin_i u(i); the head stays;
   r_t = r_{t-1}.
 
+Processes that move *and* act in one step (as the RL-NTM head, which reads or writes and moves in the same step).
+Not in the default set (:data:`DEFAULT_PROCESSES`); pick them with ``processes=`` (below):
+
+* ``write_move_right``: erase/add at the head p (as ``write_head``), then p <- p shifted by +1 slot; r_t = r_{t-1}.
+* ``write_move_left``: the same, then p <- p shifted by -1 slot.
+* ``read_move_right``: r_t = M[p] read at the head p *before* the move, then p <- p shifted by +1 slot (read the
+  cell under the head, then advance, as a tape head does). Reading before the move makes the Copy access sequence
+  the plainest one: the items are written to slots 0, 1, ... (``write_least_used``, head left at slot 0) and
+  ``read_move_right`` at every output step reads slot 0, 1, ... in order, with no repositioning step between the
+  phases. (``move_right`` keeps the opposite order, move then read, as before.)
+* ``read_move_left``: r_t = M[p] at the head, then p <- p shifted by -1 slot.
+
+No process both reads and writes in one step: a read always sees the memory as it was before the step.
+
+Choosing a subset: ``RLAccessCore(I, processes=["no_op", "write_least_used", "read_move_right"])`` (the order is
+the meaning of the choice index; checkpoints and stored choices refer to it). From the command lines:
+``scripts/train.py --core rl_access --core-kwargs '{"processes": ["no_op", "write_least_used",
+"read_move_right"]}'`` (a JSON list, stored in the checkpoint; ``scripts/train_tianshou.py --core-kwargs`` and
+the SB3 policy's ``core_kwargs`` take the same) and
+``scripts/train_supervised.py --core rl_access --core-kwargs '{"processes": [...]}'`` (or
+``--core-arg "processes=['no_op', 'read_move_right']"``). The default stays the seven processes above, in that
+order, so existing results and checkpoints keep their meaning.
+
 Usage ``u``: ``[B, N]`` in [0, 1]. Every step ``u <- lambda u (1 - w) + w`` with ``w`` the one-hot write
 weighting (zero when the process does not write) and ``lambda = usage_decay`` in (0, 1): a written slot gets
 usage 1 and the others decay, so ``argmin u`` is the least recently written slot (never-written slots first,
@@ -82,7 +105,7 @@ from torch import Tensor, nn
 from .addressing import content_weighting, erase_and_add, oneplus, read_memory
 from .base import Core, LearnedInit, stack_states
 
-ACCESS_PROCESSES: tuple[str, ...] = (
+DEFAULT_PROCESSES: tuple[str, ...] = (
     "no_op",
     "read_head",
     "write_head",
@@ -91,7 +114,16 @@ ACCESS_PROCESSES: tuple[str, ...] = (
     "content_read",
     "write_least_used",
 )
-"""Every access process this core knows, in the default order (choice index = position in ``processes``)."""
+"""The constructor's default ``processes``, in this order (choice index = position in ``processes``). Unchanged
+since the first release: results and checkpoints made with the default refer to these indices."""
+
+ACCESS_PROCESSES: tuple[str, ...] = DEFAULT_PROCESSES + (
+    "write_move_right",
+    "write_move_left",
+    "read_move_right",
+    "read_move_left",
+)
+"""Every access process this core knows (the default ones first); ``processes=`` picks a subset in any order."""
 
 
 class RLAccessState(NamedTuple):
@@ -185,7 +217,8 @@ class RLAccessCore(Core):
         num_slots: N, memory slots.
         slot_size: W, width of a memory slot (word size).
         processes: the predetermined set of access processes, names from :data:`ACCESS_PROCESSES`; their order
-            defines the choice index. Default: all of them.
+            defines the choice index. Default: :data:`DEFAULT_PROCESSES` (the seven original ones; the processes
+            that move and act in one step, ``write_move_*`` and ``read_move_*``, are chosen explicitly).
         usage_decay: lambda in (0, 1), the per-step decay of the usage of slots not written.
 
     ``output_size == hidden_size + slot_size`` (``y = [h, r]``). ``num_choices == len(processes)`` (P).
@@ -201,7 +234,7 @@ class RLAccessCore(Core):
         hidden_size: int = 100,
         num_slots: int = 32,
         slot_size: int = 16,
-        processes: Sequence[str] = ACCESS_PROCESSES,
+        processes: Sequence[str] = DEFAULT_PROCESSES,
         usage_decay: float = 0.99,
     ) -> None:
         super().__init__(input_size)
@@ -390,8 +423,8 @@ class RLAccessCore(Core):
             read: dict[str, Tensor] = {}
             need = set(self.processes)
             head_weights = []  # the one-hot weightings whose reads the processes need, read in one bmm
-            if "read_head" in need:
-                head_weights.append(("read_head", p))
+            if need & {"read_head", "read_move_right", "read_move_left"}:
+                head_weights.append(("at_head", p))  # M[p] at the head before any move
             if "move_left" in need:
                 head_weights.append(("move_left", torch.roll(p, shifts=-1, dims=-1)))  # p(i) <- p(i + 1)
             if "move_right" in need:
@@ -407,8 +440,21 @@ class RLAccessCore(Core):
             for name in ("move_left", "move_right"):
                 if name in need:
                     new_head[name] = dict(head_weights)[name]
-            if "write_head" in need:
-                write_w["write_head"] = p
+            for name in ("read_head", "read_move_right", "read_move_left"):
+                if name in need:
+                    read[name] = read["at_head"]  # r_t = M[p], read before the move
+            right, left = torch.roll(p, shifts=1, dims=-1), torch.roll(p, shifts=-1, dims=-1)  # p shifted +1 / -1
+            for name, moved in (
+                ("read_move_right", right),
+                ("read_move_left", left),
+                ("write_move_right", right),
+                ("write_move_left", left),
+            ):
+                if name in need:
+                    new_head[name] = moved  # the head moves after this step's read or write
+            for name in ("write_head", "write_move_right", "write_move_left"):
+                if name in need:
+                    write_w[name] = p  # erase/add at the head p (before the move)
             if "write_least_used" in need:
                 # one-hot at argmin_i u(i) (first index on ties: never-written slots in order 0, 1, 2, ...)
                 write_w["write_least_used"] = _one_hot(u.argmin(dim=-1), N, mdtype)

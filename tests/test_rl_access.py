@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from memory_cores import tree_leaves
+from memory_cores.reinforce import reinforce_loss, reward_to_go
 from memory_cores.rl_access import (
     ACCESS_PROCESSES,
+    DEFAULT_PROCESSES,
     ChoiceInfo,
     DiscreteChoiceCore,
     RLAccessCore,
@@ -22,6 +24,7 @@ from memory_cores.rl_access import (
 torch.set_num_threads(1)
 
 I, H, N, W = 5, 8, 6, 4
+MOVE_AND_ACT = ("write_move_right", "write_move_left", "read_move_right", "read_move_left")
 
 
 def make(seed: int = 0, **kwargs) -> RLAccessCore:
@@ -55,7 +58,15 @@ def apply(core: RLAccessCore, state: RLAccessState, name: str):
 def test_protocol_and_sizes():
     core = make()
     assert has_discrete_choices(core) and isinstance(core, DiscreteChoiceCore)
-    assert core.num_choices == len(ACCESS_PROCESSES) and core.choice_names == ACCESS_PROCESSES
+    # the default set and its order never change (results and checkpoints refer to the indices)
+    assert DEFAULT_PROCESSES == (
+        "no_op", "read_head", "write_head", "move_left", "move_right", "content_read", "write_least_used"
+    )
+    assert core.num_choices == len(DEFAULT_PROCESSES) and core.choice_names == DEFAULT_PROCESSES
+    assert ACCESS_PROCESSES[: len(DEFAULT_PROCESSES)] == DEFAULT_PROCESSES
+    assert set(MOVE_AND_ACT) <= set(ACCESS_PROCESSES) and not set(MOVE_AND_ACT) & set(DEFAULT_PROCESSES)
+    everything = make(processes=ACCESS_PROCESSES)
+    assert everything.num_choices == len(ACCESS_PROCESSES) == 11
     assert core.output_size == H + W and core.pre_choice_size == H
     assert not has_discrete_choices(torch.nn.LSTM(3, 3))
     sub = make(processes=("move_right", "write_head"))
@@ -154,6 +165,62 @@ def test_writes_change_only_the_target_slot(name, slot):
     expected_usage = core.usage_decay * s.usage
     expected_usage[:, slot] = 1.0
     torch.testing.assert_close(new.usage, expected_usage)
+
+
+@pytest.mark.parametrize(
+    "name, delta, writes",
+    [("write_move_right", 1, True), ("write_move_left", -1, True), ("read_move_right", 1, False),
+     ("read_move_left", -1, False)],
+)
+def test_move_and_act_processes_on_a_hand_set_state(name, delta, writes):
+    """One step acts at the head p (write: NTM eqs. 3-4 at p; read: r_t = M[p], the slot *before* the move) and then
+    moves the head by ``delta`` (circular), whatever else is in the subset."""
+    core = make(processes=("no_op",) + MOVE_AND_ACT + ("write_least_used",))
+    for slot in (0, 2, N - 1):  # includes both wrap-arounds
+        s = hand_state(core, head_slot=slot)
+        x = torch.randn(2, I)
+        choice = torch.full((2,), core.processes.index(name), dtype=torch.long)
+        with torch.no_grad():
+            y, new, _ = core.step_with_choice(x, s, choice=choice)
+            e, v = _interface_parts(core, x, s)
+        moved = torch.zeros(2, N)
+        moved[:, (slot + delta) % N] = 1.0
+        assert torch.equal(new.head, moved)  # the head after
+        others = [i for i in range(N) if i != slot]
+        assert torch.equal(new.memory[:, others], s.memory[:, others])
+        expected_usage = core.usage_decay * s.usage
+        if writes:  # the slot written is the one under the head before the move; the read is kept
+            torch.testing.assert_close(new.memory[:, slot], s.memory[:, slot] * (1 - e) + v)
+            assert not torch.allclose(new.memory[:, slot], s.memory[:, slot])
+            assert torch.equal(new.read, s.read) and torch.equal(y[:, H:], s.read)
+            expected_usage[:, slot] = 1.0
+        else:  # nothing written; the read value is M(slot) before the move
+            assert torch.equal(new.memory, s.memory)
+            assert torch.equal(new.read, s.memory[:, slot]) and torch.equal(y[:, H:], s.memory[:, slot])
+        torch.testing.assert_close(new.usage, expected_usage)
+
+
+def test_write_move_right_then_read_move_left_reverses_a_sequence():
+    """A hand-checked timeline: write_move_right x 3 fills slots 0, 1, 2 (head ends at 3); move_left once (head 2,
+    reads slot 2); then read_move_left reads slots 2, 1, 0: the last item first."""
+    core = make(processes=("move_left", "write_move_right", "read_move_left"))
+    s = core.initial_state(1)
+    written = []
+    with torch.no_grad():
+        for t in range(3):
+            before = s.memory.clone()
+            _, s = apply(core, s, "write_move_right")
+            written.append((s.memory != before).any(-1)[0].nonzero().flatten().tolist())
+            assert s.head[0].argmax() == t + 1
+        assert written == [[0], [1], [2]]
+        _, s = apply(core, s, "move_left")
+        reads = []
+        for _ in range(3):
+            y, s = apply(core, s, "read_move_left")
+            reads.append(y[0, H:])
+    for slot, r in zip((2, 1, 0), reads):
+        assert torch.equal(r, s.memory[0, slot])
+    assert s.head[0].argmax() == N - 1
 
 
 def test_least_used_writes_fill_slots_in_order_then_overwrite_the_oldest():
@@ -282,10 +349,11 @@ def test_sampling_is_reproducible_with_a_generator_and_the_global_rng():
     assert not torch.equal(other.choice, runs[0])
 
 
-def test_reevaluating_stored_choices_is_exact():
+@pytest.mark.parametrize("processes", [DEFAULT_PROCESSES, ACCESS_PROCESSES, ("no_op",) + MOVE_AND_ACT])
+def test_reevaluating_stored_choices_is_exact(processes):
     """The update re-runs a rollout from its saved initial state with the stored choices: same memory contents,
     same outputs and same log-probabilities, bit for bit, while the log-probabilities now carry gradients."""
-    core = make()
+    core = make(processes=processes)
     core.train()
     T, B = 12, 5
     xs = torch.randn(T, B, I)
@@ -303,7 +371,7 @@ def test_reevaluating_stored_choices_is_exact():
             mems.append(s.memory)
         final_roll = s
     choices = torch.stack(choices)
-    assert len(set(choices.flatten().tolist())) > 3  # a real mix of processes was exercised
+    assert len(set(choices.flatten().tolist())) >= min(4, core.num_choices)  # a real mix of processes was exercised
     # update: replay with the stored choices, with gradients
     ys, final, info = core.unroll_with_choices(xs, init, resets, choices=choices)
     assert torch.equal(ys, torch.stack(ys_roll))
@@ -318,6 +386,62 @@ def test_reevaluating_stored_choices_is_exact():
     for t in range(T):
         _, s, _ = core.step_with_choice(xs[t], s, resets[t], choice=choices[t])
         assert torch.equal(s.memory, mems[t])
+
+
+def test_reinforce_estimator_is_unbiased_with_move_and_act_processes():
+    """The exact-gradient check of ``tests/test_reinforce.py`` with a subset that contains the move-and-act processes:
+    every choice sequence of a tiny problem enumerated, J = sum_seq p(seq) R(seq) differentiated by autograd, and the
+    mean of the REINFORCE + pathwise estimator within 5 standard errors of it on every coordinate; the pathwise part
+    alone must miss it (the check has teeth)."""
+    import itertools
+
+    torch.manual_seed(0)
+    procs = ("no_op",) + MOVE_AND_ACT
+    core = RLAccessCore(2, hidden_size=4, num_slots=3, slot_size=2, processes=procs).double().train()
+    with torch.no_grad():  # a policy far from uniform, memory not constant: every path matters
+        core.interface.weight[: core.num_choices].mul_(4.0)
+        core.interface.bias[: core.num_choices].copy_(torch.randn(core.num_choices))
+        core.memory0.value.copy_(torch.randn(3, 2))
+    T = 3
+    xs = torch.randn(T, 1, 2, dtype=torch.float64)
+    c = torch.randn(core.output_size, dtype=torch.float64)
+    d = torch.randn(core.output_size, dtype=torch.float64)
+    q = torch.randn(core.pre_choice_size, dtype=torch.float64)
+    params = list(core.parameters())
+
+    def rewards(ys):  # r_t = c . y_t + 0.5 (d . y_t)^2
+        return ys @ c + 0.5 * (ys @ d) ** 2
+
+    def grad(loss):
+        gs = torch.autograd.grad(loss, params, allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, gs)])
+
+    seqs = torch.tensor(list(itertools.product(range(core.num_choices), repeat=T))).T.contiguous()  # [T, P^T]
+    ys, _, info = core.unroll_with_choices(xs.expand(T, seqs.shape[1], 2), core.initial_state(seqs.shape[1]),
+                                           choices=seqs)
+    p_seq = info.log_prob.sum(0).exp()
+    torch.testing.assert_close(p_seq.sum(), torch.tensor(1.0, dtype=torch.float64))
+    exact = -grad((p_seq * rewards(ys).sum(0)).sum())  # gradient of the loss -J
+
+    def estimate(gen, score: bool, K: int = 3000):
+        ys, _, info = core.unroll_with_choices(xs.expand(T, K, 2), core.initial_state(K), generator=gen)
+        r = rewards(ys)
+        loss = -r.sum(0).mean()  # pathwise part (choices held fixed)
+        if score:  # + score-function part, baseline from h_t (before a_t)
+            base = (ys[..., : core.pre_choice_size] @ q).detach()
+            loss = loss + reinforce_loss(info.log_prob, reward_to_go(r), base, reduction="sequence_mean")
+        return grad(loss)
+
+    for score in (True, False):
+        gen = torch.Generator().manual_seed(2)
+        gs = torch.stack([estimate(gen, score) for _ in range(16)])
+        mean, se = gs.mean(0), gs.std(0) / 16**0.5
+        z = ((mean - exact).abs() / (se + 1e-9)).max()
+        if score:
+            assert z < 5.0, f"max z = {z:.1f}"
+            assert se.norm() < 0.2 * exact.norm()
+        else:
+            assert z > 10.0, f"the pathwise part alone is not detected (max z = {z:.1f})"
 
 
 def test_forward_in_train_mode_equals_step_with_choice_on_the_same_rng():
