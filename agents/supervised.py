@@ -11,6 +11,17 @@ NTM paper. A batch is one time-major tensor ``[T, B, input_size]`` padded to its
 >>> model = SequenceModel(make_core("lstm", task.input_size, hidden_size=32), task.target_size)
 >>> result = train(model, task, TrainConfig(max_sequences=640, batch_size=32))
 >>> errors = evaluate(model, task, sizes=[5, 10], num_sequences=64)
+
+Cores with discrete memory-access choices (``rl_access``) have three choice modes (``TrainConfig.choices``):
+
+* ``trained``: a_t ~ pi (the core's RL portion), trained by REINFORCE (reward of a step: minus its cross-entropy;
+  reward-to-go; a learned baseline V(h_t) on the pre-choice controller output, so it does not depend on a_t);
+  greedy choices in :func:`evaluate`.
+* ``random``: a_t uniform over the P processes, independent of the parameters, from a generator of their own
+  (seeded from the run's seed, so the training and test sequences stay those of the other modes); no choice loss
+  (the RL rows of the interface get exactly zero gradient). Random choices in :func:`evaluate` too.
+* ``oracle``: a hand-written access sequence (:func:`oracle_choices`; Copy only) fed as the stored choices, so only
+  the differentiable part (what is written, the controller, the readout) is trained: its upper bound.
 """
 
 from __future__ import annotations
@@ -42,7 +53,17 @@ __all__ = [
     "choice_usage",
     "peak_initial_weightings",
     "slots_stay_identical",
+    "CHOICE_MODES",
+    "oracle_choices",
+    "copy_oracle_choices",
+    "stored_choices",
 ]
+
+CHOICE_MODES = ("trained", "random", "oracle")
+"""How a discrete-choice core's access processes are chosen in :func:`train` and :func:`evaluate`."""
+
+COPY_ORACLE = {"start": "no_op", "item": "write_least_used", "delimiter": "no_op", "answer": "read_move_right"}
+"""The Copy oracle's access process per phase of a row (padding steps after the answer: ``no_op``)."""
 
 
 class SequenceModel(nn.Module):
@@ -58,12 +79,16 @@ class SequenceModel(nn.Module):
         self.core = core
         self.readout = nn.Linear(core.output_size, target_size)
 
-    def forward(self, inputs: Tensor) -> Tensor:
+    def forward(self, inputs: Tensor, choices: Tensor | None = None) -> Tensor:
         """``inputs`` ``[T, B, input_size]`` -> logits ``[T, B, target_size]``; every row starts from the core's
-        initial state."""
+        initial state. ``choices`` ``[T, B]`` long (discrete-choice cores only): apply these access processes
+        instead of the core's own (sampled in train mode, greedy in eval mode)."""
         T, B, _ = inputs.shape
         state = self.core.initial_state(B, device=inputs.device)
-        ys, _ = self.core.unroll(inputs, state)  # [T, B, output_size]
+        if choices is not None:
+            ys, _, _ = self.core.unroll_with_choices(inputs, state, choices=choices)
+        else:
+            ys, _ = self.core.unroll(inputs, state)  # [T, B, output_size]
         return self.readout(ys)
 
     def forward_with_states(self, inputs: Tensor) -> tuple[Tensor, list[Any]]:
@@ -112,6 +137,67 @@ def slots_stay_identical(core: Core, input_size: int, steps: int = 8) -> bool:
     _, state = core.unroll(xs.to(dev), core.initial_state(2, device=dev))
     ws = [leaf for name, leaf in _named_fields(state) if "weight" in name.split(".")[-1]]
     return bool(ws) and all(bool((w == w[..., :1]).all()) for w in ws)
+
+
+def copy_oracle_choices(batch: SequenceBatch, processes: Sequence[str]) -> Tensor:
+    """The hand-written Copy access sequence as choice indices ``[T, B]`` (long) into ``processes``.
+
+    Copy layout of a row of length L (:class:`envs.sequence_data.CopyTask`): step 0 start flag, steps 1..L the
+    items, step L+1 delimiter, steps L+2..2L+1 the answer. The sequence (:data:`COPY_ORACLE`)::
+
+        step      0       1 .. L              L+1      L+2 .. 2L+1       2L+2 .. T-1 (padding)
+        process   no_op   write_least_used    no_op    read_move_right   no_op
+
+    ``write_least_used`` fills slots 0, 1, ..., L-1 in order (never-written slots first, lowest index first) and
+    leaves the head at slot 0; ``read_move_right`` reads the slot under the head and then moves it right, so the
+    answer step L+2+j reads slot j = item j. Needs ``L <= num_slots``. Raises ``ValueError`` when ``processes``
+    lacks one of the three processes.
+    """
+    processes = tuple(processes)
+    missing = [name for name in dict.fromkeys(COPY_ORACLE.values()) if name not in processes]
+    if missing:
+        raise ValueError(
+            f"the Copy oracle needs the access processes {sorted(set(COPY_ORACLE.values()))}; the core's processes "
+            f"{list(processes)} lack {missing}: build it with e.g. processes=['no_op', 'write_least_used', "
+            f"'read_move_right']"
+        )
+    T, B = batch.mask.shape
+    L = batch.sizes.to(batch.mask.device).view(1, B)  # [1, B]
+    t = torch.arange(T, device=batch.mask.device).view(T, 1)  # [T, 1]
+    index = {phase: processes.index(name) for phase, name in COPY_ORACLE.items()}
+    out = torch.full((T, B), index["start"], dtype=torch.long, device=batch.mask.device)  # step 0 and padding
+    out = torch.where((t >= 1) & (t <= L), torch.full_like(out, index["item"]), out)
+    out = torch.where(t == L + 1, torch.full_like(out, index["delimiter"]), out)
+    out = torch.where((t >= L + 2) & (t <= 2 * L + 1), torch.full_like(out, index["answer"]), out)
+    return out
+
+
+def oracle_choices(task, batch: SequenceBatch, processes: Sequence[str]) -> Tensor:
+    """The oracle access sequence of ``task`` for ``batch`` (``[T, B]`` long); only Copy has one today."""
+    name = getattr(task, "name", type(task).__name__)
+    if name == "copy":
+        return copy_oracle_choices(batch, processes)
+    raise ValueError(f"choices='oracle' is defined for the copy task only, got task {name!r}")
+
+
+def stored_choices(
+    model: SequenceModel, task, batch: SequenceBatch, mode: str, generator: torch.Generator | None = None
+) -> Tensor | None:
+    """The choices ``[T, B]`` to feed for ``mode`` (:data:`CHOICE_MODES`): None for ``trained`` (the core's own),
+    uniform indices drawn from ``generator`` for ``random``, :func:`oracle_choices` for ``oracle``."""
+    if mode not in CHOICE_MODES:
+        raise ValueError(f"choices must be one of {list(CHOICE_MODES)}, got {mode!r}")
+    if mode == "trained":
+        return None
+    core = model.core
+    if not has_discrete_choices(core):
+        raise ValueError(f"choices={mode!r} needs a core with discrete access choices (rl_access), got "
+                         f"{type(core).__name__}")
+    T, B = batch.mask.shape
+    if mode == "random":
+        # drawn on the CPU generator of the data, then moved: the same choices on every device
+        return torch.randint(0, core.num_choices, (T, B), generator=generator).to(batch.mask.device)
+    return oracle_choices(task, batch, core.choice_names)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -183,6 +269,9 @@ class TrainConfig:
     a learned linear baseline on the pre-choice controller output reduces variance."""
     entropy_coef: float = 0.01
     """Discrete-choice cores: weight of the entropy bonus of the choice distribution."""
+    choices: str = "trained"
+    """Discrete-choice cores: ``trained`` (sampled from the core's policy, trained by REINFORCE), ``random``
+    (uniform, no choice loss) or ``oracle`` (the task's hand-written access sequence, :func:`oracle_choices`)."""
     seed: int = 0
     device: str = "cpu"
 
@@ -209,17 +298,23 @@ def train(
     """
     if cfg.batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
+    if cfg.choices not in CHOICE_MODES:
+        raise ValueError(f"choices must be one of {list(CHOICE_MODES)}, got {cfg.choices!r}")
     device = torch.device(cfg.device)
     model.to(device).train()
     discrete = has_discrete_choices(model.core)
+    if cfg.choices != "trained" and not discrete:
+        raise ValueError(f"choices={cfg.choices!r} needs a core with discrete access choices (rl_access), got "
+                         f"{type(model.core).__name__}")
     params = list(model.parameters())
     baseline = None
-    if discrete:
+    if discrete and cfg.choices == "trained":
         # b_t = V(h_t) on the part of y_t computed before the choice a_t (unbiased baseline)
         baseline = LinearBaseline(getattr(model.core, "pre_choice_size", model.core.output_size)).to(device)
         params += list(baseline.parameters())
     opt = _make_optimizer(params, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
+    choice_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)  # random choices: data stay those of the seed
     size_now = min(cfg.curriculum_start, task.max_size) if cfg.curriculum else task.max_size
     size_now = max(size_now, task.min_size)
     recent_err: deque[float] = deque(maxlen=cfg.window)
@@ -230,10 +325,12 @@ def train(
     stopped = "max_sequences"
     while sequences < cfg.max_sequences:
         batch: SequenceBatch = task.sample(cfg.batch_size, max_size=size_now, generator=gen, device=device)
-        if discrete:
+        if discrete and cfg.choices == "trained":
             logits, loss, sup_loss, seq_bits = _reinforce_loss(model, baseline, batch, cfg)
         else:
-            logits = model(batch.inputs)  # [T, B, C]
+            # plain cores; random or oracle choices, stored, so the loss is the supervised part alone (the RL
+            # portion z_t enters no term: no choice gradient)
+            logits = model(batch.inputs, stored_choices(model, task, batch, cfg.choices, choice_gen))
             loss, seq_bits = masked_bce(logits, batch.targets, batch.mask)
             sup_loss = loss
         opt.zero_grad(set_to_none=True)
@@ -354,15 +451,19 @@ def evaluate(
     batch_size: int = 128,
     seed: int = 12345,
     device: str | torch.device = "cpu",
+    choices: str = "trained",
 ) -> dict[int, dict[str, float]]:
     """Bit errors per sequence at fixed sizes (length generalisation).
 
     Returns ``{size: {"mean": ..., "median": ..., "max": ..., "perfect_fraction": ...}}`` over ``num_sequences``
-    fresh sequences per size (a fixed ``seed``, so every model sees the same test sequences).
+    fresh sequences per size (a fixed ``seed``, so every model sees the same test sequences). ``choices``
+    (discrete-choice cores, :data:`CHOICE_MODES`): ``trained`` takes the greedy choices (eval mode), ``random``
+    uniform ones drawn from the same seeded generator, ``oracle`` the task's oracle sequence.
     """
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
+    choice_gen = torch.Generator().manual_seed(seed + 1_000_003)  # its own stream: same test sequences in every mode
     out: dict[int, dict[str, float]] = {}
     for size in sizes:
         errs = []
@@ -370,7 +471,8 @@ def evaluate(
         while left > 0:
             b = min(batch_size, left)
             batch = task.sample(b, size=int(size), generator=gen, device=device)
-            errs.append(bit_errors(model(batch.inputs), batch.targets, batch.mask).cpu())
+            logits = model(batch.inputs, stored_choices(model, task, batch, choices, choice_gen))
+            errs.append(bit_errors(logits, batch.targets, batch.mask).cpu())
             left -= b
         e = torch.cat(errs)
         out[int(size)] = {

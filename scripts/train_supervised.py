@@ -11,6 +11,11 @@ Examples::
     # LSTM baseline
     python3 scripts/train_supervised.py --core lstm --task copy --core-arg hidden_size=256 --seed 0
 
+    # rl_access with a subset of access processes; the hand-written Copy access sequence as its choices
+    python3 scripts/train_supervised.py --core rl_access --task copy --task-arg max_length=10 \
+        --core-kwargs '{"processes": ["no_op", "write_least_used", "write_move_right", "read_move_right"]}' \
+        --choices oracle --seed 0
+
 The result (config, learning curve, bit errors per size, optional read/write weightings over one sequence) is
 written as JSON to ``--out``; ``scripts/plot_supervised.py`` draws the figures from those files.
 """
@@ -33,6 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from agents.supervised import (  # noqa: E402
     SequenceModel,
     TrainConfig,
+    CHOICE_MODES,
     choice_usage,
     count_parameters,
     evaluate,
@@ -68,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--core", default="lstm", help=f"core name, one of: {', '.join(sorted(CORES))}")
     p.add_argument("--core-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="constructor keyword of the core (repeatable), e.g. hidden_size=100 num_slots=128")
+                   help="constructor keyword of the core (repeatable), e.g. hidden_size=100 num_slots=128; values "
+                        "are Python literals, e.g. \"processes=['no_op', 'read_move_right']\"")
+    p.add_argument("--core-kwargs", default="{}", metavar="JSON",
+                   help="constructor keywords of the core as a JSON object (as scripts/train.py takes them), e.g. "
+                        "'{\"processes\": [\"no_op\", \"write_least_used\", \"read_move_right\"]}'; --core-arg "
+                        "entries override its keys")
     p.add_argument("--task", default="copy", choices=sorted(TASKS), help="algorithmic task")
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="task option (repeatable), e.g. max_length=20 num_bits=8 (copy), max_items=6 "
@@ -109,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "step = minus its cross-entropy; reward-to-go; learned linear baseline)")
     p.add_argument("--entropy-coef", type=float, default=0.01,
                    help="cores with discrete access choices: weight of the entropy bonus")
+    p.add_argument("--choices", default="trained", choices=list(CHOICE_MODES),
+                   help="cores with discrete access choices (rl_access): how the access process of each step is "
+                        "chosen, in training and in the test. trained: sampled from the core's policy and trained by "
+                        "REINFORCE (greedy in the test). random: uniform over the core's processes, no choice loss "
+                        "(a lower bound). oracle: the task's hand-written access sequence fed as the stored choices, "
+                        "so only the differentiable part (what is written, the controller, the readout) is trained "
+                        "(an upper bound); copy only: no_op at the start flag, write_least_used at each item, no_op "
+                        "at the delimiter, read_move_right at each answer step (the core's processes must include "
+                        "those three)")
     p.add_argument("--eval-sizes", type=int, nargs="*", default=None,
                    help="sizes tested after training (lengths, or items for associative_recall); default "
                         + ", ".join(f"{k}: {v}" for k, v in DEFAULT_EVAL_SIZES.items()))
@@ -126,7 +146,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    core_kwargs = parse_kv(args.core_arg, "--core-arg")
+    try:
+        core_kwargs = json.loads(args.core_kwargs) if args.core_kwargs else {}
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: --core-kwargs {args.core_kwargs!r} is not valid JSON: {e}") from None
+    if not isinstance(core_kwargs, dict):
+        raise SystemExit(f"error: --core-kwargs {args.core_kwargs!r} must be a JSON object like "
+                         "'{\"hidden_size\": 100}'")
+    core_kwargs.update(parse_kv(args.core_arg, "--core-arg"))
     task_kwargs = parse_kv(args.task_arg, "--task-arg")
     task = make_task(args.task, **task_kwargs)
     core = make_core(args.core, task.input_size, **core_kwargs)
@@ -157,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         curriculum_threshold=args.curriculum_threshold,
         pg_coef=args.pg_coef,
         entropy_coef=args.entropy_coef,
+        choices=args.choices,
         seed=args.seed,
         device=args.device,
     )
@@ -180,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         "label": label,
         "core": args.core,
         "core_kwargs": core_kwargs,
+        "choices": args.choices if has_discrete_choices(core) else None,
         "task": args.task,
         "task_kwargs": task_kwargs,
         "parameters": n_params,
@@ -201,12 +230,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     sizes = args.eval_sizes if args.eval_sizes is not None else DEFAULT_EVAL_SIZES[args.task]
     t0 = time.perf_counter()
-    result["eval"] = {str(k): v for k, v in evaluate(model, task, sizes, args.eval_sequences, device=args.device).items()}
+    result["eval"] = {str(k): v for k, v in evaluate(model, task, sizes, args.eval_sequences, device=args.device,
+                                                        choices=args.choices).items()}
     result["eval_wall_s"] = round(time.perf_counter() - t0, 2)
     for k, v in result["eval"].items():
         print(f"  size {k:>4}: bit errors per sequence mean {v['mean']:.3f} median {v['median']:.1f} "
               f"perfect {100 * v['perfect_fraction']:.0f}%", flush=True)
-    if has_discrete_choices(core):
+    if has_discrete_choices(core) and args.choices == "trained":  # the policy's own choices (random/oracle: fixed)
         usage = {}
         for size in sizes:
             batch = task.sample(64, size=size, generator=torch.Generator().manual_seed(3), device=args.device)

@@ -244,3 +244,127 @@ def test_discrete_choice_core_trains_with_reinforce_and_reports_choices():
     for phase in ("input", "output"):
         assert set(usage[phase]) == set(core.choice_names)
         assert abs(sum(usage[phase].values()) - 1.0) < 1e-3
+
+
+# ---------------------------------------------------------------------- choice modes of discrete-choice cores
+ORACLE_PROCS = ("read_move_right", "no_op", "write_move_right", "write_least_used")  # index order on purpose
+
+
+def _copy_rows(lengths, num_bits=4, seed=0):
+    """A Copy batch with one row per length in ``lengths`` (taken from a larger random batch)."""
+    task = CopyTask(num_bits=num_bits, max_length=max(lengths))
+    big = task.sample(64, generator=gen(seed))
+    rows = [int((big.sizes == L).nonzero()[0]) for L in lengths]
+    T = 2 * max(lengths) + 2
+    from envs.sequence_data import SequenceBatch
+
+    return task, SequenceBatch(big.inputs[:T, rows], big.targets[:T, rows], big.mask[:T, rows], big.sizes[rows])
+
+
+def test_copy_oracle_sequence_on_a_hand_checked_timeline():
+    """Rows of length 3 and 1: the oracle's processes by hand, then the slots the core writes and reads under them:
+    items 0, 1, 2 go to slots 0, 1, 2 and answer step j reads slot j (the answer's targets are the items)."""
+    from agents.supervised import copy_oracle_choices
+
+    task, batch = _copy_rows([3, 1])
+    choices = copy_oracle_choices(batch, ORACLE_PROCS)
+    assert choices.shape == (8, 2) and choices.dtype == torch.long
+    names = [[ORACLE_PROCS[int(c)] for c in choices[:, r]] for r in range(2)]
+    wlu, rmr = "write_least_used", "read_move_right"
+    assert names[0] == ["no_op", wlu, wlu, wlu, "no_op", rmr, rmr, rmr]
+    assert names[1] == ["no_op", wlu, "no_op", rmr, "no_op", "no_op", "no_op", "no_op"]
+
+    torch.manual_seed(0)
+    core = make_core("rl_access", task.input_size, hidden_size=8, num_slots=5, slot_size=6, processes=ORACLE_PROCS)
+    state = core.initial_state(2)
+    written, read_slots = [[], []], [[], []]
+    with torch.no_grad():
+        for t in range(8):
+            before = state.memory
+            y, state, _ = core.step_with_choice(batch.inputs[t], state, choice=choices[t])
+            for r in range(2):
+                changed = (state.memory[r] != before[r]).any(-1).nonzero().flatten().tolist()
+                if changed:
+                    written[r].append((t, changed))
+                if batch.mask[t, r] > 0:  # an answer step: which slot of the final memory was read?
+                    read_slots[r].append(y[r, 8:])
+    assert written == [[(1, [0]), (2, [1]), (3, [2])], [(1, [0])]]
+    for r, L in enumerate((3, 1)):
+        assert len(read_slots[r]) == L
+        for j, value in enumerate(read_slots[r]):
+            matches = [i for i in range(5) if torch.equal(value, state.memory[r, i])]
+            assert matches == [j]
+
+
+def test_choice_modes_errors():
+    from agents.supervised import copy_oracle_choices, stored_choices
+
+    task, batch = _copy_rows([2])
+    with pytest.raises(ValueError, match="read_move_right"):
+        copy_oracle_choices(batch, ("no_op", "write_least_used", "move_right"))
+    core = make_core("rl_access", task.input_size, hidden_size=8, num_slots=4, slot_size=4, processes=ORACLE_PROCS)
+    with pytest.raises(ValueError, match="copy task only"):
+        stored_choices(SequenceModel(core, 4), AssociativeRecallTask(), batch, "oracle")
+    with pytest.raises(ValueError, match="choices"):
+        stored_choices(SequenceModel(core, 4), task, batch, "greedy")
+    lstm = SequenceModel(make_core("lstm", task.input_size, hidden_size=8), task.target_size)
+    with pytest.raises(ValueError, match="discrete access choices"):
+        train(lstm, task, TrainConfig(batch_size=4, max_sequences=4, choices="random"))
+
+
+def test_random_choices_are_uniform_and_ignore_the_policy():
+    from agents.supervised import stored_choices
+
+    task = CopyTask(num_bits=3, max_length=3)
+    core = make_core("rl_access", task.input_size, hidden_size=8, num_slots=4, slot_size=4, processes=ORACLE_PROCS)
+    P = core.num_choices
+    with torch.no_grad():
+        core.interface.bias[0] = 50.0  # pi(process 0) ~ 1
+    model = SequenceModel(core, task.target_size)
+    big = task.sample(4000, generator=gen(1))
+    choices = stored_choices(model, task, big, "random", gen(2))
+    counts = torch.bincount(choices.flatten(), minlength=P).float()
+    n = counts.sum()
+    assert ((counts / n) - 1 / P).abs().max() < 5 * ((1 / P) * (1 - 1 / P) / n).sqrt()  # 32k draws, 5 sd
+
+
+@pytest.mark.parametrize("mode", ["random", "oracle"])
+def test_stored_choice_modes_get_no_choice_gradient(mode):
+    """choices='random' / 'oracle': no choice loss; the RL rows z_t of the interface get exactly zero gradient and
+    stay unchanged, the rest of the network trains."""
+    torch.manual_seed(0)
+    task = CopyTask(num_bits=3, max_length=3)
+    core = make_core("rl_access", task.input_size, hidden_size=8, num_slots=4, slot_size=4, processes=ORACLE_PROCS)
+    P = core.num_choices
+    model = SequenceModel(core, task.target_size)
+    z_weight, z_bias = core.interface.weight[:P].detach().clone(), core.interface.bias[:P].detach().clone()
+    rest = core.interface.weight[P:].detach().clone()
+    train(model, task, TrainConfig(batch_size=8, max_sequences=16, log_every=1, early_stop_errors=None,
+                                   choices=mode))
+    assert torch.count_nonzero(core.interface.weight.grad[:P]) == 0
+    assert torch.count_nonzero(core.interface.bias.grad[:P]) == 0
+    assert core.interface.weight.grad[P:].abs().sum() > 0
+    assert torch.equal(core.interface.weight[:P], z_weight) and torch.equal(core.interface.bias[:P], z_bias)
+    assert not torch.equal(core.interface.weight[P:], rest)
+
+
+def test_cli_oracle_choices_and_core_kwargs_json(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_supervised", os.path.join(ROOT, "scripts", "train_supervised.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "o.json"
+    threads = torch.get_num_threads()
+    kwargs = json.dumps({"processes": list(ORACLE_PROCS), "hidden_size": 8, "num_slots": 6, "slot_size": 4})
+    try:
+        res = cli.main(["--core", "rl_access", "--core-kwargs", kwargs, "--core-arg", "slot_size=5", "--task", "copy",
+                        "--task-arg", "max_length=3", "--task-arg", "num_bits=3", "--choices", "oracle",
+                        "--max-sequences", "32", "--batch-size", "8", "--eval-sizes", "2", "5",
+                        "--eval-sequences", "8", "--out", str(out), "--quiet"])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads(out.read_text())
+    assert saved["choices"] == "oracle" and saved["core_kwargs"]["processes"] == list(ORACLE_PROCS)
+    assert saved["core_kwargs"]["slot_size"] == 5  # --core-arg overrides --core-kwargs
+    assert set(saved["eval"]) == {"2", "5"} and "choice_usage" not in saved and res["train"]["sequences"] == 32
