@@ -153,7 +153,8 @@ class FFMCore(Core):
             state = self.reset_state(state, resets[0])  # t = 0: the base class's reset, as forward does
             flags = torch.cat([torch.zeros_like(resets[:1]), resets[1:]]).reshape(T, B, 1, 1)
         # t = 0 continues from the carried state: b_0 = gamma o S_{-1} + x~_0 1^T
-        b = torch.cat([(gamma * as_complex(state.S) + b[0]).unsqueeze(0), b[1:]])
+        b0, b_rest = torch.split(b, [1, T - 1])  # (split, not b[0] / b[1:]: its backward needs no zero fill)
+        b = torch.cat([gamma * as_complex(state.S) + b0, b_rest])
         if flags is not None:
             # a row that resets at t restarts from S_init: b_t = gamma o S_init + x~_t 1^T, flag set
             S_init = as_complex(self.initial_state(B, device=xs.device).S)  # [B, m, c]

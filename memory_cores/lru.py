@@ -99,13 +99,24 @@ class LRULayer(nn.Module):
         return torch.polar(torch.exp(-torch.exp(self.nu_log)), torch.exp(self.theta_log))
 
     def drive(self, u: Tensor) -> Tensor:
-        """``gamma o (B u)``: ``u`` ``[..., H]`` real -> ``[..., N]`` complex."""
-        gamma = torch.exp(self.gamma_log)
-        return torch.complex(u @ self.B_re.t(), u @ self.B_im.t()) * gamma
+        """``gamma o (B u)``: ``u`` ``[..., H]`` real -> ``[..., N]`` complex.
+
+        As one real matmul: the rows of ``diag(gamma) B`` (as in the paper's code, gamma scales ``B``) are stacked
+        as (Re, Im) pairs, so the product comes out as (real, imag) pairs that view as complex without a copy.
+        """
+        N, H = self.B_re.shape
+        gamma = torch.exp(self.gamma_log)  # [N]
+        W = (torch.stack([self.B_re, self.B_im], dim=1) * gamma.reshape(N, 1, 1)).reshape(2 * N, H)  # [2N, H]
+        return torch.view_as_complex((u @ W.t()).unflatten(-1, (N, 2)))  # [..., N]
 
     def readout(self, x: Tensor, u: Tensor) -> Tensor:
-        """``Re(C x) + D o u``: ``x`` ``[..., N]`` complex, ``u`` ``[..., H]`` -> ``[..., H]``."""
-        return x.real @ self.C_re.t() - x.imag @ self.C_im.t() + self.D * u
+        """``Re(C x) + D o u``: ``x`` ``[..., N]`` complex, ``u`` ``[..., H]`` -> ``[..., H]``.
+
+        ``Re(C x) = C_re Re(x) - C_im Im(x)``, as one real matmul of ``x``'s (real, imag) pairs.
+        """
+        H, N = self.C_re.shape
+        W = torch.stack([self.C_re, -self.C_im], dim=-1).reshape(H, 2 * N)  # [H, 2N]
+        return torch.view_as_real(x).flatten(-2) @ W.t() + self.D * u
 
 
 class LRUBlock(nn.Module):
@@ -216,9 +227,9 @@ class LRUCore(Core):
         for l, block in enumerate(self.blocks):
             u = block.norm(h)  # [T, B, H]
             lam = block.lru.lambda_()  # [N]
-            b = block.lru.drive(u)  # gamma o B u_t: [T, B, N]
+            b0, b_rest = torch.split(block.lru.drive(u), [1, T - 1])  # gamma o B u_t: [1 | T-1, B, N]
             # t = 0 continues from the carried state: b_0 = Lambda x_{-1} + gamma o B u_0
-            b = torch.cat([(lam * x_prev[:, l] + b[0]).unsqueeze(0), b[1:]])
+            b = torch.cat([lam * x_prev[:, l] + b0, b_rest])  # [T, B, N]
             if flags is not None:
                 assert x_init is not None
                 # a row that resets at t restarts from x_init: b_t = Lambda x_init + gamma o B u_t, flag set

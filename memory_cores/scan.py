@@ -50,11 +50,33 @@ def _interleave(even: Tensor, odd: Tensor) -> Tensor:
     """``[even_0, odd_0, even_1, odd_1, ...]`` along dim 0; ``even`` has as many or one more elements than ``odd``."""
     n = odd.shape[0]
     shape = torch.broadcast_shapes(even.shape[1:], odd.shape[1:])
-    pairs = torch.stack([even[:n].expand((n,) + shape), odd.expand((n,) + shape)], dim=1)  # [n, 2, ...]
-    out = pairs.reshape((2 * n,) + shape)
+    even = even.expand(even.shape[:1] + shape)
     if even.shape[0] > n:
-        out = torch.cat([out, even[n:].expand((1,) + shape)])
-    return out
+        head, last = torch.split(even, [n, 1])
+    else:
+        head, last = even, None
+    out = torch.stack([head, odd.expand((n,) + shape)], dim=1).reshape((2 * n,) + shape)  # [n, 2, ...] -> [2n, ...]
+    return out if last is None else torch.cat([out, last])
+
+
+def _split_even_odd(x: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor] | tuple[None, None, None, None]:
+    """The parts of ``x`` ``[T, ...]`` one level of the scan needs: ``(paired, first, later, odd)`` with
+    ``paired = x[0:2n:2]`` (the evens that have an odd partner, ``n = T // 2``), ``first = x[0:1]``,
+    ``later = x[2::2]`` and ``odd = x[1::2]``.
+
+    Written with ``split``/``unbind`` rather than strided slices: their backward is one ``cat``/``stack`` of the
+    parts' gradients, where a strided slice's backward fills a zero tensor of the full size for every slice (that
+    was most of the scan's time at T = 256).
+    """
+    if x is None:
+        return None, None, None, None
+    T = x.shape[0]
+    n = T // 2
+    main, tail = torch.split(x, [2 * n, T - 2 * n])  # tail: the last even element when T is odd
+    paired, odd = torch.unbind(main.reshape((n, 2) + x.shape[1:]), dim=1)  # [n, ...] each
+    first, rest = torch.split(paired, [1, n - 1])
+    later = torch.cat([rest, tail]) if T % 2 else rest
+    return paired, first, later, odd
 
 
 def _scan(a: Tensor, b: Tensor, r: Tensor | None, need_a: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
@@ -62,32 +84,36 @@ def _scan(a: Tensor, b: Tensor, r: Tensor | None, need_a: bool) -> tuple[Tensor 
     T = b.shape[0]
     if T < 2:
         return a, b, r
-
-    def sl(x: Tensor | None, s: slice) -> Tensor | None:
-        return None if x is None else x[s]
-
-    # pairs (0 . 1), (2 . 3), ...: T // 2 elements, the prefixes at the odd indices once scanned
-    ev, od = slice(0, 2 * (T // 2), 2), slice(1, None, 2)
-    a_p, b_p, r_p = _combine(sl(a, ev), sl(b, ev), sl(r, ev), a[od], b[od], sl(r, od), need_a=True)
+    n_e = (T - 1) // 2  # even elements 2, 4, ... after the first
+    a_pair, a0, a_e, a_od = _split_even_odd(a)
+    b_pair, b0, b_e, b_od = _split_even_odd(b)
+    r_pair, r0, r_e, r_od = _split_even_odd(r)
+    assert a_pair is not None and b_pair is not None and a_od is not None and b_od is not None
+    # pairs (2k . 2k+1): T // 2 elements, the prefixes at the odd indices once scanned
+    a_p, b_p, r_p = _combine(a_pair, b_pair, r_pair, a_od, b_od, r_od)
     a_o, b_o, r_o = _scan(a_p, b_p, r_p, need_a=need_a)  # prefixes ending at 1, 3, 5, ...
-    # the even indices 2, 4, ...: the prefix ending just before (at 2k - 1) . element 2k
-    n_e = (T - 1) // 2
+    assert b0 is not None and b_e is not None and a0 is not None and a_e is not None
+
+    def before(x: Tensor | None) -> Tensor | None:
+        """The odd prefixes ending at 1, 3, ..., 2 n_e - 1 (each even element's predecessor)."""
+        if x is None or x.shape[0] == n_e:
+            return x
+        return torch.split(x, [n_e, x.shape[0] - n_e])[0]
+
+    def with_first(first: Tensor | None, rest: Tensor | None) -> Tensor | None:
+        """The prefix ending at 0 is element 0 itself; then the even prefixes 2, 4, ..."""
+        if first is None or rest is None:
+            return None
+        return torch.cat([first.expand((1,) + rest.shape[1:]), rest]) if rest.shape[0] else first
+
+    # the even indices 2k, k >= 1: the prefix ending just before (at 2k - 1) . element 2k
     if n_e > 0:
-        e2 = slice(2, None, 2)
-        a_e, b_e, r_e = _combine(
-            None if a_o is None else a_o[:n_e], b_o[:n_e], sl(r_o, slice(0, n_e)), a[e2], b[e2], sl(r, e2), need_a
-        )
-    else:
-        a_e, b_e, r_e = a[:0], b[:0], sl(r, slice(0, 0))
-    # prefix ending at 0 is element 0 itself
-    b_out = _interleave(torch.cat([b[:1].expand((1,) + b_e.shape[1:]), b_e]), b_o)
-    a_out = r_out = None
-    if need_a:
-        assert a_o is not None and a_e is not None
-        a_out = _interleave(torch.cat([a[:1].expand((1,) + a_e.shape[1:]), a_e]), a_o)
-    if r is not None:
-        assert r_o is not None and r_e is not None
-        r_out = _interleave(torch.cat([r[:1].expand((1,) + r_e.shape[1:]), r_e]), r_o)
+        a_pe, b_pe, r_pe = _combine(before(a_o), before(b_o), before(r_o), a_e, b_e, r_e, need_a)  # type: ignore
+    else:  # T = 2: the prefixes are element 0 and the pair
+        a_pe, b_pe, r_pe = (a_e if need_a else None), b_e, r_e
+    b_out = _interleave(with_first(b0, b_pe), b_o)  # type: ignore[arg-type]
+    a_out = None if a_pe is None or a_o is None else _interleave(with_first(a0, a_pe), a_o)  # type: ignore
+    r_out = None if r_pe is None or r_o is None else _interleave(with_first(r0, r_pe), r_o)  # type: ignore
     return a_out, b_out, r_out
 
 
