@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU checks of one device session, as one prepared script (the device tool's `run`): the CUDA tests, then the
+# speed of the envs and of every core on the GPU. Logs go to $OUT (the device tool brings them back).
+#
+#   bash scripts/device_check.sh            # on a machine with CUDA; wheels the device lacks are carried in .whl/
+#
+# Each part has its own timeout so that one slow part cannot eat the session's device minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/device_check}
+mkdir -p "$OUT"
+if [ -d .whl ] && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+  # gymnasium, minigrid, tyro, ... are not on the device image (cp312 wheels, carried in .whl/)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } 2>&1 | tee "$OUT/gpu.txt"
+files=$(grep -l "mark.cuda" tests/test_*.py | tr '\n' ' ')
+timeout "${T_TESTS:-240}" python3 -m pytest -m cuda -q -p no:cacheprovider -rs $files 2>&1 | tee "$OUT/pytest_cuda.log"
+timeout "${T_ENVS:-90}" python3 scripts/benchmark_envs.py --device cuda --num-envs 4096 65536 262144 --seconds 0.5 \
+  --minigrid-sync-num-envs 2>&1 | tee "$OUT/bench_envs_cuda.txt"
+timeout "${T_CORES:-150}" python3 scripts/benchmark_cores.py --devices cuda --no-ixaxaar --slots-sweep --budget 4 \
+  --json "$OUT/bench_cores_cuda.json" 2>&1 | tee "$OUT/bench_cores_cuda.txt"
+if [ -f scripts/benchmark_scan.py ]; then
+  timeout "${T_SCAN:-90}" python3 scripts/benchmark_scan.py --help >/dev/null 2>&1 && \
+  timeout "${T_SCAN:-90}" python3 scripts/benchmark_scan.py --device cuda 2>&1 | tee "$OUT/bench_scan_cuda.txt"
+fi
+echo "device_check done"
