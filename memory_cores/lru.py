@@ -36,8 +36,8 @@ passes the present input through), ``recurrent_size N = hidden_size``, one layer
 Fast path: :meth:`LRUCore.step` is the recurrence as written; :meth:`LRUCore.unroll` computes all ``x^l_t`` of a
 layer at once with the resettable parallel scan of :mod:`memory_cores.scan` (depth O(log T)), with episode starts
 inside the sequence folded into the scan operator (a row that resets restarts from the initial state, exactly as
-:meth:`Core.forward` does). ``Core.unroll(core, xs, state, resets)`` is the plain step loop it equals (tests/test_lru.py:
-values and gradients, float64, resets inside, learned initial state).
+:meth:`Core.forward` does). ``Core.unroll(core, xs, state, resets)`` is the plain step loop it equals
+(tests/test_lru.py: values and gradients, float64, resets inside, learned initial state).
 
 Complex arithmetic in complex64 (complex128 when the module is double). The state is stored real, as
 ``[..., 2]`` (real, imaginary) pairs, so that packing, ``torch.where`` resets and dtype checks treat it like any

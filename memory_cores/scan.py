@@ -144,11 +144,12 @@ def resettable_scan(a: Tensor, b: Tensor, reset: Tensor | None = None) -> Tensor
 def linear_scan_loop(a: Tensor, b: Tensor, reset: Tensor | None = None) -> Tensor:
     """The same recurrence as :func:`resettable_scan`, as the plain time loop (T sequential steps)."""
     h = torch.zeros_like(a[0] * b[0])
+    # unbind, not a[t] / b[t]: the backward of T selects would zero-fill T full-size tensors (O(T^2))
+    resets = [None] * b.shape[0] if reset is None else reset.unbind(0)
     hs = []
-    for t in range(b.shape[0]):
-        h_new = a[t] * h + b[t]
-        if reset is not None:
-            h_new = torch.where(reset[t], b[t], h_new)
-        hs.append(h_new)
-        h = h_new
+    for a_t, b_t, r_t in zip(a.unbind(0), b.unbind(0), resets):
+        h = a_t * h + b_t
+        if r_t is not None:
+            h = torch.where(r_t, b_t, h)
+        hs.append(h)
     return torch.stack(hs)

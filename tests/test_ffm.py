@@ -103,7 +103,8 @@ def test_initialisation_spans_the_periods():
     torch.testing.assert_close(periods, torch.linspace(2, 100, 4))
     decay = core.gamma().detach().abs()[:, 0]  # |gamma_j| per memory channel
     assert float(decay[0]) == pytest.approx(0.5, rel=1e-5)  # the fastest memory halves every step
-    assert float(decay[-1]) ** 100 == pytest.approx(0.05, rel=1e-4)  # the slowest falls to forgotten_at after max_period steps
+    # the slowest falls to forgotten_at after max_period steps
+    assert float(decay[-1]) ** 100 == pytest.approx(0.05, rel=1e-4)
     assert (decay.diff() > 0).all()
 
 
