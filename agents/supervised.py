@@ -57,6 +57,7 @@ __all__ = [
     "oracle_choices",
     "copy_oracle_choices",
     "stored_choices",
+    "oracle_agreement",
 ]
 
 CHOICE_MODES = ("trained", "random", "oracle")
@@ -440,6 +441,32 @@ def choice_usage(model: SequenceModel, batch: SequenceBatch) -> dict[str, dict[s
             name: round((chosen == i).float().mean().item(), 4) for i, name in enumerate(core.choice_names)
         }
     return out
+
+
+@torch.no_grad()
+def oracle_agreement(model: SequenceModel, task, batch: SequenceBatch) -> dict[str, float]:
+    """How close a discrete-choice core's greedy (eval-mode) choices are to the task's oracle access sequence
+    (:func:`oracle_choices`): the fraction of steps with the oracle's process in the input phase (before the first
+    scored step), in the output phase (scored steps), and the fraction of rows whose whole sequence up to the last
+    scored step is the oracle's. Other access sequences may solve the task too; this is a description, not a score.
+    """
+    core = model.core
+    oracle = oracle_choices(task, batch, core.choice_names)  # [T, B]
+    was = model.training
+    model.eval()
+    T, B, _ = batch.inputs.shape
+    _, _, info = core.unroll_with_choices(batch.inputs, core.initial_state(B, device=batch.inputs.device), greedy=True)
+    model.train(was)
+    same = info.choice == oracle  # [T, B]
+    t_idx = torch.arange(T, device=batch.inputs.device).unsqueeze(1)
+    first = torch.where(batch.mask > 0, t_idx, torch.full_like(t_idx, T)).amin(0)  # [B]
+    last = (batch.mask * t_idx).amax(0)  # [B]
+    input_phase, output_phase = t_idx < first, batch.mask > 0
+    return {
+        "input": round(same[input_phase].float().mean().item(), 4),
+        "output": round(same[output_phase].float().mean().item(), 4),
+        "whole_sequence": round((same | (t_idx > last)).all(0).float().mean().item(), 4),
+    }
 
 
 @torch.no_grad()

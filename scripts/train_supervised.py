@@ -42,6 +42,7 @@ from agents.supervised import (  # noqa: E402
     choice_usage,
     count_parameters,
     evaluate,
+    oracle_agreement,
     peak_initial_weightings,
     slots_stay_identical,
     record_weightings,
@@ -246,6 +247,18 @@ def main(argv: list[str] | None = None) -> dict:
             for phase, freq in u.items():
                 top = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(freq.items(), key=lambda kv: -kv[1]) if v > 0)
                 print(f"  size {size:>4} {phase:>6} phase choices: {top}", flush=True)
+        try:  # the greedy choices against the oracle's, where the task has one and the core its processes
+            agreement = {}
+            for size in sizes:
+                batch = task.sample(64, size=size, generator=torch.Generator().manual_seed(3), device=args.device)
+                agreement[str(size)] = oracle_agreement(model, task, batch)
+        except ValueError:
+            agreement = None
+        if agreement is not None:
+            result["oracle_agreement"] = agreement
+            for size, a in agreement.items():
+                print(f"  size {size:>4} greedy choices = oracle's: input {100 * a['input']:.0f}%, output "
+                      f"{100 * a['output']:.0f}%, whole sequence {100 * a['whole_sequence']:.0f}%", flush=True)
     if args.trace:
         size = args.trace_size or task.max_size
         batch = task.sample(1, size=size, generator=torch.Generator().manual_seed(7), device=args.device)

@@ -368,3 +368,16 @@ def test_cli_oracle_choices_and_core_kwargs_json(tmp_path):
     assert saved["choices"] == "oracle" and saved["core_kwargs"]["processes"] == list(ORACLE_PROCS)
     assert saved["core_kwargs"]["slot_size"] == 5  # --core-arg overrides --core-kwargs
     assert set(saved["eval"]) == {"2", "5"} and "choice_usage" not in saved and res["train"]["sequences"] == 32
+
+
+def test_oracle_agreement_of_a_policy_that_always_writes():
+    """Greedy choices fixed to write_least_used: the oracle's process on the L item steps of the L + 2 input-phase
+    steps, never on the answer steps."""
+    from agents.supervised import oracle_agreement
+
+    task = CopyTask(num_bits=3, max_length=5)
+    core = make_core("rl_access", task.input_size, hidden_size=8, num_slots=6, slot_size=4, processes=ORACLE_PROCS)
+    with torch.no_grad():
+        core.interface.bias[ORACLE_PROCS.index("write_least_used")] = 1e3
+    a = oracle_agreement(SequenceModel(core, task.target_size), task, task.sample(4, size=3, generator=gen()))
+    assert a == {"input": 0.6, "output": 0.0, "whole_sequence": 0.0}
