@@ -28,6 +28,9 @@ SMALL = {
     "ntm": dict(hidden_size=16, num_slots=8, slot_size=6, num_read_heads=2, num_write_heads=1),
     "dnc": dict(hidden_size=16, num_slots=8, slot_size=6, num_read_heads=2),
     "rl_access": dict(hidden_size=16, num_slots=8, slot_size=6),
+    "gtrxl": dict(hidden_size=16, num_layers=2, num_heads=2, memory_length=6),
+    "lru": dict(hidden_size=16, num_layers=2),
+    "ffm": dict(hidden_size=16, memory_size=6, context_size=2),
 }
 
 

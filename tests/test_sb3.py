@@ -22,14 +22,7 @@ import agents.sb3 as sb3  # noqa: E402
 
 torch.set_num_threads(1)
 
-SMALL = {
-    "lstm": dict(hidden_size=16),
-    "gru": dict(hidden_size=16),
-    "alstm": dict(hidden_size=16, num_copies=2),
-    "ntm": dict(hidden_size=16, num_slots=8, slot_size=6),
-    "dnc": dict(hidden_size=16, num_slots=8, slot_size=6, num_read_heads=2),
-    "rl_access": dict(hidden_size=16, num_slots=8, slot_size=6),
-}
+from test_core_contract import SMALL  # noqa: E402  (small sizes of every core, one table for all tests)
 NAMES = sorted(memory_cores.CORES)
 NET = dict(pi=[16], vf=[16])
 
