@@ -102,24 +102,25 @@ MEMORY_KWARGS = {
     "rl_access": {"num_slots": 32, "slot_size": 16},
 }
 
-ALL_CORES = ("none", "lstm", "gru", "alstm", "ntm", "dnc", "rl_access")
+ALL_CORES = ("none", "lstm", "gru", "lru", "ffm", "gtrxl", "alstm", "ntm", "dnc", "rl_access")
 
 GRIDS: dict[str, StudySpec] = {
     # A few hours of one core of the 2-core CPU: two tasks where every core can learn something in the budget.
     "cpu": StudySpec(
         name="cpu",
         tasks=(
-            Task("tmaze-L20", "MemoryCores/TMaze-v0", {"length": 20}, "success_rate", 1.0, episodes=200),
+            Task("tmaze-L10", "MemoryCores/TMaze-v0", {"length": 10}, "success_rate", 1.0, episodes=200),
             Task("copy-L6", "MemoryCores/Copy-v0", {"min_length": 6, "max_length": 6}, "mean_return", 6.0,
                  train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200),
         ),
         cores=ALL_CORES,
         seeds=(1, 2, 3, 4, 5),
         params=100_000,
-        steps=300_000,
-        seconds=120.0,
+        steps=400_000,
+        seconds=90.0,
         core_kwargs=MEMORY_KWARGS,
-        where="2-core shared CPU, 1 torch thread, one run at a time: budgets cut to 0.3M steps / 120 s per run",
+        where="2-core shared CPU, 1 torch thread, one run at a time: two short tasks, 0.4M steps or 90 s per run "
+              "(about 6 hours for the grid)",
     ),
     # The full grid for a GPU session: more lengths, longer budgets.
     "gpu": StudySpec(
@@ -272,21 +273,22 @@ def whole_updates(cfg: TrainConfig, steps: float) -> int:
 
 
 def plan(spec: StudySpec, calibration: dict[str, Any] | None) -> list[Cell]:
-    """Every run of the grid, the equal-steps runs first; equal-time runs need ``calibration`` (skipped without).
-    Runs with equal budgets are merged (their ``protocols`` list both)."""
+    """Every run of the grid, task by task, the equal-steps runs first, seed by seed (all cores of seed 1, then
+    seed 2, ...); equal-time runs need ``calibration`` (skipped without). Runs with equal budgets are merged (their
+    ``protocols`` list both)."""
     cells: dict[str, Cell] = {}
     for task in spec.tasks:
         sized = sized_configs(spec, task)
         for protocol in PROTOCOLS:
+            budgets = {}
             for core in spec.cores:
                 cfg = sized[core][0]
                 if protocol == "steps":
-                    steps = whole_updates(cfg, spec.steps)
+                    budgets[core] = whole_updates(cfg, spec.steps)
                 elif calibration is not None and task.name in calibration.get("tasks", {}):
-                    steps = whole_updates(cfg, spec.seconds * calibration["tasks"][task.name][core])
-                else:
-                    continue
-                for seed in spec.seeds:
+                    budgets[core] = whole_updates(cfg, spec.seconds * calibration["tasks"][task.name][core])
+            for seed in spec.seeds:  # seed-major: a partly run grid has whole seeds of every core
+                for core, steps in budgets.items():
                     cell = Cell(task, core, seed, steps, (protocol,))
                     old = cells.get(cell.key)
                     cells[cell.key] = cell if old is None else replace(old, protocols=old.protocols + (protocol,))
