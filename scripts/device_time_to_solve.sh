@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Time to solve on the GPU (issue 12's table): T-maze of length L with the preset and 512 envs (8 minibatches), one
+# run per seed, then the greedy and sampled evaluation; the wall seconds and env steps at which the rollout success
+# first reaches 0.95 come from metrics.jsonl. Logs to $OUT.
+#
+#   L=50 SEEDS="1 2 3" STEPS=6000000 bash scripts/device_time_to_solve.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/device_tts}
+mkdir -p "$OUT"
+if [ -d .whl ] && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+L=${L:-50}; SEEDS=${SEEDS:-1 2 3}; STEPS=${STEPS:-6000000}; DEVICE=${DEVICE:-cuda}; ENVS=${ENVS:-512}
+for s in $SEEDS; do
+  run="$OUT/tmaze_L${L}_s$s"
+  timeout "${T_RUN:-150}" python3 scripts/train.py --env MemoryCores/TMaze-v0 --env-kwargs "{\"length\": $L}" --core lstm \
+    --num-envs "$ENVS" --num-minibatches 8 --total-steps "$STEPS" --seed "$s" --device "$DEVICE" --run-dir "$run" \
+    --no-progress --no-tensorboard --checkpoint-every 1000 2>&1 | tail -2
+  python3 scripts/evaluate.py "$run" --episodes 500 --device "$DEVICE" --json > "$run.eval.json" 2>&1
+  python3 - "$run" <<'PY'
+import json, sys
+run = sys.argv[1]
+rows = [json.loads(l) for l in open(f"{run}/metrics.jsonl")]
+hit = next((r for r in rows if r.get("success_rate", 0) >= 0.95), None)
+ev = json.loads(open(f"{run}.eval.json").read().strip().splitlines()[-1])
+out = {"run": run, "steps": rows[-1]["global_step"], "seconds": rows[-1]["time_elapsed"], "fps": rows[-1]["fps"],
+       "solved_at_steps": hit and hit["global_step"], "solved_at_seconds": hit and hit["time_elapsed"],
+       "greedy": ev["deterministic"]["success_rate"], "sampled": ev["stochastic"]["success_rate"]}
+print(json.dumps(out))
+open(f"{run}.summary.json", "w").write(json.dumps(out))
+PY
+done 2>&1 | tee "$OUT/time_to_solve.log"
+rm -rf "$OUT"/tmaze_L*_s*/  # keep the summaries and evaluations only (what comes back is limited)
