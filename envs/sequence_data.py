@@ -254,9 +254,16 @@ def _to(batch: SequenceBatch, device: torch.device | str | None) -> SequenceBatc
 
 TASKS = {"copy": CopyTask, "repeat_copy": RepeatCopyTask, "associative_recall": AssociativeRecallTask}
 
+from .babi_tasks import BabiSingleFact, BabiThreeFacts, BabiTwoFacts  # noqa: E402  (bAbI-style tasks 1-3)
+
+TASKS.update({"babi1": BabiSingleFact, "babi2": BabiTwoFacts, "babi3": BabiThreeFacts})
+
 
 def make_task(name: str, **kwargs) -> CopyTask | RepeatCopyTask | AssociativeRecallTask:
     """Build a task by name (``copy``, ``repeat_copy``, ``associative_recall``)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
     return TASKS[name](**kwargs)
+
+
+from . import paper_tasks  # noqa: E402,F401  (adds parity, addition, pattern_retrieval to TASKS)

@@ -17,8 +17,10 @@ from .base import Core, select_rows, stack_states, tree_leaves, tree_map
 from .alstm import AssociativeLSTMCore
 from .dnc import DNCCore
 from .ffm import FFMCore
+from .grid_lstm import GridLSTMCore
 from .gtrxl import GTrXLCore
 from .lru import LRUCore
+from .memnet import MemNetCore
 from .ntm import NTMCore
 from .rl_access import RLAccessCore
 from .rnn import GRUCore, LSTMCore
@@ -33,6 +35,8 @@ CORES: dict[str, type[Core]] = {
     "gtrxl": GTrXLCore,
     "lru": LRUCore,
     "ffm": FFMCore,
+    "grid_lstm": GridLSTMCore,
+    "memnet": MemNetCore,
 }
 
 

@@ -31,6 +31,8 @@ SMALL = {
     "gtrxl": dict(hidden_size=16, num_layers=2, num_heads=2, memory_length=6),
     "lru": dict(hidden_size=16, num_layers=2),
     "ffm": dict(hidden_size=16, memory_size=6, context_size=2),
+    "grid_lstm": dict(hidden_size=8, num_layers=3),
+    "memnet": dict(hidden_size=16, num_slots=6, num_hops=2),
 }
 
 
