@@ -22,6 +22,7 @@ from .gtrxl import GTrXLCore
 from .lru import LRUCore
 from .memnet import MemNetCore
 from .ntm import NTMCore
+from .perceiver_ar import PerceiverARCore
 from .rl_access import RLAccessCore
 from .rnn import GRUCore, LSTMCore
 
@@ -37,6 +38,7 @@ CORES: dict[str, type[Core]] = {
     "ffm": FFMCore,
     "grid_lstm": GridLSTMCore,
     "memnet": MemNetCore,
+    "perceiver_ar": PerceiverARCore,
 }
 
 

@@ -160,17 +160,20 @@ class MemNetCore(Core):
         memory = torch.where(valid[:, :, None, None], state.memory, torch.zeros_like(state.memory))  # empty: 0
         e = self._embed(x)  # E^j x_t: [B, K+1, D]
         u = e[:, 0]  # u^1 = B x_t
-        if self.temporal is not None:
-            t_enc = self.temporal[:, age.long()]  # T^j(a(i)): [K+1, B, N, D]
+        # the temporal terms are taken per age and moved to the slots by a gather of [B, N] (cheaper than gathering
+        # the [B, N, D] rows T(a(i))): u^T T_A(a(i)) = (u^T T_A)[a(i)];  sum_i p_i T_C(a(i)) = sum_a p_{slot(a)} T_C(a)
+        age_l = age.long()
+        slot_of_age = torch.remainder(pointer.long()[:, None] - 1 - slots.long()[None, :], N)  # [B, N]: a -> slot
         for k in range(1, K + 1):
-            m = memory[:, :, k - 1]  # m_i = A^k x_i: [B, N, D]
-            c = memory[:, :, k]  # c_i = C^k x_i
+            m = memory[:, :, k - 1]  # m_i = A^k x_i (+ T_A^k(a(i)) below): [B, N, D]
+            c = memory[:, :, k]  # c_i = C^k x_i (+ T_C^k(a(i)) below)
+            scores = torch.einsum("bd,bnd->bn", u, m)  # u^T A^k x_i
             if self.temporal is not None:
-                m = m + t_enc[k - 1]  # + T_A^k(a(i))
-                c = c + t_enc[k]  # + T_C^k(a(i))
-            scores = torch.einsum("bd,bnd->bn", u, m) / math.sqrt(D)  # u^T m_i
-            p = masked_softmax(scores, valid)  # p_i = softmax(u^T m_i)
+                scores = scores + torch.gather(u @ self.temporal[k - 1].T, 1, age_l)  # + u^T T_A^k(a(i))
+            p = masked_softmax(scores / math.sqrt(D), valid)  # p_i = softmax(u^T m_i)
             o = torch.einsum("bn,bnd->bd", p, c)  # o = sum_i p_i c_i
+            if self.temporal is not None:
+                o = o + torch.gather(p, 1, slot_of_age) @ self.temporal[k]  # + sum_i p_i T_C^k(a(i))
             u = u + o  # u^{k+1} = u^k + o^k
         # write x_t at the pointer (the oldest slot once the memory is full); empty slots stay zero
         write = (slots[None, :] == pointer[:, None])[:, :, None, None]  # [B, N, 1, 1]
