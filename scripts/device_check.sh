@@ -7,16 +7,8 @@
 # Each part has its own timeout so that one slow part cannot eat the session's device minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/device_check}
-mkdir -p "$OUT"
-if [ -d .whl ] && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
-  # gymnasium, minigrid, tyro, ... are not on the device image (cp312 wheels, carried in .whl/)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+. scripts/device_env.sh
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } 2>&1 | tee "$OUT/gpu.txt"
 files=$(grep -l "mark.cuda" tests/test_*.py | tr '\n' ' ')

@@ -6,15 +6,8 @@
 #   L=50 SEEDS="1 2 3" STEPS=6000000 bash scripts/device_time_to_solve.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/device_tts}
-mkdir -p "$OUT"
-if [ -d .whl ] && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+. scripts/device_env.sh
 L=${L:-50}; SEEDS=${SEEDS:-1 2 3}; STEPS=${STEPS:-6000000}; DEVICE=${DEVICE:-cuda}; ENVS=${ENVS:-512}
 for s in $SEEDS; do
   run="$OUT/tmaze_L${L}_s$s"
