@@ -43,6 +43,16 @@ def timed(fn, device) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
+def full_state(core, name: str, batch: int, device: torch.device):
+    """A state whose window is full (random contents, every slot valid); the LSTM's initial state."""
+    state = core.initial_state(batch, device=device)
+    if name == "perceiver_ar":
+        return type(state)(torch.randn_like(state.context), torch.full_like(state.count, core.context_length))
+    if name == "memnet":
+        return type(state)(torch.randn_like(state.memory), state.pointer, torch.full_like(state.count, core.num_slots))
+    return state
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cores", nargs="*", default=["perceiver_ar", "memnet"])
@@ -67,11 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         if size is not None:
             kw[WINDOW_ARG[name]] = size
         core = make_core(name, args.input, **kw).to(device)
-        warm = size or 1
-        with torch.no_grad():  # a full window
-            _, state = core.unroll(torch.randn(warm, args.batch, args.input, device=device),
-                                   core.initial_state(args.batch, device=device))
-        built[(name, size)] = (core, state)
+        built[(name, size)] = (core, full_state(core, name, args.batch, device))
 
     def act(core, state):
         x = torch.randn(args.batch, args.input, device=device)

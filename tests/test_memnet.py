@@ -250,3 +250,25 @@ def test_per_row_reset_leaves_other_rows_bit_identical_in_the_fused_unroll():
     assert torch.equal(ys_r[:, [0, 2]], ys_n[:, [0, 2]]) and torch.equal(ys_r[:4, 1], ys_n[:4, 1])
     ys_fresh, _ = core.unroll(xs[4:, 1:2], core.initial_state(1))
     torch.testing.assert_close(ys_r[4:, 1:2], ys_fresh, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_no_host_sync_and_fused_equals_step_loop():
+    """On the device: a rollout step and the fused unroll with resets never sync with the host, and agree."""
+    core = small(num_slots=4).cuda()
+    T = 9
+    xs = torch.randn(T, B, IN, device="cuda")
+    resets = torch.zeros(T, B, dtype=torch.bool, device="cuda")
+    resets[0, 0] = resets[5, 1] = True
+    state = core.initial_state(B)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ys_f, s_f = core.unroll(xs, state, resets)
+        ys_l, s_l = step_loop(core, xs, state, resets)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(ys_f, ys_l, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_f.memory, s_l.memory, atol=1e-5, rtol=1e-5)
+    assert torch.equal(s_f.pointer, s_l.pointer) and torch.equal(s_f.count, s_l.count)

@@ -209,3 +209,25 @@ def test_fused_unroll_equals_step_loop_at_the_latent_extremes(num_latents):
     ys_l, s_l = step_loop(core, xs, s0, resets)
     torch.testing.assert_close(ys_f, ys_l, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(s_f.context, s_l.context, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_no_host_sync_and_fused_equals_step_loop():
+    """On the device: a rollout step and the fused unroll with resets never sync with the host, and agree."""
+    core = small(context_length=4).cuda()
+    T = 9
+    xs = torch.randn(T, B, IN, device="cuda")
+    resets = torch.zeros(T, B, dtype=torch.bool, device="cuda")
+    resets[0, 0] = resets[5, 1] = True
+    state = core.initial_state(B)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ys_f, s_f = core.unroll(xs, state, resets)
+        ys_l, s_l = step_loop(core, xs, state, resets)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(ys_f, ys_l, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_f.context, s_l.context, atol=1e-5, rtol=1e-5)
+    assert torch.equal(s_f.count, s_l.count)
