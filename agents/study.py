@@ -19,7 +19,10 @@ one JSON file under ``results/``; a run killed half way resumes from its checkpo
 so the study command can be re-run until the grid is complete. Runs whose budgets coincide (the same task, core,
 seed and steps) are shared between the protocols.
 
-Scores: a task's ``score`` is the greedy evaluation's ``success_rate`` or ``mean_return``; the **normalised score**
+Scores: a task's ``score`` is the evaluation's ``success_rate`` or ``mean_return``, of the sampled policy (the
+policy as PPO trains it) by default or of the greedy one (a greedy policy of a partly trained agent can loop at a
+wall forever in a partially observable task, so greedy scores can fall below the feed-forward agent's); the
+**normalised score**
 is ``(score - ff) / (max_score - ff)`` with ``ff`` the mean score of the feed-forward agent (``core="none"``) over
 its seeds on the same task and protocol: 0 is "no better than no memory", 1 the task's maximum.
 :func:`aggregate` gives per core the interquartile mean over seeds with a 95 % stratified-bootstrap confidence
@@ -331,16 +334,24 @@ def load_results(study_dir: Path) -> list[dict[str, Any]]:
 
 
 # ====================================================================================================== aggregate
-def normalised_scores(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[tuple[int, float, float]]]]:
-    """``{(task, protocol): {core: [(seed, raw score, normalised score), ...]}}``; normalised against the mean of
-    the feed-forward agent's seeds of the same task and protocol (cells without a feed-forward result are left
-    out). A task where the feed-forward agent already reaches the maximum normalises to NaN."""
+def run_score(result: dict[str, Any], mode: str | None = None) -> float:
+    """A run's score: its task's metric in evaluation ``mode`` (``"sampled"``: the policy as trained, the study's
+    default; ``"greedy"``: the mode of each action distribution), or the stored ``score`` when ``mode`` is None."""
+    return result["score"] if mode is None else result["eval"][mode][result["score_name"]]
+
+
+def normalised_scores(results: list[dict[str, Any]], mode: str | None = None
+                      ) -> dict[tuple[str, str], dict[str, list[tuple[int, float, float]]]]:
+    """``{(task, protocol): {core: [(seed, raw score, normalised score), ...]}}`` (scores of :func:`run_score`);
+    normalised against the mean of the feed-forward agent's seeds of the same task and protocol (cells without a
+    feed-forward result are left out). A task where the feed-forward agent already reaches the maximum normalises
+    to NaN."""
     by: dict[tuple[str, str], dict[str, list[tuple[int, float]]]] = {}
     maxima: dict[str, float] = {}
     for r in results:
         maxima[r["task"]] = r["max_score"]
         for protocol in r["protocols"]:
-            by.setdefault((r["task"], protocol), {}).setdefault(r["core"], []).append((r["seed"], r["score"]))
+            by.setdefault((r["task"], protocol), {}).setdefault(r["core"], []).append((r["seed"], run_score(r, mode)))
     out = {}
     for (task, protocol), cores in by.items():
         if "none" not in cores:
@@ -354,7 +365,8 @@ def normalised_scores(results: list[dict[str, Any]]) -> dict[tuple[str, str], di
     return out
 
 
-def aggregate(results: list[dict[str, Any]], reps: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+def aggregate(results: list[dict[str, Any]], reps: int = 2000, seed: int = 0, mode: str | None = None
+              ) -> list[dict[str, Any]]:
     """Per (task, protocol, core): the interquartile mean of the normalised scores over seeds with its 95 %
     stratified-bootstrap confidence interval (rliable), the per-seed raw and normalised scores, and the mean
     parameters, steps and seconds."""
@@ -368,7 +380,7 @@ def aggregate(results: list[dict[str, Any]], reps: int = 2000, seed: int = 0) ->
         for protocol in r["protocols"]:
             meta.setdefault((r["task"], protocol, r["core"]), []).append(r)
     rows = []
-    for (task, protocol), cores in sorted(normalised_scores(results).items()):
+    for (task, protocol), cores in sorted(normalised_scores(results, mode).items()):
         scores = {core: np.array([[n] for _, _, n in v], dtype=float) for core, v in cores.items()}
         finite = {c: s for c, s in scores.items() if np.isfinite(s).all()}
         point, interval = ({}, {})

@@ -53,6 +53,8 @@ class StudyArgs:
     """calibrate: interleaved rounds per core (the median is kept)."""
     reps: int = 2000
     """report: bootstrap repetitions."""
+    mode: Literal["sampled", "greedy"] = "sampled"
+    """report: which evaluation gives the score: sampled (the policy as trained) or greedy (each action's mode)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {cal_path}")
             if args.command == "calibrate":
                 return 0
-        if args.command == "report":
-            return report(spec, sdir, Path(args.out or sdir / "report"), args.reps)
+        if args.command == "report":  # (the per-run JSON hold both evaluations: --mode picks one)
+            return report(spec, sdir, Path(args.out or sdir / "report"), args.reps, args.mode)
         cal = json.loads(cal_path.read_text()) if cal_path.exists() else None
         cells = [c for c in study.plan(spec, cal) if args.only in c.key
                  and (args.protocol == "both" or args.protocol in c.protocols)]
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(spec, sdir: Path, out: Path, reps: int) -> int:
+def report(spec, sdir: Path, out: Path, reps: int, mode: str = "sampled") -> int:
     """Markdown tables and one plot per task, from the results JSON."""
     from agents import study
 
@@ -113,7 +115,7 @@ def report(spec, sdir: Path, out: Path, reps: int) -> int:
     if not results:
         print(f"error: no results in {sdir / 'results'}: run the study first", file=sys.stderr)
         return 2
-    rows = study.aggregate(results, reps=reps)
+    rows = study.aggregate(results, reps=reps, mode=mode)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "results").resolve() != (sdir / "results").resolve():  # the per-run JSON travel with the report
         (out / "results").mkdir(exist_ok=True)
@@ -121,7 +123,7 @@ def report(spec, sdir: Path, out: Path, reps: int) -> int:
             (out / "results" / f"{r['key']}.json").write_text(json.dumps(r, indent=1))
     (out / "report.json").write_text(json.dumps(rows, indent=1))
     lines = [f"# Study `{spec.name}`", "", f"{spec.where}. Regenerate: `python3 scripts/study.py report --grid "
-             f"{spec.name}`. Score: greedy evaluation, normalised between the feed-forward agent (0) and the task's "
+             f"{spec.name} --mode {mode}`. Score: {mode} evaluation, normalised between the feed-forward agent (0) and the task's "
              f"maximum (1); IQM over seeds with a 95 % stratified-bootstrap CI (rliable, {reps} repetitions); "
              f"raw per-seed scores beside it.", ""]
     for task in sorted({r["task"] for r in rows}):

@@ -106,3 +106,16 @@ def test_task_defaults_feed_the_configs():
     cfg = study.base_config(spec, spec.tasks[0], "lstm", 3)
     assert cfg.learning_rate == 1e-3 and cfg.gamma == 0.9 and cfg.norm_reward is False  # task + Copy preset
     assert json.loads(cfg.env_kwargs) == {"min_length": 2, "max_length": 2} and cfg.seed == 3
+
+
+def test_scores_come_from_the_chosen_evaluation():
+    def res(core, seed, greedy, sampled):
+        r = _result("t", core, seed, greedy)
+        r.update(score_name="success_rate", eval={"greedy": {"success_rate": greedy},
+                                                  "sampled": {"success_rate": sampled}})
+        return r
+
+    results = [res("none", 1, 0.0, 0.5), res("ntm", 1, 0.0, 1.0)]
+    assert normalised_scores(results, "sampled")[("t", "steps")]["ntm"] == [(1, 1.0, 1.0)]
+    assert normalised_scores(results, "greedy")[("t", "steps")]["ntm"] == [(1, 0.0, 0.0)]
+    assert normalised_scores(results)[("t", "steps")]["ntm"] == [(1, 0.0, 0.0)]  # the stored (greedy) score
