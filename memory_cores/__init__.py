@@ -16,6 +16,7 @@ import inspect
 from .base import Core, select_rows, stack_states, tree_leaves, tree_map
 from .alstm import AssociativeLSTMCore
 from .dnc import DNCCore
+from .ebmm import EBMMCore
 from .ffm import FFMCore
 from .grid_lstm import GridLSTMCore
 from .gtrxl import GTrXLCore
@@ -37,6 +38,7 @@ CORES: dict[str, type[Core]] = {
     "lru": LRUCore,
     "ffm": FFMCore,
     "grid_lstm": GridLSTMCore,
+    "ebmm": EBMMCore,
     "memnet": MemNetCore,
     "perceiver_ar": PerceiverARCore,
 }

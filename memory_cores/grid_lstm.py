@@ -33,6 +33,11 @@ tied (``tied=True``: one ``W^time`` and one ``W^depth`` shared by every layer, t
 parameter count does not grow with depth). The two LSTMs of a block read the same ``H``, so their gate
 pre-activations are one matmul ``[W^time_l ; W^depth_l] H``.
 
+Fast path: :meth:`GridLSTMCore.unroll` runs the grid by anti-diagonals (a wavefront): block ``(t, l)`` depends only
+on ``(t-1, l)`` and ``(t, l-1)``, so the blocks with ``t + l = w`` run together as one batched matmul, ``T + L - 1``
+waves in place of ``T L`` blocks, resets applied per block. :meth:`GridLSTMCore.step` is the plain reading of the
+equations; the tests check the wavefront equal to the step loop (float64 values and gradients, resets inside).
+
 Depth 1, read along time, is a plain LSTM over the projected input ``W_x x_t + b_x``: its input weights are the
 ``h^depth`` columns of ``W^time_1`` and its recurrent weights the ``h^time`` columns (``tests/test_grid_lstm.py``
 checks this against ``torch.nn.LSTM`` with those weights).
@@ -83,6 +88,8 @@ class GridLSTMCore(Core):
             their memory through many layers at the start); the other weights and biases start as
             ``torch.nn.LSTM``'s, uniform in ``+-1/sqrt(hidden_size)``.
         learn_initial_state: learn ``h^time_0``, ``m^time_0`` per layer (default: zeros, as torch's LSTM).
+        fused: let :meth:`unroll` run the grid by anti-diagonals (:meth:`_unroll_wavefront`: ``T + L - 1`` batched
+            matmuls instead of ``T L``), equal to the step loop; False: the step loop.
 
     Output: ``y_t = h^depth_{t,L}``, ``[B, hidden_size]``. State: :class:`GridLSTMState`.
     """
@@ -95,6 +102,7 @@ class GridLSTMCore(Core):
         tied: bool = False,
         forget_bias: float = 1.0,
         learn_initial_state: bool = False,
+        fused: bool = True,
     ) -> None:
         super().__init__(input_size)
         for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
@@ -105,6 +113,7 @@ class GridLSTMCore(Core):
         H = hidden_size
         self.hidden_size, self.num_layers, self.tied = H, num_layers, tied
         self.learn_initial_state = learn_initial_state
+        self.fused = bool(fused)
         self.output_size = H
         # h^depth_{t,0} = W_x x_t + b_x
         self.input_proj = nn.Linear(input_size, H)
@@ -149,8 +158,68 @@ class GridLSTMCore(Core):
             ms.append(m_time)
         return h_depth, GridLSTMState(torch.stack(hs, dim=1), torch.stack(ms, dim=1))
 
+    # ------------------------------------------------------------------ fast path: wavefront unroll
+    def unroll(self, xs: Tensor, state: GridLSTMState, resets: Tensor | None = None) -> tuple[Tensor, GridLSTMState]:
+        """Time-major unroll, equal to the step loop (``Core.unroll``); with ``fused`` (default) and ``T > 1`` it
+        runs the grid by anti-diagonals (:meth:`_unroll_wavefront`), else the step loop."""
+        if xs.dim() != 3 or xs.shape[2] != self.input_size:
+            raise ValueError(f"xs must have shape [T, B, {self.input_size}], got {list(xs.shape)}")
+        if resets is not None and resets.shape != xs.shape[:2]:
+            raise ValueError(f"resets must have shape {list(xs.shape[:2])}, got {list(resets.shape)}")
+        if not self.fused or xs.shape[0] == 1 or self.num_layers == 1:
+            return super().unroll(xs, state, resets)
+        return self._unroll_wavefront(xs, state, resets)
+
+    def _unroll_wavefront(
+        self, xs: Tensor, state: GridLSTMState, resets: Tensor | None
+    ) -> tuple[Tensor, GridLSTMState]:
+        """The same grid computed by anti-diagonals: block ``(t, l)`` needs only ``(t-1, l)`` (time pair) and
+        ``(t, l-1)`` (depth pair), so all blocks with ``t + l = w`` are independent and run as one batched matmul.
+        ``T + L - 1`` waves instead of ``T L`` blocks; layer ``l`` handles step ``t = w - l`` in wave ``w``.
+
+        A reset of row ``b`` at step ``t`` replaces that row's time pair of layer ``l`` with the initial one just
+        before block ``(t, l)``, which is what the step loop's reset of the whole state before step ``t`` means
+        for that block.
+        """
+        T, B, _ = xs.shape
+        L, H = self.num_layers, self.hidden_size
+        depth_in = self.input_proj(xs)  # h^depth_{t,0} for every t: [T, B, H]
+        init = self.initial_state(B, device=xs.device) if resets is not None else None
+        time_h, time_m = list(state.h.unbind(1)), list(state.m.unbind(1))  # per layer: [B, H]
+        depth_h: list[Tensor | None] = [None] * L  # depth pair leaving layer l in the previous wave
+        depth_m: list[Tensor | None] = [None] * L
+        zeros = torch.zeros_like(depth_in[0])
+        ys = []
+        W_all, b_all = self.weight, self.bias  # [L_w, 8H, 2H], [L_w, 8H]
+        for w in range(T + L - 1):
+            lo, hi = max(0, w - T + 1), min(L - 1, w)  # active layers; layer l handles step t = w - l
+            n = hi - lo + 1
+            h_t = torch.stack(time_h[lo : hi + 1])  # [n, B, H]
+            m_t = torch.stack(time_m[lo : hi + 1])
+            if resets is not None:
+                steps = torch.arange(w - lo, w - hi - 1, -1, device=xs.device)  # t of each active layer
+                r = resets.index_select(0, steps).unsqueeze(-1)  # [n, B, 1]
+                h_t = torch.where(r, init.h.transpose(0, 1)[lo : hi + 1], h_t)
+                m_t = torch.where(r, init.m.transpose(0, 1)[lo : hi + 1], m_t)
+            below_h = [depth_in[w] if l == 0 else depth_h[l - 1] for l in range(lo, hi + 1)]
+            below_m = [zeros if l == 0 else depth_m[l - 1] for l in range(lo, hi + 1)]
+            grid_in = torch.cat([h_t, torch.stack(below_h)], dim=-1)  # [n, B, 2H]
+            if self.tied:
+                W, b = W_all.expand(n, -1, -1), b_all.expand(n, -1)
+            else:
+                W, b = W_all[lo : hi + 1], b_all[lo : hi + 1]
+            gates = torch.baddbmm(b.unsqueeze(1), grid_in, W.transpose(1, 2))  # [n, B, 8H]
+            h_time, m_time = lstm_cell(gates[..., : 4 * H], m_t)
+            h_depth, m_depth = lstm_cell(gates[..., 4 * H :], torch.stack(below_m))
+            for i, l in enumerate(range(lo, hi + 1)):
+                time_h[l], time_m[l] = h_time[i], m_time[i]
+                depth_h[l], depth_m[l] = h_depth[i], m_depth[i]
+            if hi == L - 1:
+                ys.append(depth_h[L - 1])  # y_t for t = w - (L - 1)
+        return torch.stack(ys), GridLSTMState(torch.stack(time_h, 1), torch.stack(time_m, 1))
+
     def extra_repr(self) -> str:
         return (
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, num_layers={self.num_layers}, "
-            f"tied={self.tied}"
+            f"tied={self.tied}, fused={self.fused}"
         )

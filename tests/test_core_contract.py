@@ -32,6 +32,7 @@ SMALL = {
     "lru": dict(hidden_size=16, num_layers=2),
     "ffm": dict(hidden_size=16, memory_size=6, context_size=2),
     "grid_lstm": dict(hidden_size=8, num_layers=3),
+    "ebmm": dict(hidden_size=8, pattern_size=6, write_steps=2, read_steps=2),
     "memnet": dict(hidden_size=16, num_slots=6, num_hops=2),
     "perceiver_ar": dict(hidden_size=16, context_length=6, num_latents=3, num_layers=1, num_heads=2),
 }

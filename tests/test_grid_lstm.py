@@ -167,3 +167,38 @@ def test_learned_initial_state_and_errors():
         GridLSTMCore(I, hidden_size=-1)
     with pytest.raises(TypeError, match="tied"):
         GridLSTMCore(I, tied="yes")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("T,L", [(7, 3), (2, 5), (6, 1)])
+def test_wavefront_unroll_equals_step_loop_values_and_gradients_float64(tied, T, L):
+    from memory_cores.base import Core
+
+    core = core64(seed=3, tied=tied, num_layers=L, learn_initial_state=True)
+    with torch.no_grad():
+        core.h0.value.normal_()
+        core.m0.value.normal_()
+    B = 4
+    xs = torch.randn(T, B, I, dtype=torch.float64)
+    resets = torch.rand(T, B, generator=torch.Generator().manual_seed(1)) < 0.3
+    resets[0, 0] = resets[T - 1, 1] = True
+    h0 = torch.randn(B, L, H, dtype=torch.float64, requires_grad=True)
+    m0 = torch.randn(B, L, H, dtype=torch.float64, requires_grad=True)
+
+    def run(unroll):
+        core.zero_grad()
+        xs_ = xs.clone().requires_grad_(True)
+        ys, s = unroll(xs_, GridLSTMState(h0, m0), resets)
+        w = torch.linspace(-1, 1, ys.numel(), dtype=torch.float64).reshape(ys.shape)
+        loss = (ys * w).sum() + (s.h ** 2).sum() + s.m.sum()
+        grads = torch.autograd.grad(loss, (xs_, h0, m0) + tuple(core.parameters()))
+        return ys, s, grads
+
+    ys_f, s_f, g_f = run(core.unroll)
+    ys_l, s_l, g_l = run(lambda *a: Core.unroll(core, *a))
+    torch.testing.assert_close(ys_f, ys_l, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(s_f.h, s_l.h, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(s_f.m, s_l.m, atol=1e-12, rtol=1e-10)
+    for a, b in zip(g_f, g_l):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-9)
+    assert g_f[-1].abs().sum() > 0  # the resets reach the learned initial state (m0 is the last parameter)
