@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "those three)")
     p.add_argument("--eval-sizes", type=int, nargs="*", default=None,
                    help="sizes tested after training (lengths, or items for associative_recall); default "
-                        + ", ".join(f"{k}: {v}" for k, v in DEFAULT_EVAL_SIZES.items()))
+                        + ", ".join(f"{k}: {v}" for k, v in DEFAULT_EVAL_SIZES.items())
+                        + "; other tasks: their largest training size")
     p.add_argument("--eval-sequences", type=int, default=256, help="test sequences per size")
     p.add_argument("--trace", action="store_true",
                    help="store the read/write weightings over one test sequence (state fields named *weight*)")
@@ -229,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{result['train']['wall_s']:.0f} s",
         flush=True,
     )
-    sizes = args.eval_sizes if args.eval_sizes is not None else DEFAULT_EVAL_SIZES[args.task]
+    # tasks without default sizes (parity, addition, bAbI-style, ...) are evaluated at their largest training size
+    sizes = args.eval_sizes if args.eval_sizes is not None else DEFAULT_EVAL_SIZES.get(args.task, [task.max_size])
     t0 = time.perf_counter()
     result["eval"] = {str(k): v for k, v in evaluate(model, task, sizes, args.eval_sequences, device=args.device,
                                                         choices=args.choices).items()}
