@@ -15,6 +15,7 @@ import inspect
 
 from .base import Core, select_rows, stack_states, tree_leaves, tree_map
 from .alstm import AssociativeLSTMCore
+from .bptt import bptt_policy, memory_efficient_unroll
 from .dnc import DNCCore
 from .ebmm import EBMMCore
 from .ffm import FFMCore
@@ -60,4 +61,14 @@ def make_core(name: str, input_size: int, **kwargs) -> Core:
     return cls(input_size, **kwargs)
 
 
-__all__ = ["CORES", "Core", "make_core", "select_rows", "stack_states", "tree_leaves", "tree_map"]
+__all__ = [
+    "CORES",
+    "Core",
+    "bptt_policy",
+    "make_core",
+    "memory_efficient_unroll",
+    "select_rows",
+    "stack_states",
+    "tree_leaves",
+    "tree_map",
+]

@@ -1,0 +1,262 @@
+"""Memory-efficient backpropagation through time (Gruslys, Munos, Danihelka, Lanctot, Graves 2016, NeurIPS).
+
+BPTT-HSM ("selective hidden state memorization", section 3 of the paper): with a budget of ``m`` slots for stored
+hidden states, backpropagating a sequence of length ``t`` works recursively:
+
+* run ``y`` steps forward from the stored state at the segment's start and store the hidden state h_y (one slot);
+* backpropagate the right part ``[y, t)`` from h_y with the ``m - 1`` remaining slots;
+* free h_y and backpropagate the left part ``[0, y)`` with all ``m`` slots.
+
+With one slot only the segment start is stored, so backpropagating each step ``k`` means running forward to ``k``
+again. The dynamic programme chooses the split ``y`` that minimises the number of forward steps (paper's notation,
+the cost counts *every* forward operation, the first pass included; a step whose internal state is needed for the
+backward step is run in the same pass)::
+
+    C(0, m) = 0
+    C(1, m) = 1                                   # one forward (with internals) then its backward step
+    C(t, 1) = t (t + 1) / 2                        # t + (t - 1) + ... + 1
+    C(t, m) = min_{1 <= y < t} [ y + C(t - y, m - 1) + C(y, m) ]
+
+Note that with this accounting ``C(t, m) = 2 t - 1`` for ``m >= t`` (not ``t``): hidden states only are stored, so
+each step except the last is run again to rebuild its internals for the backward step.
+
+Execution here (:func:`memory_efficient_unroll`) is a ``torch.autograd.Function``. Its forward pass runs the whole
+sequence under ``no_grad`` (it must produce every output) and stores the hidden states at the split points of the
+policy's "right spine" (the states the paper's procedure stores during its first pass: at most ``m - 1`` besides
+the initial state). The backward pass follows the recursion above, skipping the spine's forward runs (those states
+are already stored), so it executes ``C(T, m) - (T - t_last)`` core steps, where ``t_last`` is the length of the
+last spine segment (:attr:`BPTTPolicy.backward_steps`). Total core steps = ``T + backward_steps``; for ``m >= T``
+that is ``2 T`` (no recomputation beyond one grad-enabled pass), for ``m = 1`` it is ``T + T (T + 1) / 2``.
+
+Every run of consecutive steps goes through ``core.unroll`` on the segment's slice of ``xs`` and ``resets``, so
+fused unrolls (lstm/gru, the DNC's hand-written backward, gtrxl/memnet/perceiver_ar/lru/ffm paths) stay in use
+and per-row resets inside the sequence work.
+
+RNG: the global RNG state (CPU, and CUDA of the inputs' device) is saved with every stored hidden state and
+restored before recomputing from it, inside ``torch.random.fork_rng`` so the caller's stream is untouched. This
+replays sampling exactly for cores that draw their random numbers step by step from the global generator (as
+``rl_access`` in train mode does: one uniform draw per step). For learners, replaying stored choices
+(``unroll_with_choices``) remains the exact route; a core that draws randomness in bulk per ``unroll`` call would
+not replay identically and should be used in eval mode or with stored choices.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .base import Core, State, tree_leaves, tree_unflatten
+
+__all__ = ["BPTTPolicy", "bptt_policy", "memory_efficient_unroll"]
+
+
+@functools.lru_cache(maxsize=64)
+def _dp(T: int, M: int) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """Tables ``C[t][m]`` and ``Y[t][m]`` (optimal split, 0 = no split) for ``0 <= t <= T``, ``1 <= m <= M``."""
+    C = [[0] * (M + 1) for _ in range(T + 1)]
+    Y = [[0] * (M + 1) for _ in range(T + 1)]
+    for t in range(1, T + 1):
+        C[t][1] = t * (t + 1) // 2  # C(t, 1) = t (t + 1) / 2
+        for m in range(2, M + 1):
+            if t == 1:
+                C[t][m] = 1  # C(1, m) = 1
+                continue
+            best, best_y = None, 0
+            for y in range(1, t):  # C(t, m) = min_y [ y + C(t - y, m - 1) + C(y, m) ]
+                c = y + C[t - y][m - 1] + C[y][m]
+                if best is None or c < best:
+                    best, best_y = c, y
+            C[t][m], Y[t][m] = best, best_y
+    return tuple(map(tuple, C)), tuple(map(tuple, Y))
+
+
+@dataclass(frozen=True)
+class BPTTPolicy:
+    """The BPTT-HSM policy for a sequence of ``T`` steps and ``memory_slots`` slots.
+
+    Attributes:
+        T, memory_slots: the problem.
+        cost: C(T, m) of the paper, the total number of forward steps of the paper's procedure (first pass included).
+        forward_stores: positions ``p`` (the hidden state after ``p`` steps) stored by the forward pass (the spine).
+        backward_steps: core steps :func:`memory_efficient_unroll` runs in its backward pass
+            (``cost - (T - t_last)``); the forward pass runs ``T`` more.
+    """
+
+    T: int
+    memory_slots: int
+    cost: int
+    forward_stores: tuple[int, ...]
+    backward_steps: int
+
+    def split(self, t: int, m: int) -> int:
+        """Where to store when backpropagating ``t`` steps with ``m`` slots: ``y`` in ``[1, t)``, or 0 for the
+        one-slot procedure (recompute from the start for every step)."""
+        if t <= 1 or m <= 1:
+            return 0
+        return _dp(self.T, min(self.memory_slots, self.T))[1][t][min(m, self.T)]
+
+
+def bptt_policy(T: int, memory_slots: int) -> BPTTPolicy:
+    """Solve the BPTT-HSM dynamic programme for ``T`` steps and ``memory_slots`` (``>= 1``) stored hidden states."""
+    if not isinstance(T, int) or T < 0:
+        raise ValueError(f"T must be a non-negative int, got {T!r}")
+    if not isinstance(memory_slots, int) or memory_slots < 1:
+        raise ValueError(f"memory_slots must be an int >= 1 (the slot holding the initial state), got {memory_slots!r}")
+    M = min(memory_slots, max(T, 1))  # more slots than steps never help
+    C, Y = _dp(T, M)
+    stores, a, t, m = [], 0, T, M
+    while t > 1 and m > 1:
+        y = Y[t][m]
+        stores.append(a + y)
+        a, t, m = a + y, t - y, m - 1
+    cost = C[T][M] if T > 0 else 0
+    return BPTTPolicy(T, memory_slots, cost, tuple(stores), cost - (T - t))
+
+
+def _rng_get(device: torch.device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _rng_set(rng, device: torch.device) -> None:
+    torch.set_rng_state(rng[0])
+    if rng[1] is not None:
+        torch.cuda.set_rng_state(rng[1], device)
+
+
+class _MemoryEfficientUnroll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, core, policy, template, xs, resets, n_state, *leaves_and_params):
+        state_leaves = leaves_and_params[:n_state]
+        params = leaves_and_params[n_state:]
+        T = xs.shape[0]
+        state = tree_unflatten(template, [s.detach() for s in state_leaves])
+        bounds = [0, *policy.forward_stores, T]
+        stored = {0: (state, _rng_get(xs.device))}
+        ys = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a > 0:
+                stored[a] = (state, _rng_get(xs.device))
+            y, state = core.unroll(xs[a:b], state, None if resets is None else resets[a:b])
+            ys.append(y)
+        out_leaves = tree_leaves(state)
+        # Stored hidden states go through save_for_backward so saved-tensor hooks see (and count) them.
+        positions = sorted(stored)
+        flat = [leaf for p in positions for leaf in tree_leaves(stored[p][0])]
+        ctx.save_for_backward(xs, *([] if resets is None else [resets]), *flat)
+        ctx.has_resets = resets is not None
+        ctx.rngs = {p: stored[p][1] for p in positions}
+        ctx.positions = positions
+        ctx.core, ctx.policy, ctx.template, ctx.n_state, ctx.n_params = core, policy, template, n_state, len(params)
+        ctx.state_needs_grad = [s.requires_grad for s in state_leaves]
+        ctx.params = params
+        ctx.mark_non_differentiable(*[o for o in out_leaves if not o.is_floating_point()])
+        return (torch.cat(ys), *out_leaves)
+
+    @staticmethod
+    def backward(ctx, g_ys, *g_out):
+        core, policy, template = ctx.core, ctx.policy, ctx.template
+        saved = ctx.saved_tensors
+        xs = saved[0]
+        resets = saved[1] if ctx.has_resets else None
+        flat = list(saved[2 if ctx.has_resets else 1:])
+        n = len(tree_leaves(template))
+        stored = {}
+        for i, p in enumerate(ctx.positions):
+            stored[p] = (tree_unflatten(template, flat[i * n:(i + 1) * n]), ctx.rngs[p])
+        params = ctx.params
+        T = xs.shape[0]
+        dev = xs.device
+        g_xs = torch.zeros_like(xs) if ctx.needs_input_grad[3] else None
+        g_params = [torch.zeros_like(p) if p.requires_grad else None for p in params]
+
+        def run(s, rng, a, b):
+            """Hidden state after steps [a, b) from the stored state s at a (no grad); returns (state, rng at b)."""
+            if b == a:
+                return s, rng
+            _rng_set(rng, dev)
+            with torch.no_grad():
+                _, s = core.unroll(xs[a:b], s, None if resets is None else resets[a:b])
+            return s, _rng_get(dev)
+
+        def grad_step(k, s, rng, g_next):
+            """Run step k with grad from s (state before k) and backpropagate g_ys[k] and g_next into s."""
+            _rng_set(rng, dev)
+            s_in = [leaf.detach().requires_grad_(leaf.is_floating_point()) for leaf in tree_leaves(s)]
+            x = xs[k:k + 1].detach().requires_grad_(g_xs is not None)
+            with torch.enable_grad():
+                y, s_out = core.unroll(x, tree_unflatten(template, s_in), None if resets is None else resets[k:k + 1])
+            outs, grads = [y], [g_ys[k:k + 1]]
+            for o, g in zip(tree_leaves(s_out), g_next):
+                if o.requires_grad and g is not None:
+                    outs.append(o)
+                    grads.append(g)
+            inputs = [leaf for leaf in s_in if leaf.requires_grad]
+            if g_xs is not None:
+                inputs.append(x)
+            p_idx = [i for i, p in enumerate(params) if p.requires_grad]
+            inputs += [params[i] for i in p_idx]
+            if not outs[0].requires_grad:
+                outs, grads = outs[1:], grads[1:]
+            gs = torch.autograd.grad(outs, inputs, grads, allow_unused=True) if outs and inputs else [None] * len(inputs)
+            gs = list(gs)
+            g_s = []
+            for leaf in s_in:
+                g_s.append(gs.pop(0) if leaf.requires_grad else None)
+            if g_xs is not None:
+                gx = gs.pop(0)
+                if gx is not None:
+                    g_xs[k:k + 1] += gx
+            for i, g in zip(p_idx, gs):
+                if g is not None:
+                    g_params[i] += g
+            return g_s
+
+        def backprop(a, t, m, g_end):
+            """BPTT-HSM on steps [a, a + t) with m slots; the state at a is stored. Returns grad w.r.t. it."""
+            if t == 0:
+                return g_end
+            s, rng = stored[a]
+            y = policy.split(t, m)
+            if y == 0:  # one slot (or one step): C(t, 1) = t (t + 1) / 2
+                g = g_end
+                for k in range(a + t - 1, a - 1, -1):
+                    s_k, rng_k = run(s, rng, a, k)
+                    g = grad_step(k, s_k, rng_k, g)
+                return g
+            if a + y not in stored:  # y forward steps (skipped on the spine, stored by the forward pass)
+                stored[a + y] = run(s, rng, a, a + y)
+            g_mid = backprop(a + y, t - y, m - 1, g_end)  # C(t - y, m - 1)
+            del stored[a + y]  # free the slot
+            return backprop(a, y, m, g_mid)  # C(y, m)
+
+        g_end = list(g_out)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            g_state = backprop(0, T, min(policy.memory_slots, max(T, 1)), g_end)
+        g_state = [g if need else None for g, need in zip(g_state, ctx.state_needs_grad)]
+        return (None, None, None, g_xs, None, None, *g_state, *g_params)
+
+
+def memory_efficient_unroll(
+    core: Core, xs: Tensor, state: State, resets: Tensor | None = None, *, memory_slots: int
+) -> tuple[Tensor, State]:
+    """``core.unroll(xs, state, resets)`` with BPTT-HSM backpropagation under a budget of stored hidden states.
+
+    Same outputs and the same gradients (w.r.t. parameters, ``xs`` and the initial state) as ``core.unroll``, while
+    the graph holds at most ``memory_slots`` hidden states (the initial one included) plus, in the backward pass,
+    one recomputed step's activations. ``xs``: ``[T, B, input_size]``; ``resets``: ``[T, B]`` bool or None.
+    See the module docstring for the policy, the step counts and the RNG handling.
+    """
+    if xs.dim() != 3:
+        raise ValueError(f"xs must have shape [T, B, input_size], got {list(xs.shape)}")
+    policy = bptt_policy(int(xs.shape[0]), memory_slots)
+    if xs.shape[0] == 0:
+        return core.unroll(xs, state, resets)
+    leaves = tree_leaves(state)
+    params = [p for p in core.parameters()]
+    out = _MemoryEfficientUnroll.apply(core, policy, state, xs, resets, len(leaves), *leaves, *params)
+    ys, out_leaves = out[0], out[1:]
+    return ys, tree_unflatten(state, list(out_leaves))

@@ -1,0 +1,185 @@
+"""Memory-efficient BPTT (Gruslys et al. 2016, BPTT-HSM): the policy's cost and exact gradients for every core."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from memory_cores import CORES, bptt_policy, memory_efficient_unroll, tree_leaves
+from memory_cores.base import tree_unflatten
+from test_core_contract import INPUT, build
+
+torch.set_num_threads(1)
+
+B = 3
+
+
+# ---------------------------------------------------------------------------------------------- the policy
+def test_closed_forms():
+    for t in range(1, 30):
+        assert bptt_policy(t, 1).cost == t * (t + 1) // 2  # C(t, 1)
+        assert bptt_policy(t, 1).forward_stores == ()
+        # m >= t: every hidden state stored; each step but the last is run a second time for its internals
+        for m in (t, t + 3):
+            p = bptt_policy(t, m)
+            assert p.cost == 2 * t - 1
+            assert p.backward_steps == t  # the backward pass runs each step once, with grad
+            assert len(p.forward_stores) == t - 1
+    assert bptt_policy(1, 1).cost == 1
+    assert bptt_policy(0, 3).cost == 0
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="memory_slots"):
+            bptt_policy(5, bad)
+
+
+def _simulate(t, m, tree, stored_before=0):
+    """Run a policy tree abstractly: (forward steps, most hidden states held at once). A tree is ``None`` (one-slot
+    procedure: recompute from the start for every step) or ``(y, right_tree, left_tree)``."""
+    if t == 0:
+        return 0, stored_before
+    if tree is None:
+        return t * (t + 1) // 2 if t > 0 else 0, stored_before + 1
+    y, right, left = tree
+    steps_r, peak_r = _simulate(t - y, m - 1, right, stored_before + 1)
+    steps_l, peak_l = _simulate(y, m, left, stored_before)
+    return y + steps_r + steps_l, max(peak_r, peak_l)
+
+
+def _all_trees(t, m):
+    """Every recursive store/recompute policy for t steps with m slots."""
+    trees = [None]
+    if t >= 2 and m >= 2:
+        for y in range(1, t):
+            for r in _all_trees(t - y, m - 1):
+                for left in _all_trees(y, m):
+                    trees.append((y, r, left))
+    return trees
+
+
+def test_dp_against_brute_force():
+    for t in range(1, 9):
+        for m in range(1, 5):
+            best = None
+            for tree in _all_trees(t, m):
+                steps, peak = _simulate(t, m, tree)
+                assert peak <= m
+                best = steps if best is None else min(best, steps)
+            assert bptt_policy(t, m).cost == best, (t, m)
+
+
+def test_cost_monotone_and_far_below_quadratic():
+    p = bptt_policy(200, 10)
+    assert bptt_policy(200, 9).cost >= p.cost >= bptt_policy(200, 11).cost
+    assert p.cost < 4 * 200 < 200 * 201 // 20  # under 4 T forward steps, far below T (T + 1) / 2
+    assert len(p.forward_stores) <= 9
+
+
+# ---------------------------------------------------------------------------------------------- execution
+def _inputs(core, T, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(T, B, INPUT, generator=g, dtype=torch.float64, requires_grad=True)
+    resets = torch.rand(T, B, generator=g) < 0.25
+    resets[0] = False
+    resets[T // 2, 0] = True  # at least one reset inside the sequence
+    state = core.initial_state(B)
+    # perturbed, grad-requiring initial state (integer leaves such as fill counts stay as they are)
+    new = [
+        (s.detach() + 0.1 * torch.randn(s.shape, generator=g, dtype=s.dtype)).requires_grad_()
+        if s.is_floating_point()
+        else s
+        for s in tree_leaves(state)
+    ]
+    return xs, tree_unflatten(state, new), resets
+
+
+def _grads(core, xs, state, resets, fn):
+    ys, final = fn(xs, state, resets)
+    g = torch.Generator().manual_seed(7)
+    loss = (ys * torch.randn(ys.shape, generator=g, dtype=ys.dtype)).sum()
+    for leaf in tree_leaves(final):
+        if leaf.is_floating_point():
+            loss = loss + (leaf * torch.randn(leaf.shape, generator=g, dtype=leaf.dtype)).sum()
+    inputs = [xs] + [l for l in tree_leaves(state) if l.requires_grad] + [p for p in core.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return ys.detach(), [l.detach() for l in tree_leaves(final)], grads
+
+
+@pytest.mark.parametrize("name", sorted(CORES))
+def test_gradients_equal_plain_bptt(name):
+    core = build(name).double()
+    if name == "rl_access":
+        core.eval()  # greedy choices; train-mode sampling is covered by test_rng_replay
+    T = 7
+    xs, state, resets = _inputs(core, T)
+    ref = _grads(core, xs, state, resets, core.unroll)
+    for m in (1, 3, T, T + 2):
+        got = _grads(core, xs, state, resets, functools.partial(memory_efficient_unroll, core, memory_slots=m))
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-12)
+        for a, b in zip(got[1], ref[1]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for a, b in zip(got[2], ref[2]):
+            if b is None:
+                assert a is None or torch.count_nonzero(a) == 0
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=f"{name} m={m}")
+
+
+def test_rng_replay():
+    """rl_access samples in train mode; the recomputation restores the RNG state saved with each stored state."""
+    core = build("rl_access").double().train()
+    xs, state, resets = _inputs(core, 9)
+    torch.manual_seed(3)
+    ref = _grads(core, xs, state, resets, core.unroll)
+    for m in (1, 3):
+        torch.manual_seed(3)
+        got = _grads(core, xs, state, resets, functools.partial(memory_efficient_unroll, core, memory_slots=m))
+        torch.testing.assert_close(got[0], ref[0])
+        for a, b in zip(got[2], ref[2]):
+            if b is not None:
+                torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("T,m", [(1, 1), (6, 1), (10, 3), (12, 4), (8, 8), (5, 9)])
+def test_steps_executed(T, m):
+    core = build("lstm").double()
+    counter = [0]
+    plain = core.unroll
+
+    def counting_unroll(xs, state, resets=None):
+        counter[0] += xs.shape[0]
+        return plain(xs, state, resets)
+
+    core.unroll = counting_unroll
+    xs, state, resets = _inputs(core, T)
+    ys, final = memory_efficient_unroll(core, xs, state, resets, memory_slots=m)
+    assert counter[0] == T
+    (ys.sum() + final[0].sum()).backward()
+    p = bptt_policy(T, m)
+    assert counter[0] == T + p.backward_steps
+    # the spine's forward runs (all but the last segment, t_last = T - last store) were done by the forward pass
+    assert p.backward_steps == p.cost - (p.forward_stores[-1] if p.forward_stores else 0)
+
+
+def test_stored_forward_information_far_below_plain():
+    core = build("lstm")
+    T = 200
+    xs = torch.randn(T, B, INPUT, requires_grad=True)
+    state = core.initial_state(B)
+
+    def saved_bytes(fn):
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            ys, _ = fn(xs, state)
+        return total[0], ys
+
+    plain, ys_ref = saved_bytes(core.unroll)
+    cheap, ys = saved_bytes(functools.partial(memory_efficient_unroll, core, memory_slots=10))
+    torch.testing.assert_close(ys, ys_ref)
+    assert 0 < cheap < 0.1 * plain, (cheap, plain)
