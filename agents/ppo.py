@@ -83,6 +83,11 @@ class TrainConfig:
     seq_len: int = 128
     """Truncated-BPTT length L of a training sequence (must divide num_steps); the core state at each sequence
     start is stored in the rollout."""
+    bptt_memory_slots: int = 0
+    """Memory-efficient BPTT (Gruslys et al. 2016) in the update: with 0 < slots < seq_len the core's backward keeps
+    at most this many core states and recomputes the rest by the paper's dynamic programme (same gradients, less
+    memory, more time); 0: plain BPTT. For long sequences of cores with large states (ntm, dnc). Not for cores
+    with discrete choices (rl_access)."""
     total_steps: int = 1_000_000
     """Total environment steps (all envs together), rounded down to whole updates of num_envs * num_steps (said
     when it happens)."""
@@ -188,6 +193,12 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} {v!r} is not valid: expected a positive integer")
+        v = self.bptt_memory_slots
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"--bptt-memory-slots {v!r} is not valid: expected an integer >= 0 (0: plain BPTT)")
+        if v and self.core == "rl_access":
+            raise ValueError("--bptt-memory-slots: memory-efficient BPTT does not support cores with discrete choices "
+                             "(rl_access) yet; use 0")
         if self.num_steps % self.seq_len:
             raise ValueError(f"--seq-len {self.seq_len} must divide --num-steps {self.num_steps}")
         num_seq = self.num_envs * (self.num_steps // self.seq_len)
@@ -559,6 +570,7 @@ class PPO:
         out = policy.evaluate_sequence(
             obs_map(pick, data["obs"]), state, pick(data["starts"]), pick(data["actions"]),
             choices=tree_map_any(pick, data["choices"]), segmented=policy.segment_unroll, resets_cpu=starts_cpu,
+            memory_slots=cfg.bptt_memory_slots,
         )
         adv = pick(data["advantages"])  # [L, M]
         if cfg.norm_adv:

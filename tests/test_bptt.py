@@ -183,3 +183,48 @@ def test_stored_forward_information_far_below_plain():
     cheap, ys = saved_bytes(functools.partial(memory_efficient_unroll, core, memory_slots=10))
     torch.testing.assert_close(ys, ys_ref)
     assert 0 < cheap < 0.1 * plain, (cheap, plain)
+
+
+def test_ppo_loss_with_memory_efficient_bptt_equals_plain_bptt():
+    """PPO's loss and its gradients with --bptt-memory-slots equal plain BPTT's on the same minibatch (a GRU: its
+    plain update would use the fused segmented unroll; resets inside the 16-step sequences)."""
+    from dataclasses import replace
+
+    import torch
+
+    from agents.env_adapter import TorchVecEnv
+    from agents.evaluation import build_policy
+    from agents.ppo import PPO, TrainConfig
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(env="MemoryCores/TMaze-v0", env_kwargs='{"length": 3, "max_steps": 6}', core="gru",
+                      hidden_size=8, embed_size=8, num_envs=4, num_steps=16, seq_len=16, num_minibatches=1,
+                      update_epochs=1, progress=False, tensorboard=False)
+    venv = TorchVecEnv(cfg.env, cfg.num_envs, "cpu", cfg.env_kwargs_dict())
+    policy = build_policy(cfg, venv.single_observation_space, venv.single_action_space)
+    ppo = PPO(policy, venv, cfg, seed=0)
+    data = ppo.sequences(ppo.collect())
+    assert bool(data["starts"][1:].any())  # episodes start inside the sequences
+    idx = torch.arange(data["starts"].shape[1])
+    out = []
+    for slots in (0, 3):
+        ppo.cfg = replace(cfg, bptt_memory_slots=slots)
+        policy.zero_grad()
+        loss, _ = ppo.loss(data, idx)
+        loss.backward()
+        out.append((loss.detach(), [p.grad.clone() for p in policy.parameters()]))
+    venv.close()
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
+    for g0, g1 in zip(out[0][1], out[1][1]):
+        torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
+
+
+def test_bptt_memory_slots_is_validated():
+    import pytest
+
+    from agents.ppo import TrainConfig
+
+    with pytest.raises(ValueError, match="bptt-memory-slots"):
+        TrainConfig(bptt_memory_slots=-1).validate()
+    with pytest.raises(ValueError, match="discrete choices"):
+        TrainConfig(core="rl_access", bptt_memory_slots=4).validate()
