@@ -88,6 +88,10 @@ class TrainConfig:
     at most this many core states and recomputes the rest by the paper's dynamic programme (same gradients, less
     memory, more time); 0: plain BPTT. For long sequences of cores with large states (ntm, dnc). Not for cores
     with discrete choices (rl_access)."""
+    bptt_segment_steps: int = 1
+    """With --bptt-memory-slots: the longest stretch of steps recomputed in one run in the backward pass (its
+    activations are held at once); 1 is the paper's step-by-step recomputation, a few tens lets fused unrolls
+    (lstm, gru) run whole stretches at far less time for a little more memory (docs/bptt.md)."""
     total_steps: int = 1_000_000
     """Total environment steps (all envs together), rounded down to whole updates of num_envs * num_steps (said
     when it happens)."""
@@ -196,6 +200,9 @@ class TrainConfig:
         v = self.bptt_memory_slots
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"--bptt-memory-slots {v!r} is not valid: expected an integer >= 0 (0: plain BPTT)")
+        s = self.bptt_segment_steps
+        if not isinstance(s, int) or isinstance(s, bool) or s < 1:
+            raise ValueError(f"--bptt-segment-steps {s!r} is not valid: expected an integer >= 1 (1: step by step)")
         if v and self.core == "rl_access":
             raise ValueError("--bptt-memory-slots: memory-efficient BPTT does not support cores with discrete choices "
                              "(rl_access) yet; use 0")
@@ -570,7 +577,7 @@ class PPO:
         out = policy.evaluate_sequence(
             obs_map(pick, data["obs"]), state, pick(data["starts"]), pick(data["actions"]),
             choices=tree_map_any(pick, data["choices"]), segmented=policy.segment_unroll, resets_cpu=starts_cpu,
-            memory_slots=cfg.bptt_memory_slots,
+            memory_slots=cfg.bptt_memory_slots, segment_steps=cfg.bptt_segment_steps,
         )
         adv = pick(data["advantages"])  # [L, M]
         if cfg.norm_adv:

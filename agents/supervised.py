@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from envs.sequence_data import SequenceBatch
-from memory_cores import Core
+from memory_cores import Core, memory_efficient_unroll
 from memory_cores.reinforce import LinearBaseline, baseline_loss, entropy_bonus, reinforce_loss, reward_to_go
 from memory_cores.rl_access import has_discrete_choices
 
@@ -80,14 +80,21 @@ class SequenceModel(nn.Module):
         self.core = core
         self.readout = nn.Linear(core.output_size, target_size)
 
-    def forward(self, inputs: Tensor, choices: Tensor | None = None) -> Tensor:
+    def forward(self, inputs: Tensor, choices: Tensor | None = None, memory_slots: int = 0,
+                segment_steps: int = 1) -> Tensor:
         """``inputs`` ``[T, B, input_size]`` -> logits ``[T, B, target_size]``; every row starts from the core's
         initial state. ``choices`` ``[T, B]`` long (discrete-choice cores only): apply these access processes
-        instead of the core's own (sampled in train mode, greedy in eval mode)."""
+        instead of the core's own (sampled in train mode, greedy in eval mode). ``memory_slots`` > 0 (cores
+        without discrete choices): backpropagate through :func:`memory_cores.memory_efficient_unroll` with that
+        many stored states and recomputed stretches of at most ``segment_steps`` steps (same values and
+        gradients)."""
         T, B, _ = inputs.shape
         state = self.core.initial_state(B, device=inputs.device)
         if choices is not None:
             ys, _, _ = self.core.unroll_with_choices(inputs, state, choices=choices)
+        elif 0 < memory_slots < T and torch.is_grad_enabled():
+            ys, _ = memory_efficient_unroll(self.core, inputs, state, memory_slots=memory_slots,
+                                            segment_steps=segment_steps)
         else:
             ys, _ = self.core.unroll(inputs, state)  # [T, B, output_size]
         return self.readout(ys)
@@ -270,6 +277,12 @@ class TrainConfig:
     a learned linear baseline on the pre-choice controller output reduces variance."""
     entropy_coef: float = 0.01
     """Discrete-choice cores: weight of the entropy bonus of the choice distribution."""
+    bptt_memory_slots: int = 0
+    """Memory-efficient BPTT (Gruslys et al. 2016): with ``0 < slots < T`` the backward pass keeps at most this
+    many core states and recomputes the rest (same gradients, less memory, more time); 0: plain BPTT. Cores
+    without discrete choices."""
+    bptt_segment_steps: int = 1
+    """With ``bptt_memory_slots``: the longest stretch recomputed in one run (1: the paper's step by step)."""
     choices: str = "trained"
     """Discrete-choice cores: ``trained`` (sampled from the core's policy, trained by REINFORCE), ``random``
     (uniform, no choice loss) or ``oracle`` (the task's hand-written access sequence, :func:`oracle_choices`)."""
@@ -304,6 +317,12 @@ def train(
     device = torch.device(cfg.device)
     model.to(device).train()
     discrete = has_discrete_choices(model.core)
+    if cfg.bptt_memory_slots < 0 or cfg.bptt_segment_steps < 1:
+        raise ValueError(f"bptt_memory_slots must be >= 0 and bptt_segment_steps >= 1, got {cfg.bptt_memory_slots} "
+                         f"and {cfg.bptt_segment_steps}")
+    if cfg.bptt_memory_slots and discrete:
+        raise ValueError("bptt_memory_slots: memory-efficient BPTT does not support cores with discrete choices "
+                         "(rl_access); use 0")
     if cfg.choices != "trained" and not discrete:
         raise ValueError(f"choices={cfg.choices!r} needs a core with discrete access choices (rl_access), got "
                          f"{type(model.core).__name__}")
@@ -331,7 +350,8 @@ def train(
         else:
             # plain cores; random or oracle choices, stored, so the loss is the supervised part alone (the RL
             # portion z_t enters no term: no choice gradient)
-            logits = model(batch.inputs, stored_choices(model, task, batch, cfg.choices, choice_gen))
+            logits = model(batch.inputs, stored_choices(model, task, batch, cfg.choices, choice_gen),
+                           memory_slots=cfg.bptt_memory_slots, segment_steps=cfg.bptt_segment_steps)
             loss, seq_bits = masked_bce(logits, batch.targets, batch.mask)
             sup_loss = loss
         opt.zero_grad(set_to_none=True)

@@ -28,6 +28,18 @@ are already stored), so it executes ``C(T, m) - (T - t_last)`` core steps, where
 last spine segment (:attr:`BPTTPolicy.backward_steps`). Total core steps = ``T + backward_steps``; for ``m >= T``
 that is ``2 T`` (no recomputation beyond one grad-enabled pass), for ``m = 1`` it is ``T + T (T + 1) / 2``.
 
+Stretches (``segment_steps = S``, beyond the paper): the paper recomputes each step alone, which for a core whose
+``unroll`` fuses many steps into one kernel (``nn.LSTM``) costs a kernel call per step and makes BPTT-HSM far slower
+than plain BPTT. With ``S > 1`` a stretch of up to ``S`` steps is recomputed in one grad-enabled run and
+backpropagated at once (the backward pass then holds one stretch's activations besides the stored states: the
+"plus one segment" of the memory budget). The same dynamic programme with these leaves::
+
+    C(t, m) = t                    for t <= S      # one grad-enabled run of the stretch
+    C(t, 1) = t + C(t - S, 1)      for t > S       # rerun from the start for each stretch, the last one first
+    C(t, m) = min_{1 <= y < t} [ y + C(t - y, m - 1) + C(y, m) ]   otherwise
+
+``S = 1`` is the paper's policy exactly (tests/test_bptt.py checks both against brute force).
+
 Every run of consecutive steps goes through ``core.unroll`` on the segment's slice of ``xs`` and ``resets``, so
 fused unrolls (lstm/gru, the DNC's hand-written backward, gtrxl/memnet/perceiver_ar/lru/ffm paths) stay in use
 and per-row resets inside the sequence work.
@@ -45,6 +57,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -54,31 +67,32 @@ __all__ = ["BPTTPolicy", "bptt_policy", "memory_efficient_unroll"]
 
 
 @functools.lru_cache(maxsize=64)
-def _dp(T: int, M: int) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
-    """Tables ``C[t][m]`` and ``Y[t][m]`` (optimal split, 0 = no split) for ``0 <= t <= T``, ``1 <= m <= M``."""
-    C = [[0] * (M + 1) for _ in range(T + 1)]
-    Y = [[0] * (M + 1) for _ in range(T + 1)]
-    for t in range(1, T + 1):
-        C[t][1] = t * (t + 1) // 2  # C(t, 1) = t (t + 1) / 2
-        for m in range(2, M + 1):
-            if t == 1:
-                C[t][m] = 1  # C(1, m) = 1
-                continue
-            best, best_y = None, 0
-            for y in range(1, t):  # C(t, m) = min_y [ y + C(t - y, m - 1) + C(y, m) ]
-                c = y + C[t - y][m - 1] + C[y][m]
-                if best is None or c < best:
-                    best, best_y = c, y
-            C[t][m], Y[t][m] = best, best_y
-    return tuple(map(tuple, C)), tuple(map(tuple, Y))
+def _dp(T: int, M: int, S: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Tables ``C[t, m]`` and ``Y[t, m]`` (optimal split, 0 = leaf) for ``0 <= t <= T``, ``1 <= m <= M``, with
+    stretches of at most ``S`` steps recomputed in one grad-enabled run (``S = 1``: the paper's BPTT-HSM)."""
+    C = np.zeros((T + 1, M + 1), dtype=np.int64)
+    Y = np.zeros((T + 1, M + 1), dtype=np.int64)
+    for t in range(1, T + 1):  # one slot: chunks of S from the end, each rerun from the start
+        C[t, 1] = t + (C[t - S, 1] if t > S else 0)  # S = 1: C(t, 1) = t (t + 1) / 2
+    for m in range(2, M + 1):
+        C[1:S + 1, m] = np.arange(1, min(S, T) + 1)  # a stretch of t <= S steps: one run with grad, C = t
+        for t in range(S + 1, T + 1):
+            y = np.arange(1, t)
+            c = y + C[t - y, m - 1] + C[y, m]  # C(t, m) = min_y [ y + C(t - y, m - 1) + C(y, m) ]
+            i = int(np.argmin(c))  # the smallest y among equal costs
+            C[t, m], Y[t, m] = c[i], i + 1
+    C.flags.writeable = False
+    Y.flags.writeable = False
+    return C, Y
 
 
 @dataclass(frozen=True)
 class BPTTPolicy:
-    """The BPTT-HSM policy for a sequence of ``T`` steps and ``memory_slots`` slots.
+    """The BPTT-HSM policy for a sequence of ``T`` steps, ``memory_slots`` slots and recomputed stretches of at most
+    ``segment_steps`` steps.
 
     Attributes:
-        T, memory_slots: the problem.
+        T, memory_slots, segment_steps: the problem.
         cost: C(T, m) of the paper, the total number of forward steps of the paper's procedure (first pass included).
         forward_stores: positions ``p`` (the hidden state after ``p`` steps) stored by the forward pass (the spine).
         backward_steps: core steps :func:`memory_efficient_unroll` runs in its backward pass
@@ -90,30 +104,42 @@ class BPTTPolicy:
     cost: int
     forward_stores: tuple[int, ...]
     backward_steps: int
+    segment_steps: int = 1
 
     def split(self, t: int, m: int) -> int:
-        """Where to store when backpropagating ``t`` steps with ``m`` slots: ``y`` in ``[1, t)``, or 0 for the
-        one-slot procedure (recompute from the start for every step)."""
-        if t <= 1 or m <= 1:
+        """Where to store when backpropagating ``t`` steps with ``m`` slots: ``y`` in ``[1, t)``, or 0 for a leaf
+        (``t <= segment_steps``: one grad-enabled run of the stretch; ``m = 1``: recompute from the start for every
+        stretch of ``segment_steps`` steps, from the end)."""
+        if t <= self.segment_steps or m <= 1:
             return 0
-        return _dp(self.T, min(self.memory_slots, self.T))[1][t][min(m, self.T)]
+        M = min(self.memory_slots, max(self.T, 1))
+        return int(_dp(self.T, M, self.segment_steps)[1][t, min(m, M)])
 
 
-def bptt_policy(T: int, memory_slots: int) -> BPTTPolicy:
-    """Solve the BPTT-HSM dynamic programme for ``T`` steps and ``memory_slots`` (``>= 1``) stored hidden states."""
+def bptt_policy(T: int, memory_slots: int, segment_steps: int = 1) -> BPTTPolicy:
+    """Solve the BPTT-HSM dynamic programme for ``T`` steps and ``memory_slots`` (``>= 1``) stored hidden states.
+
+    ``segment_steps`` (``S >= 1``): the longest stretch recomputed in one grad-enabled run, whose activations the
+    backward pass holds at once ("plus what one recomputed segment needs"). ``S = 1`` is the paper's policy (each
+    step recomputed alone); a larger ``S`` lets a core's fused multi-step unroll (``nn.LSTM``) run whole stretches,
+    with the leaves of the recursion costing ``C(t, m) = t`` for ``t <= S`` and ``C(t, 1) = t + C(t - S, 1)``.
+    """
     if not isinstance(T, int) or T < 0:
         raise ValueError(f"T must be a non-negative int, got {T!r}")
-    if not isinstance(memory_slots, int) or memory_slots < 1:
+    if not isinstance(memory_slots, int) or isinstance(memory_slots, bool) or memory_slots < 1:
         raise ValueError(f"memory_slots must be an int >= 1 (the slot holding the initial state), got {memory_slots!r}")
+    if not isinstance(segment_steps, int) or isinstance(segment_steps, bool) or segment_steps < 1:
+        raise ValueError(f"segment_steps must be an int >= 1 (1: recompute step by step), got {segment_steps!r}")
+    S = min(segment_steps, max(T, 1))
     M = min(memory_slots, max(T, 1))  # more slots than steps never help
-    C, Y = _dp(T, M)
+    C, Y = _dp(T, M, S)
     stores, a, t, m = [], 0, T, M
-    while t > 1 and m > 1:
-        y = Y[t][m]
+    while t > S and m > 1:
+        y = int(Y[t, m])
         stores.append(a + y)
         a, t, m = a + y, t - y, m - 1
-    cost = C[T][M] if T > 0 else 0
-    return BPTTPolicy(T, memory_slots, cost, tuple(stores), cost - (T - t))
+    cost = int(C[T, M]) if T > 0 else 0
+    return BPTTPolicy(T, memory_slots, cost, tuple(stores), cost - (T - t), S)
 
 
 def _rng_get(device: torch.device):
@@ -182,14 +208,15 @@ class _MemoryEfficientUnroll(torch.autograd.Function):
                 _, s = core.unroll(xs[a:b], s, None if resets is None else resets[a:b])
             return s, _rng_get(dev)
 
-        def grad_step(k, s, rng, g_next):
-            """Run step k with grad from s (state before k) and backpropagate g_ys[k] and g_next into s."""
+        def grad_run(k0, k1, s, rng, g_next):
+            """Run steps [k0, k1) with grad from s (state before k0) and backpropagate g_ys[k0:k1] and g_next
+            into s (one recomputed stretch: its activations are held until this returns)."""
             _rng_set(rng, dev)
             s_in = [leaf.detach().requires_grad_(leaf.is_floating_point()) for leaf in tree_leaves(s)]
-            x = xs[k:k + 1].detach().requires_grad_(g_xs is not None)
+            x = xs[k0:k1].detach().requires_grad_(g_xs is not None)
             with torch.enable_grad():
-                y, s_out = core.unroll(x, tree_unflatten(template, s_in), None if resets is None else resets[k:k + 1])
-            outs, grads = [y], [g_ys[k:k + 1]]
+                y, s_out = core.unroll(x, tree_unflatten(template, s_in), None if resets is None else resets[k0:k1])
+            outs, grads = [y], [g_ys[k0:k1]]
             for o, g in zip(tree_leaves(s_out), g_next):
                 if o.requires_grad and g is not None:
                     outs.append(o)
@@ -209,11 +236,13 @@ class _MemoryEfficientUnroll(torch.autograd.Function):
             if g_xs is not None:
                 gx = gs.pop(0)
                 if gx is not None:
-                    g_xs[k:k + 1] += gx
+                    g_xs[k0:k1] += gx
             for i, g in zip(p_idx, gs):
                 if g is not None:
                     g_params[i] += g
             return g_s
+
+        S = policy.segment_steps
 
         def backprop(a, t, m, g_end):
             """BPTT-HSM on steps [a, a + t) with m slots; the state at a is stored. Returns grad w.r.t. it."""
@@ -221,11 +250,13 @@ class _MemoryEfficientUnroll(torch.autograd.Function):
                 return g_end
             s, rng = stored[a]
             y = policy.split(t, m)
-            if y == 0:  # one slot (or one step): C(t, 1) = t (t + 1) / 2
-                g = g_end
-                for k in range(a + t - 1, a - 1, -1):
-                    s_k, rng_k = run(s, rng, a, k)
-                    g = grad_step(k, s_k, rng_k, g)
+            if y == 0:  # a leaf: C(t, m) = t for t <= S; one slot: C(t, 1) = t + C(t - S, 1)
+                g, end = g_end, a + t
+                while end > a:
+                    start = max(a, end - S)
+                    s_k, rng_k = run(s, rng, a, start)
+                    g = grad_run(start, end, s_k, rng_k, g)
+                    end = start
                 return g
             if a + y not in stored:  # y forward steps (skipped on the spine, stored by the forward pass)
                 stored[a + y] = run(s, rng, a, a + y)
@@ -241,18 +272,20 @@ class _MemoryEfficientUnroll(torch.autograd.Function):
 
 
 def memory_efficient_unroll(
-    core: Core, xs: Tensor, state: State, resets: Tensor | None = None, *, memory_slots: int
+    core: Core, xs: Tensor, state: State, resets: Tensor | None = None, *, memory_slots: int, segment_steps: int = 1
 ) -> tuple[Tensor, State]:
     """``core.unroll(xs, state, resets)`` with BPTT-HSM backpropagation under a budget of stored hidden states.
 
     Same outputs and the same gradients (w.r.t. parameters, ``xs`` and the initial state) as ``core.unroll``, while
     the graph holds at most ``memory_slots`` hidden states (the initial one included) plus, in the backward pass,
-    one recomputed step's activations. ``xs``: ``[T, B, input_size]``; ``resets``: ``[T, B]`` bool or None.
+    the activations of one recomputed stretch of at most ``segment_steps`` steps (1: the paper's step-by-step
+    recomputation; more lets fused multi-step unrolls such as ``nn.LSTM``'s run whole stretches, see
+    :func:`bptt_policy`). ``xs``: ``[T, B, input_size]``; ``resets``: ``[T, B]`` bool or None.
     See the module docstring for the policy, the step counts and the RNG handling.
     """
     if xs.dim() != 3:
         raise ValueError(f"xs must have shape [T, B, input_size], got {list(xs.shape)}")
-    policy = bptt_policy(int(xs.shape[0]), memory_slots)
+    policy = bptt_policy(int(xs.shape[0]), memory_slots, segment_steps)
     if xs.shape[0] == 0:
         return core.unroll(xs, state, resets)
     leaves = tree_leaves(state)

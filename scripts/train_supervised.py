@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-value", type=float, default=10.0,
                    help="element-wise gradient clip to (-v, v) as in the paper; <= 0 disables")
     p.add_argument("--clip-norm", type=float, default=0.0, help="global gradient-norm clip; <= 0 disables")
+    p.add_argument("--bptt-memory-slots", type=int, default=0,
+                   help="memory-efficient BPTT (Gruslys et al. 2016): keep at most this many core states in the "
+                        "backward pass and recompute the rest (same gradients, less memory); 0: plain BPTT")
+    p.add_argument("--bptt-segment-steps", type=int, default=1,
+                   help="with --bptt-memory-slots: longest stretch recomputed in one run (1: step by step, the "
+                        "paper's; a few tens suits fused cores such as lstm)")
     p.add_argument("--log-every", type=int, default=50, help="batches per learning-curve point")
     p.add_argument("--early-stop-errors", type=float, default=0.01,
                    help="stop when the mean training bit errors per sequence over --window batches at the full "
@@ -187,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         pg_coef=args.pg_coef,
         entropy_coef=args.entropy_coef,
         choices=args.choices,
+        bptt_memory_slots=args.bptt_memory_slots,
+        bptt_segment_steps=args.bptt_segment_steps,
         seed=args.seed,
         device=args.device,
     )

@@ -34,16 +34,21 @@ def test_closed_forms():
             bptt_policy(5, bad)
 
 
-def _simulate(t, m, tree, stored_before=0):
-    """Run a policy tree abstractly: (forward steps, most hidden states held at once). A tree is ``None`` (one-slot
-    procedure: recompute from the start for every step) or ``(y, right_tree, left_tree)``."""
+def _leaf_steps(t, S):
+    """Forward steps of a leaf: the stretches [t - S, t), [t - 2S, t - S), ... each rerun from the start."""
+    return sum(range(t, 0, -S))
+
+
+def _simulate(t, m, tree, S=1, stored_before=0):
+    """Run a policy tree abstractly: (forward steps, most hidden states held at once). A tree is ``None`` (a leaf:
+    recompute each stretch of S steps from the start, the last one first) or ``(y, right_tree, left_tree)``."""
     if t == 0:
         return 0, stored_before
     if tree is None:
-        return t * (t + 1) // 2 if t > 0 else 0, stored_before + 1
+        return _leaf_steps(t, S), stored_before + 1
     y, right, left = tree
-    steps_r, peak_r = _simulate(t - y, m - 1, right, stored_before + 1)
-    steps_l, peak_l = _simulate(y, m, left, stored_before)
+    steps_r, peak_r = _simulate(t - y, m - 1, right, S, stored_before + 1)
+    steps_l, peak_l = _simulate(y, m, left, S, stored_before)
     return y + steps_r + steps_l, max(peak_r, peak_l)
 
 
@@ -58,15 +63,30 @@ def _all_trees(t, m):
     return trees
 
 
-def test_dp_against_brute_force():
+@pytest.mark.parametrize("S", [1, 2, 3])
+def test_dp_against_brute_force(S):
     for t in range(1, 9):
         for m in range(1, 5):
             best = None
             for tree in _all_trees(t, m):
-                steps, peak = _simulate(t, m, tree)
+                steps, peak = _simulate(t, m, tree, S)
                 assert peak <= m
                 best = steps if best is None else min(best, steps)
-            assert bptt_policy(t, m).cost == best, (t, m)
+            assert bptt_policy(t, m, S).cost == best, (t, m, S)
+
+
+def test_segment_closed_forms():
+    """With stretches of S steps: a sequence of at most S steps is run once with grad; one slot reruns each
+    stretch from the start; S = 1 is the paper's policy."""
+    for t in range(1, 20):
+        for S in (1, 2, 5, 40):
+            assert bptt_policy(t, 1, S).cost == sum(range(t, 0, -S))
+            if t <= S:
+                p = bptt_policy(t, 4, S)
+                assert (p.cost, p.forward_stores, p.backward_steps) == (t, (), t)
+    assert bptt_policy(1000, 32, 1).cost > bptt_policy(1000, 32, 32).cost
+    with pytest.raises(ValueError, match="segment_steps"):
+        bptt_policy(5, 2, 0)
 
 
 def test_cost_monotone_and_far_below_quadratic():
@@ -114,8 +134,9 @@ def test_gradients_equal_plain_bptt(name):
     T = 7
     xs, state, resets = _inputs(core, T)
     ref = _grads(core, xs, state, resets, core.unroll)
-    for m in (1, 3, T, T + 2):
-        got = _grads(core, xs, state, resets, functools.partial(memory_efficient_unroll, core, memory_slots=m))
+    for m, S in ((1, 1), (3, 1), (T, 1), (T + 2, 1), (1, 3), (2, 2), (3, T)):
+        fn = functools.partial(memory_efficient_unroll, core, memory_slots=m, segment_steps=S)
+        got = _grads(core, xs, state, resets, fn)
         torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-12)
         for a, b in zip(got[1], ref[1]):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
@@ -123,7 +144,7 @@ def test_gradients_equal_plain_bptt(name):
             if b is None:
                 assert a is None or torch.count_nonzero(a) == 0
             else:
-                torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=f"{name} m={m}")
+                torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=f"{name} m={m} S={S}")
 
 
 def test_rng_replay():
@@ -132,34 +153,41 @@ def test_rng_replay():
     xs, state, resets = _inputs(core, 9)
     torch.manual_seed(3)
     ref = _grads(core, xs, state, resets, core.unroll)
-    for m in (1, 3):
+    for m, S in ((1, 1), (3, 1), (2, 4)):
         torch.manual_seed(3)
-        got = _grads(core, xs, state, resets, functools.partial(memory_efficient_unroll, core, memory_slots=m))
+        fn = functools.partial(memory_efficient_unroll, core, memory_slots=m, segment_steps=S)
+        got = _grads(core, xs, state, resets, fn)
         torch.testing.assert_close(got[0], ref[0])
         for a, b in zip(got[2], ref[2]):
             if b is not None:
                 torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("T,m", [(1, 1), (6, 1), (10, 3), (12, 4), (8, 8), (5, 9)])
-def test_steps_executed(T, m):
+@pytest.mark.parametrize("T,m,S", [(1, 1, 1), (6, 1, 1), (10, 3, 1), (12, 4, 1), (8, 8, 1), (5, 9, 1), (11, 1, 3),
+                                   (20, 3, 4), (9, 4, 9)])
+def test_steps_executed(T, m, S):
     core = build("lstm").double()
     counter = [0]
+    grad_runs = []
     plain = core.unroll
 
     def counting_unroll(xs, state, resets=None):
         counter[0] += xs.shape[0]
+        if torch.is_grad_enabled():
+            grad_runs.append(xs.shape[0])
         return plain(xs, state, resets)
 
     core.unroll = counting_unroll
     xs, state, resets = _inputs(core, T)
-    ys, final = memory_efficient_unroll(core, xs, state, resets, memory_slots=m)
+    ys, final = memory_efficient_unroll(core, xs, state, resets, memory_slots=m, segment_steps=S)
     assert counter[0] == T
     (ys.sum() + final[0].sum()).backward()
-    p = bptt_policy(T, m)
+    p = bptt_policy(T, m, S)
     assert counter[0] == T + p.backward_steps
     # the spine's forward runs (all but the last segment, t_last = T - last store) were done by the forward pass
     assert p.backward_steps == p.cost - (p.forward_stores[-1] if p.forward_stores else 0)
+    # the graph of one recomputed stretch at a time, each at most S steps; together they cover every step once
+    assert max(grad_runs) <= S and sum(grad_runs) == T
 
 
 def test_stored_forward_information_far_below_plain():
@@ -207,16 +235,17 @@ def test_ppo_loss_with_memory_efficient_bptt_equals_plain_bptt():
     assert bool(data["starts"][1:].any())  # episodes start inside the sequences
     idx = torch.arange(data["starts"].shape[1])
     out = []
-    for slots in (0, 3):
-        ppo.cfg = replace(cfg, bptt_memory_slots=slots)
+    for slots, seg in ((0, 1), (3, 1), (3, 4)):
+        ppo.cfg = replace(cfg, bptt_memory_slots=slots, bptt_segment_steps=seg)
         policy.zero_grad()
         loss, _ = ppo.loss(data, idx)
         loss.backward()
         out.append((loss.detach(), [p.grad.clone() for p in policy.parameters()]))
     venv.close()
-    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
-    for g0, g1 in zip(out[0][1], out[1][1]):
-        torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
+    for other in out[1:]:
+        torch.testing.assert_close(out[0][0], other[0], rtol=1e-5, atol=1e-6)
+        for g0, g1 in zip(out[0][1], other[1]):
+            torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
 
 
 def test_bptt_memory_slots_is_validated():
@@ -226,5 +255,7 @@ def test_bptt_memory_slots_is_validated():
 
     with pytest.raises(ValueError, match="bptt-memory-slots"):
         TrainConfig(bptt_memory_slots=-1).validate()
+    with pytest.raises(ValueError, match="bptt-segment-steps"):
+        TrainConfig(bptt_memory_slots=4, bptt_segment_steps=0).validate()
     with pytest.raises(ValueError, match="discrete choices"):
         TrainConfig(core="rl_access", bptt_memory_slots=4).validate()
