@@ -28,8 +28,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+import tyro
+
 from memory_cores import stack_states, tree_map
 
+from . import distributed
+from .distributed import Dist
 from .env_adapter import EpisodeStats, TorchVecEnv
 from .policy import ActorCritic, AgentState, obs_map, tree_map_any
 
@@ -77,7 +81,8 @@ class TrainConfig:
     """Normalise float Box observations by running mean/std (stored normalised, so the update sees the same)."""
 
     num_envs: int = 64
-    """Number of parallel environments B."""
+    """Number of parallel environments B of each process (under torchrun each of the K processes steps its own B
+    envs, so an update holds K * B * num_steps steps; see docs/distributed.md)."""
     num_steps: int = 128
     """Rollout length T per environment and update."""
     seq_len: int = 128
@@ -93,8 +98,8 @@ class TrainConfig:
     activations are held at once); 1 is the paper's step-by-step recomputation, a few tens lets fused unrolls
     (lstm, gru) run whole stretches at far less time for a little more memory (docs/bptt.md)."""
     total_steps: int = 1_000_000
-    """Total environment steps (all envs together), rounded down to whole updates of num_envs * num_steps (said
-    when it happens)."""
+    """Total environment steps (all envs of all processes together), rounded down to whole updates of
+    processes * num_envs * num_steps (said when it happens)."""
     time_budget: float = 0.0
     """Wall-clock budget in seconds (0: none). Training stops at the first update that ends past it (or at
     --total-steps, whichever comes first) and the learning rate anneals over the elapsed fraction of the budget
@@ -156,6 +161,11 @@ class TrainConfig:
     """Show a live progress bar."""
     tensorboard: bool = True
     """Write TensorBoard scalars (SB3-style names) to run_dir."""
+    dist_timeout: float = 600.0
+    """Under torchrun: seconds a process waits in a collective for another one before the run fails (a process
+    that dies is noticed at once; this bounds a hung one)."""
+    world_size: tyro.conf.Suppress[int] = 1
+    """Processes training this run together (torchrun's WORLD_SIZE); set by the runner, not an option."""
 
     # ---------------------------------------------------------------------------------------------- helpers
     def env_kwargs_dict(self) -> dict:
@@ -171,8 +181,8 @@ class TrainConfig:
 
     @property
     def steps_per_update(self) -> int:
-        """Environment steps of one update: ``num_envs * num_steps``."""
-        return self.num_envs * self.num_steps
+        """Environment steps of one update, all processes together: ``world_size * num_envs * num_steps``."""
+        return self.world_size * self.num_envs * self.num_steps
 
     @property
     def num_updates(self) -> int:
@@ -185,8 +195,10 @@ class TrainConfig:
         if self.total_steps == n * per:
             return None
         way = "up" if n * per > self.total_steps else "down"
+        procs = f"{self.world_size} processes * " if self.world_size > 1 else ""
+        names = "processes * num_envs * num_steps" if self.world_size > 1 else "num_envs * num_steps"
         return (f"--total-steps {self.total_steps:,} rounded {way} to {n * per:,} ({n:,} update{'s' if n > 1 else ''}):"
-                f" training runs whole updates of num_envs * num_steps = {self.num_envs} * {self.num_steps} = {per:,}"
+                f" training runs whole updates of {names} = {procs}{self.num_envs} * {self.num_steps} = {per:,}"
                 " steps")
 
     def validate(self) -> None:
@@ -222,6 +234,12 @@ class TrainConfig:
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"--{name.replace('_', '-')} {v!r} is not valid: expected a positive number")
+        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
+            raise ValueError(f"world_size {self.world_size!r} is not valid: expected a positive integer")
+        if isinstance(self.dist_timeout, bool) or not isinstance(self.dist_timeout, (int, float)) or not (
+            self.dist_timeout > 0 and math.isfinite(self.dist_timeout)
+        ):
+            raise ValueError(f"--dist-timeout {self.dist_timeout!r} is not valid: expected seconds > 0")
         if isinstance(self.time_budget, bool) or not isinstance(self.time_budget, (int, float)) or not (
             self.time_budget >= 0 and math.isfinite(self.time_budget)
         ):
@@ -331,8 +349,11 @@ class RewardScaler:
     eps)`` clipped to ``+-clip``. Device tensors only (no host sync). ``[N]`` rewards in and out.
     """
 
-    def __init__(self, num_envs: int, gamma: float, device: torch.device, clip: float = 10.0, eps: float = 1e-8):
+    def __init__(self, num_envs: int, gamma: float, device: torch.device, clip: float = 10.0, eps: float = 1e-8,
+                 distributed_moments: bool = False):
         self.gamma, self.clip, self.eps = gamma, clip, eps
+        # under torchrun: the batch moments of R over every rank's envs (agents.distributed.global_moments)
+        self.distributed_moments = distributed_moments
         self.ret = torch.zeros(num_envs, device=device)  # [N] running discounted return R
         self.mean = torch.zeros((), device=device)
         self.var = torch.ones((), device=device)
@@ -340,8 +361,11 @@ class RewardScaler:
 
     def __call__(self, reward: Tensor, done: Tensor) -> Tensor:
         self.ret = self.ret * self.gamma + reward
-        n = self.ret.numel()
-        b_mean, b_var = self.ret.mean(), self.ret.var(unbiased=False)
+        if self.distributed_moments:  # every rank's [N] returns together: [K N]
+            n, b_mean, b_var = distributed.global_moments(self.ret, self.mean)
+        else:
+            n = self.ret.numel()
+            b_mean, b_var = self.ret.mean(), self.ret.var(unbiased=False)
         tot = self.count + n
         delta = b_mean - self.mean
         self.var = (self.var * self.count + b_var * n + delta.pow(2) * self.count * n / tot) / tot
@@ -368,21 +392,34 @@ class PPO:
     Args:
         policy: an :class:`ActorCritic` on ``device``.
         env: a :class:`TorchVecEnv` on ``device``.
-        cfg: the :class:`TrainConfig` (PPO hyper-parameters; ``num_envs`` must equal ``env.num_envs``).
+        cfg: the :class:`TrainConfig` (PPO hyper-parameters; ``num_envs`` must equal ``env.num_envs``,
+            ``world_size`` the ``dist``'s).
         seed: seed of the first env reset.
+        dist: this process's place in a run over several processes (:mod:`agents.distributed`; default: a single
+            process). With ``world_size > 1`` the process group must be joined: gradients are averaged over the
+            ranks every minibatch, advantage normalisation and the observation and return statistics use every
+            rank's batch, ``global_step`` counts every rank's steps and the metrics of :meth:`update` are rank
+            means, so ``K`` ranks of ``B`` envs update like one process of ``K B`` envs (equal up to float
+            rounding for the same data; minibatches hold ``1 / num_minibatches`` of each rank's sequences).
     """
 
-    def __init__(self, policy: ActorCritic, env: TorchVecEnv, cfg: TrainConfig, seed: int | None = None) -> None:
+    def __init__(self, policy: ActorCritic, env: TorchVecEnv, cfg: TrainConfig, seed: int | None = None,
+                 dist: Dist | None = None) -> None:
         if env.num_envs != cfg.num_envs:
             raise ValueError(f"num_envs {cfg.num_envs} does not match the env's {env.num_envs}")
+        self.dist = dist if dist is not None else Dist()
+        if cfg.world_size != self.dist.world_size:
+            raise ValueError(f"world_size {cfg.world_size} of the config does not match the process group's "
+                             f"{self.dist.world_size}")
         self.policy, self.env, self.cfg = policy, env, cfg
         self.device = env.device
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.stats = EpisodeStats(env.num_envs, self.device)
-        self.reward_scaler = RewardScaler(env.num_envs, cfg.gamma, self.device) if cfg.norm_reward else None
+        self.reward_scaler = RewardScaler(env.num_envs, cfg.gamma, self.device,
+                                          distributed_moments=self.dist.enabled) if cfg.norm_reward else None
         B = env.num_envs
         # the running state of the rollout
-        self.next_obs = policy.normalize_obs(env.reset(seed=seed), update=True)
+        self.next_obs = self._normalize_obs(env.reset(seed=seed), update=True)
         self.next_start = torch.ones(B, dtype=torch.bool, device=self.device)
         self.next_state: AgentState = policy.initial_state(B, self.device)
         self.global_step = 0
@@ -390,6 +427,14 @@ class PPO:
         self._buf: Rollout | None = None
 
     # ---------------------------------------------------------------------------------------------- rollout
+    def _normalize_obs(self, obs: Any, update: bool = False) -> Any:
+        """:meth:`ActorCritic.normalize_obs`; under torchrun the statistics are updated with every rank's batch."""
+        norm = self.policy.obs_norm
+        if update and norm is not None and self.dist.enabled:
+            distributed.update_obs_normalizer(norm, obs)
+            return norm(obs)
+        return self.policy.normalize_obs(obs, update=update)
+
     def _any_truncated(self, truncated: Tensor) -> bool:
         """Whether to compute final-observation values this step. On CPU the check is free (no device to wait
         for); on accelerators the values are computed every step instead of synchronising."""
@@ -441,14 +486,14 @@ class PPO:
             buf.truncated[t] = step.truncated
             if step.final_obs is not None and self._any_truncated(step.truncated):
                 # V(last obs of a truncated episode): one more step from the state after obs[t], no reset
-                final_obs = policy.normalize_obs(step.final_obs)
+                final_obs = self._normalize_obs(step.final_obs)
                 buf.final_values[t] = policy.get_value(final_obs, out.state)
             else:
                 buf.final_values[t] = 0.0
             self.stats.add(step.reward, done, step.success)
-            obs, start, state = policy.normalize_obs(step.obs, update=True), done, out.state
+            obs, start, state = self._normalize_obs(step.obs, update=True), done, out.state
         self.next_obs, self.next_start, self.next_state = obs, start, state
-        self.global_step += T * B
+        self.global_step += T * B * self.dist.world_size  # every rank's steps
 
         buf.seq_states = stack_states(seq_states)  # leaves [T / L, B, ...]
         buf.last_value = policy.get_value(obs, state, start)
@@ -464,9 +509,13 @@ class PPO:
         return {"reward_scaler": self.reward_scaler.state_dict()} if self.reward_scaler is not None else {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`extra_state` (keys this run does not use are ignored)."""
+        """Restore :meth:`extra_state` (keys this run does not use are ignored). Under torchrun the statistics are
+        the global ones; the per-env running returns saved are rank 0's, so ranks > 0 start theirs at zero."""
         if self.reward_scaler is not None and "reward_scaler" in state:
-            self.reward_scaler.load_state_dict(state["reward_scaler"])
+            saved = state["reward_scaler"]
+            if self.dist.rank > 0:
+                saved = {k: v for k, v in saved.items() if k != "ret"} | {"ret": torch.zeros(0)}
+            self.reward_scaler.load_state_dict(saved)
 
     # ----------------------------------------------------------------------------------------------- update
     def sequences(self, r: Rollout) -> dict[str, Any]:
@@ -539,12 +588,25 @@ class PPO:
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_mb += 1
-            if cfg.target_kl is not None and float(metrics["approx_kl"]) > cfg.target_kl:
-                break
+            if cfg.target_kl is not None:
+                kl = metrics["approx_kl"]
+                if self.dist.enabled:  # every rank decides on the global KL, so all stop at the same epoch
+                    kl = distributed.allreduce_mean(kl)
+                if float(kl) > cfg.target_kl:
+                    break
         out = {k: v / n_mb for k, v in sums.items()}
         # explained variance of the rollout's values
         y, v = r.returns.flatten(), r.values.flatten()
-        out["explained_variance"] = 1 - (y - v).var() / y.var().clamp_min(1e-8)
+        if self.dist.enabled:  # rank means of the metrics; the explained variance of every rank's rollout together
+            keys = sorted(out)
+            if keys:
+                means = distributed.allreduce_mean(torch.stack([out[k].float() for k in keys]))
+                out = {k: means[i] for i, k in enumerate(keys)}
+            var_res = distributed.global_mean_std(y - v)[1] ** 2
+            var_y = distributed.global_mean_std(y)[1] ** 2
+            out["explained_variance"] = 1 - var_res / var_y.clamp_min(1e-8)
+        else:
+            out["explained_variance"] = 1 - (y - v).var() / y.var().clamp_min(1e-8)
         out["learning_rate"] = torch.tensor(lr)
         self.update_count += 1
         return out
@@ -581,7 +643,11 @@ class PPO:
         )
         adv = pick(data["advantages"])  # [L, M]
         if cfg.norm_adv:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            if self.dist.enabled:  # the statistics of the whole minibatch, every rank's share: [L, K M]
+                mean, std = distributed.global_mean_std(adv)
+                adv = (adv - mean) / (std + 1e-8)
+            else:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         # log rho_t of the step's decision: the action's, plus the core's choice's (weighted by choice_coef)
         logratio = out.log_prob - pick(data["log_probs"])  # [L, M]
         metrics: dict[str, Tensor] = {}
@@ -616,12 +682,30 @@ class PPO:
         return loss, metrics
 
     def _minibatch_step(self, data: dict[str, Any], idx: Tensor, idx_cpu: Tensor | None = None) -> dict[str, Tensor]:
-        """One gradient step on :meth:`loss` of the minibatch ``idx``, gradient norm clipped; returns the metrics."""
+        """One gradient step on :meth:`loss` of the minibatch ``idx``, gradient norm clipped; returns the metrics.
+        Under torchrun the gradients (and the loss, to decide on its finiteness together) are averaged over the
+        ranks before clipping: every rank clips and steps the same global gradient."""
         loss, metrics = self.loss(data, idx, idx_cpu)
+        if self.dist.enabled:
+            return self._distributed_step(loss, metrics)
         if not bool(torch.isfinite(loss)):  # one sync per minibatch; stops before a bad gradient step
             raise NonFiniteLossError(f"non-finite PPO loss ({float(loss.detach())}) at update {self.update_count + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        metrics["grad_norm"] = grad_norm.detach()
+        return metrics
+
+    def _distributed_step(self, loss: Tensor, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`_minibatch_step` over the ranks: backward, one all-reduce of the gradients and the loss, then the
+        same check, clipping and step on every rank (no step when the mean loss is not finite)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        mean_loss = distributed.allreduce_gradients(self.policy.parameters(), self.dist.world_size, loss.detach())
+        if not bool(torch.isfinite(mean_loss)):  # the same decision on every rank
+            raise NonFiniteLossError(f"non-finite PPO loss ({float(mean_loss)}, mean over the ranks) at update "
+                                     f"{self.update_count + 1}")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         metrics["grad_norm"] = grad_norm.detach()

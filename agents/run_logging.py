@@ -140,6 +140,19 @@ class RunLogger:
             self.writer.close()
 
 
+class NullLogger:
+    """What ranks other than 0 log to under torchrun: nothing (rank 0 writes the run's logs)."""
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Progress:
     """A tqdm bar over environment steps with steps/s, return and success in the postfix (no-op when disabled)."""
 

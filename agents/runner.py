@@ -27,15 +27,20 @@ from .checkpoint import (
     load_run_checkpoint,
     save_checkpoint,
 )
+from . import distributed
 from .env_adapter import TorchVecEnv, load_env_factory
 from .evaluation import build_policy, evaluate_policy, load_policy  # noqa: F401  (re-exported: agents.runner API)
 from .ppo import PPO, NonFiniteLossError, TrainConfig, resolve_device
-from .run_logging import Progress, RunLogger
+from .run_logging import NullLogger, Progress, RunLogger
 from .spaces_io import space_to_dict
 
 
 class TrainingStopped(RuntimeError):
     """Training stopped early (e.g. a non-finite loss); the message says what was kept."""
+
+
+class PeerLost(TrainingStopped):
+    """Under torchrun: another process of the run died or stopped answering (:mod:`agents.distributed`)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -62,8 +67,11 @@ def default_run_dir(cfg: TrainConfig) -> str:
     return str(Path("runs") / f"{cfg.env.replace('/', '_')}__{cfg.core}__{cfg.seed}")
 
 
-def continue_command(run_dir: str | Path) -> str:
-    """The command that continues the run in ``run_dir``."""
+def continue_command(run_dir: str | Path, world_size: int = 1) -> str:
+    """The command that continues the run in ``run_dir`` (under torchrun with ``world_size`` processes: the same
+    torchrun launch; any other world size works too, docs/distributed.md)."""
+    if world_size > 1:
+        return f"torchrun --nproc-per-node {world_size} scripts/train.py --resume --run-dir {run_dir}"
     return f"python3 scripts/train.py --resume --run-dir {run_dir}"
 
 
@@ -161,28 +169,55 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
     Logs (:class:`RunLogger`): a fresh run replaces the logs an earlier attempt left in the run directory; a resumed
     one keeps them up to the checkpoint's step. ``--time-budget``: training stops at the first update that ends past
     it, counting the seconds of earlier sessions (stored in the checkpoint).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``; :mod:`agents.distributed`) every process calls this with the same config:
+    rank 0 alone checks and creates the run directory, reads checkpoints (handed to the other ranks), prints, logs
+    and writes checkpoints (with ``world_size`` and every rank's RNG state); each rank steps its own
+    ``cfg.num_envs`` envs, seeded ``seed + 10007 * rank``; the ranks stop together. When another rank dies or hangs
+    past ``--dist-timeout``, :class:`TrainingStopped` says so and names the last checkpoint kept. A checkpoint of
+    another world size resumes: its step count is re-expressed in updates of this world size.
     """
     cfg.validate()
     torch.set_num_threads(cfg.torch_threads)
-    device = resolve_device(cfg.device)
-    run_dir = Path(cfg.run_dir or default_run_dir(cfg))
-    check_run_dir(run_dir)
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    ckpt = None
-    if cfg.resume:
-        ckpt, loaded_from, warning = load_run_checkpoint(run_dir, map_location=device)
-        check_compatible(config_to_dict(cfg), ckpt, loaded_from)
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
-    elif has_checkpoint(run_dir):
-        found = ckpt_path if ckpt_path.exists() else run_dir / PREVIOUS_NAME
-        raise CheckpointError(f"{found} exists: pass --resume to continue that run or choose another --run-dir")
-    init = None  # --init-from: checked before the env is built (on --resume the run's own checkpoint has the weights)
-    if cfg.init_from and ckpt is None:
-        init = load_checkpoint(cfg.init_from, map_location=device)
-        check_compatible(config_to_dict(cfg), init, cfg.init_from, names=NETWORK)
+    ctx = distributed.init_from_env(cfg.dist_timeout)
+    device = distributed.rank_device(cfg.device, ctx)
+    if cfg.world_size != ctx.world_size:
+        cfg = replace(cfg, world_size=ctx.world_size)
+    try:
+        return _train(cfg, env, ctx, device)
+    except distributed.PeerLostError as e:  # during setup (the training loop says which checkpoint is kept)
+        raise PeerLost(f"rank {ctx.rank}: another process of the run stopped or stopped answering ({e})") from None
 
-    created = _make_run_dir(run_dir)
+
+def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.device) -> dict[str, Any]:
+    """:func:`train` after the process group and the device are settled."""
+    main = ctx.is_main
+    run_dir = Path(cfg.run_dir or default_run_dir(cfg))
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    # several processes: checkpoints are read on rank 0 to the host and handed to the others
+    map_location = device if not ctx.enabled else "cpu"
+
+    def prepare() -> tuple[Any, Any, Any, list[Path]]:
+        """What touches the run directory (rank 0 alone): checks, the checkpoint to resume or start from, mkdir."""
+        check_run_dir(run_dir)
+        ckpt = loaded_from = None
+        if cfg.resume:
+            ckpt, loaded_from, warning = load_run_checkpoint(run_dir, map_location=map_location)
+            check_compatible(config_to_dict(cfg), ckpt, loaded_from)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
+        elif has_checkpoint(run_dir):
+            found = ckpt_path if ckpt_path.exists() else run_dir / PREVIOUS_NAME
+            raise CheckpointError(f"{found} exists: pass --resume to continue that run or choose another --run-dir")
+        init = None  # --init-from: checked before the env is built (on --resume the run's own checkpoint has them)
+        if cfg.init_from and ckpt is None:
+            init = load_checkpoint(cfg.init_from, map_location=map_location)
+            check_compatible(config_to_dict(cfg), init, cfg.init_from, names=NETWORK)
+        return ckpt, loaded_from, init, _make_run_dir(run_dir)
+
+    ckpt, loaded_from, init, created = distributed.on_rank0(ctx, prepare)
+    if not main:
+        created = []  # rank 0's directories
     venv = None
     try:  # setup: on a failure the directories made above are removed again (when still empty)
         torch.manual_seed(cfg.seed)
@@ -190,8 +225,12 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
         if venv.num_envs != cfg.num_envs:
             cfg = replace(cfg, num_envs=venv.num_envs)
             cfg.validate()
+        if ctx.enabled and not distributed.same_on_all_ranks(venv.num_envs):
+            raise ValueError(f"rank {ctx.rank} has {venv.num_envs} envs but another rank has a different number: "
+                             "every process of a run must step the same --num-envs")
+        saved_ws = int(ckpt.get("world_size", 1)) if ckpt is not None else ctx.world_size
         rounding = cfg.total_steps_rounding()
-        if rounding:
+        if rounding and main:
             print(rounding, flush=True)
         policy = build_policy(cfg, venv.single_observation_space, venv.single_action_space).to(device)
         if init is not None:
@@ -212,17 +251,36 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
                     f"checkpoint {loaded_from} does not fit the policy: {str(e).splitlines()[0]}"
                 ) from None
             start_update, seconds0 = int(ckpt["update"]), float(ckpt.get("train_seconds", 0.0))
+            if saved_ws != ctx.world_size:
+                # the weights, Adam's moments (of rank-averaged gradients) and the running statistics are the same on
+                # every rank, so they carry over; the step count is re-expressed in updates of this world size
+                start_update = int(ckpt["global_step"]) // cfg.steps_per_update
+                if main:
+                    print(f"resuming a run of {saved_ws} process{'es' if saved_ws > 1 else ''} with "
+                          f"{ctx.world_size}: its {int(ckpt['global_step']):,} steps count as {start_update:,} "
+                          f"updates of {cfg.steps_per_update:,} steps", flush=True)
+        if ctx.enabled:
+            distributed.broadcast_module(policy)  # every rank starts from rank 0's parameters and buffers
+            # distinct action sampling per rank (and per session: a resume starts new streams)
+            torch.manual_seed(cfg.seed + distributed.RANK_SEED_STRIDE * ctx.rank + 1_000_003 * start_update)
         env_seed = cfg.seed + 1_000_003 * start_update  # new episodes after a resume
-        ppo = PPO(policy, venv, cfg, seed=env_seed)
+        env_seed += distributed.RANK_SEED_STRIDE * ctx.rank  # distinct envs per rank
+        ppo = PPO(policy, venv, cfg, seed=env_seed, dist=ctx)
         if ckpt is not None:
             ppo.optimizer.load_state_dict(ckpt["optimizer"])
             ppo.update_count, ppo.global_step = start_update, int(ckpt["global_step"])
             ppo.load_extra_state(ckpt.get("ppo_state", {}))
-            torch.set_rng_state(ckpt["torch_rng"].cpu())
-        try:
-            logger = RunLogger(run_dir, cfg.tensorboard, start_step=ppo.global_step if ckpt is not None else None)
-        except OSError as e:
-            raise ValueError(f"--run-dir {run_dir}: cannot write the logs there ({e.strerror or e})") from None
+            if not ctx.enabled:
+                torch.set_rng_state(ckpt["torch_rng"].cpu())
+            elif saved_ws == ctx.world_size and "torch_rng_per_rank" in ckpt:
+                torch.set_rng_state(ckpt["torch_rng_per_rank"][ctx.rank].cpu())
+        if main:
+            try:
+                logger = RunLogger(run_dir, cfg.tensorboard, start_step=ppo.global_step if ckpt is not None else None)
+            except OSError as e:
+                raise ValueError(f"--run-dir {run_dir}: cannot write the logs there ({e.strerror or e})") from None
+        else:
+            logger = NullLogger()
     except BaseException:
         if venv is not None:
             venv.close()
@@ -234,16 +292,20 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
         raise
 
     n_params = sum(p.numel() for p in policy.parameters())
-    print(f"{cfg.core} on {cfg.env}: {n_params:,} parameters, {cfg.num_envs} envs x {cfg.num_steps} steps per update, "
-          f"{cfg.num_updates:,} updates, device {device}, torch threads {torch.get_num_threads()}; run dir {run_dir}",
-          flush=True)
-    bar = Progress(cfg.num_updates * cfg.steps_per_update, ppo.global_step, cfg.progress,
+    if main:
+        procs = f"{ctx.world_size} processes x " if ctx.enabled else ""
+        print(f"{cfg.core} on {cfg.env}: {n_params:,} parameters, {procs}{cfg.num_envs} envs x {cfg.num_steps} steps per "
+              f"update, {cfg.num_updates:,} updates, device {device}, torch threads {torch.get_num_threads()}; "
+              f"run dir {run_dir}", flush=True)
+    bar = Progress(cfg.num_updates * cfg.steps_per_update, ppo.global_step, cfg.progress and main,
                    desc=f"{cfg.core} on {cfg.env}")
     last_saved = start_update if ckpt is not None else None
     metrics: dict[str, Any] = {}
     last_episode: dict[str, float] = {}
     stopped = "total steps"
+    signalled = False  # a signal on any rank (agreed after each update)
     t0, steps0 = time.perf_counter(), ppo.global_step
+    resume_cmd = continue_command(run_dir, ctx.world_size)
 
     def run_seconds() -> float:
         """The run's training seconds: earlier sessions' and this one's."""
@@ -256,7 +318,7 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
 
     def stop_at_once(signum: int) -> None:
         done = (f"the last checkpoint {ckpt_path} (update {last_saved}) is kept; continue with: "
-                f"{continue_command(run_dir)}") if last_saved is not None \
+                f"{resume_cmd}") if last_saved is not None \
             else "no checkpoint had been written: start again with the same command"
         raise TrainingInterrupted(f"stopped at once ({signal.Signals(signum).name}) during update "
                                   f"{ppo.update_count + 1}: {done}", signum)
@@ -264,28 +326,62 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
     def save() -> None:
         nonlocal last_saved
         logger.flush()  # every row up to this step is on disk before the checkpoint that a resume starts from
-        try:
-            save_checkpoint(ckpt_path, _payload(cfg, ppo, venv, run_seconds()))
-        except NonFiniteStateError as e:
-            raise TrainingStopped(f"training stopped at update {ppo.update_count}: {e}; {kept()}") from None
+        payload = _payload(cfg, ppo, venv, run_seconds())
+        payload["world_size"] = ctx.world_size
+        if not ctx.enabled:
+            try:
+                save_checkpoint(ckpt_path, payload)
+            except NonFiniteStateError as e:
+                raise TrainingStopped(f"training stopped at update {ppo.update_count}: {e}; {kept()}") from None
+            last_saved = ppo.update_count
+            return
+        # several processes: every rank's RNG state, a check that the parameters are the same on every rank, the
+        # file written by rank 0, and its success agreed by all (so every rank stops if it failed)
+        payload["torch_rng_per_rank"] = distributed.rng_states(ctx)
+        diff = distributed.max_param_difference(ppo.policy)
+        if diff != 0.0:
+            raise TrainingStopped(f"training stopped at update {ppo.update_count}: the parameters differ between the "
+                                  f"ranks (by up to {diff:.3g}), which must not happen; {kept()}")
+        error: BaseException | None = None
+        if main:
+            try:
+                save_checkpoint(ckpt_path, payload)
+            except NonFiniteStateError as e:
+                error = TrainingStopped(f"training stopped at update {ppo.update_count}: {e}; {kept()}")
+            except Exception as e:  # noqa: BLE001  re-raised below, after the other ranks know
+                error = e
+        (failed,) = distributed.any_rank(error is not None)
+        if error is not None:
+            raise error
+        if failed:
+            raise TrainingStopped(f"rank {ctx.rank}: rank 0 could not write checkpoint {ckpt_path} at update "
+                                  f"{ppo.update_count} (its message says why); {kept()}")
         last_saved = ppo.update_count
 
     signals = _StopOnSignal(stop_at_once)
     try:
         with signals:
             while ppo.update_count < cfg.num_updates:
-                if cfg.time_budget > 0 and run_seconds() >= cfg.time_budget:
-                    stopped = "time budget"  # a resumed run whose budget was already spent
-                    break
+                if cfg.time_budget > 0:
+                    spent = run_seconds() >= cfg.time_budget
+                    if ctx.enabled:
+                        (spent,) = distributed.any_rank(spent)
+                    if spent:
+                        stopped = "time budget"  # a resumed run whose budget was already spent
+                        break
                 t_up = time.perf_counter()
                 rollout = ppo.collect()
                 ppo.train_seconds = run_seconds()  # what the learning rate anneals over with --time-budget
+                if ctx.enabled and cfg.time_budget > 0:
+                    ppo.train_seconds = distributed.agree_max(ppo.train_seconds)  # the same rate on every rank
                 try:
                     train_metrics = ppo.update(rollout)
                 except NonFiniteLossError as e:
                     raise TrainingStopped(f"training stopped: {e} (step {ppo.global_step}); {kept()}") from None
                 # one host sync per update: metrics and episode statistics
                 metrics = {k: float(v) for k, v in train_metrics.items()}
+                if ctx.enabled:
+                    distributed.sum_episode_stats(ppo.stats)  # the episodes of every rank
                 episodes = ppo.stats.pop()
                 if episodes:
                     last_episode = episodes
@@ -307,12 +403,17 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
                 over_budget = cfg.time_budget > 0 and metrics["time_elapsed"] >= cfg.time_budget
                 last = ppo.update_count == cfg.num_updates
                 signalled = signals.signum is not None  # read once: a signal arriving later stops the next update
+                if ctx.enabled:  # every rank stops at the same update
+                    over_budget, signalled = distributed.any_rank(over_budget, signalled)
                 if over_budget and not last:
                     stopped = "time budget"
                 if ppo.update_count % cfg.checkpoint_every == 0 or last or over_budget or signalled:
                     save()
                 if over_budget or signalled:
                     break
+    except distributed.PeerLostError as e:
+        raise PeerLost(f"rank {ctx.rank}: another process of the run stopped or stopped answering at update "
+                              f"{ppo.update_count + 1} ({e}); {kept()}") from None
     finally:
         bar.close()
         logger.close()
@@ -321,10 +422,13 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
         run_dir=str(run_dir), checkpoint=str(ckpt_path), global_step=ppo.global_step, updates=ppo.update_count,
         seconds=time.perf_counter() - t0, train_seconds=run_seconds(), metrics=metrics, stopped=stopped,
     )
-    if signals.signum is not None and last_saved == ppo.update_count < cfg.num_updates and stopped != "time budget":
-        name = "interrupted" if signals.signum == signal.SIGINT else f"interrupted ({signal.Signals(signals.signum).name})"
+    if last_saved == ppo.update_count < cfg.num_updates and stopped != "time budget" and (
+        signals.signum is not None or (ctx.enabled and signalled)
+    ):
+        signum = signals.signum if signals.signum is not None else signal.SIGTERM  # another rank's signal
+        name = "interrupted" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})"
         raise TrainingInterrupted(
             f"{name} at update {ppo.update_count} ({ppo.global_step:,} steps): checkpoint written to {ckpt_path}; "
-            f"continue with: {continue_command(run_dir)}", signals.signum, dict(summary, stopped="signal"),
+            f"continue with: {resume_cmd}", signum, dict(summary, stopped="signal"),
         )
     return summary

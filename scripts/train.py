@@ -10,6 +10,12 @@ Writes run_dir/metrics.jsonl, TensorBoard scalars (run_dir/tb) and run_dir/check
 as checkpoint.prev.pt). Ctrl-C or SIGTERM finishes the update in progress, writes its checkpoint and prints the
 command that continues the run (a second Ctrl-C stops at once). Without --run-dir, --resume continues the run of
 the given --env, --core and --seed.
+
+One agent over several processes (each steps its own batch of envs, num_envs per process; gradients are averaged
+every minibatch; rank 0 writes logs and checkpoints; docs/distributed.md):
+
+    torchrun --nproc-per-node 2 scripts/train.py --env MemoryCores/TMaze-v0 --core lstm --device cpu
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 scripts/train.py ...
 """
 
 from __future__ import annotations
@@ -42,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     import tyro
 
+    from agents import distributed
     from agents.checkpoint import CheckpointError, has_checkpoint, load_run_checkpoint
     from agents.presets import env_kwargs_for, task_defaults
     from agents.ppo import TrainConfig
-    from agents.runner import TrainingInterrupted, TrainingStopped, check_run_dir, continue_command, \
+    from agents.runner import PeerLost, TrainingInterrupted, TrainingStopped, check_run_dir, continue_command, \
         default_run_dir, train
 
     # pre-parse the options that decide the defaults: the env (per-task defaults) and a run to resume
@@ -57,27 +64,39 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--run-dir", "--run_dir", default="")
     pre.add_argument("--resume", action="store_true")
     pre.add_argument("--env-kwargs", "--env_kwargs", default=None)
+    pre.add_argument("--dist-timeout", "--dist_timeout", default=str(TrainConfig.dist_timeout))
     known, _ = pre.parse_known_args(argv)
     # the env's name: --env, else the factory (which then names the run), else TrainConfig's default env
     known.env = known.env or known.env_factory or TrainConfig.env
     run_dir = known.run_dir or None
+    ctx = distributed.Dist()
     try:
+        try:
+            timeout = float(known.dist_timeout)
+        except ValueError:
+            raise ValueError(f"--dist-timeout {known.dist_timeout!r} is not valid: expected seconds > 0") from None
+        ctx = distributed.init_from_env(timeout)  # under torchrun: join the run's process group (a no-op otherwise)
         defaults = dataclasses.asdict(TrainConfig())
         if known.resume:
             # resuming: the saved run's config is the default; options given now must still fit it
-            if run_dir is None:  # the run directory a new run of this --env, --core and --seed got
-                try:
-                    seed = int(known.seed)
-                except ValueError:
-                    raise ValueError(f"--seed {known.seed!r} is not valid: expected an integer") from None
-                run_dir = default_run_dir(TrainConfig(env=known.env, core=known.core, seed=seed))
-                if not has_checkpoint(run_dir):
-                    raise CheckpointError(
-                        f"--resume: no checkpoint in {run_dir}, the run directory of --env {known.env} --core "
-                        f"{known.core} --seed {seed}; pass --run-dir of the run to continue"
-                    )
-            check_run_dir(Path(run_dir))
-            saved = load_run_checkpoint(run_dir)[0]["config"]  # a fallback's warning is printed by train()
+
+            def read_saved(run_dir: str | None = run_dir) -> tuple[str, dict]:
+                """The run directory and its saved config (under torchrun: on rank 0, which owns the directory)."""
+                if run_dir is None:  # the run directory a new run of this --env, --core and --seed got
+                    try:
+                        seed = int(known.seed)
+                    except ValueError:
+                        raise ValueError(f"--seed {known.seed!r} is not valid: expected an integer") from None
+                    run_dir = default_run_dir(TrainConfig(env=known.env, core=known.core, seed=seed))
+                    if not has_checkpoint(run_dir):
+                        raise CheckpointError(
+                            f"--resume: no checkpoint in {run_dir}, the run directory of --env {known.env} --core "
+                            f"{known.core} --seed {seed}; pass --run-dir of the run to continue"
+                        )
+                check_run_dir(Path(run_dir))
+                return run_dir, load_run_checkpoint(run_dir)[0]["config"]  # a fallback's warning: printed by train()
+
+            run_dir, saved = distributed.on_rank0(ctx, read_saved)
             defaults.update({k: v for k, v in saved.items() if k in defaults})
             defaults.update(resume=True, run_dir=run_dir)
             has_preset = True
@@ -103,20 +122,33 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = cfg.run_dir
         summary = train(cfg)
     except TrainingStopped as e:
-        print(f"error: {e}", file=sys.stderr)
+        # the same on every rank (a non-finite loss, ...): printed once; a lost peer: by each rank that saw it
+        if ctx.is_main or isinstance(e, PeerLost):
+            print(f"error: {e}", file=sys.stderr)
+        return 1
+    except distributed.PeerLostError as e:  # before training (handing rank 0's saved config to the others)
+        print(f"error: rank {ctx.rank}: another process of the run stopped or stopped answering ({e})", file=sys.stderr)
         return 1
     except (ValueError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # under torchrun an error that rank 0 found and handed to the others is printed once, by rank 0
+        if ctx.is_main or not getattr(e, "from_rank0", False):
+            print(f"error: {e}" if ctx.is_main else f"error (rank {ctx.rank}): {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        print(e, file=sys.stderr)
+        if ctx.is_main:
+            print(e, file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # before training began (building the env, ...)
         if run_dir is not None and has_checkpoint(run_dir):
-            print(f"interrupted; continue from the last checkpoint with: {continue_command(run_dir)}", file=sys.stderr)
+            print(f"interrupted; continue from the last checkpoint with: {continue_command(run_dir, ctx.world_size)}",
+                  file=sys.stderr)
         else:
             print("interrupted before any checkpoint was written: start again with the same command", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
+    if not ctx.is_main:
+        return 0
     m = summary["metrics"]
     parts = [f"{k}={m[k]:.3f}" for k in ("ep_rew_mean", "success_rate", "fps") if k in m]
     why = f" (time budget of {cfg.time_budget:g} s reached)" if summary["stopped"] == "time budget" else ""
