@@ -110,9 +110,15 @@ def init_from_env(timeout_s: float = 600.0) -> Dist:
     return env
 
 
-def shutdown() -> None:
-    """Leave the process group (if one was joined); safe to call after a peer died."""
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group (if one was joined); safe to call after a peer died. With ``barrier`` the ranks
+    first wait for each other, so no rank tears its connections down while another still uses them."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            if barrier:
+                dist.barrier()
+        except Exception:  # noqa: BLE001  a peer is gone: nothing to wait for
+            pass
         try:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001  a broken group: nothing left to tear down cleanly

@@ -8,7 +8,8 @@
 * CLI level (``python -m torch.distributed.run --nproc-per-node 2 scripts/train.py``): rank 1 kills itself mid-run
   (``os._exit`` in a test-only env factory); the run exits non-zero, rank 0 says in one line that another process
   stopped, the last checkpoint rank 0 wrote loads (``world_size`` 2, logs up to its step) and resumes with one
-  process and then with two to the end.
+  process and then with two to the end, started the multi-node way (two torchrun agents meeting through a c10d
+  rendezvous on 127.0.0.1).
 
 Skipped where torch.distributed or gloo is unavailable.
 """
@@ -146,15 +147,41 @@ TINY = ["--env", "MemoryCores/TMaze-v0", "--env-factory", "distributed_helpers:d
 PER_UPDATE = 4 * 16  # env steps of one rank in one update
 
 
-def _launch(nproc: int, args: list[str], die_rank: int | None = None, die_after: int = 0) -> subprocess.CompletedProcess:
+def _env(die_rank: int | None = None, die_after: int = 0) -> dict:
     env = dict(os.environ, PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
-    env.pop("WORLD_SIZE", None)
-    env.pop("RANK", None)
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "DYING_ENV_RANK"):
+        env.pop(name, None)
     if die_rank is not None:
         env.update(DYING_ENV_RANK=str(die_rank), DYING_ENV_AFTER=str(die_after))
+    return env
+
+
+def _launch(nproc: int, args: list[str], die_rank: int | None = None, die_after: int = 0) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node nproc scripts/train.py args`` (one machine)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "--max-restarts", "0", str(ROOT / "scripts" / "train.py"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=str(ROOT))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_env(die_rank, die_after),
+                          cwd=str(ROOT))
+
+
+def _launch_two_nodes(args: list[str]) -> list[tuple[int, str, str]]:
+    """The multi-node command on this machine: two torchrun agents (``--nnodes 2 --nproc-per-node 1``) that meet
+    through a c10d rendezvous on 127.0.0.1; (exit code, stdout, stderr) of each."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend",
+           "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test{port}", "--max-restarts", "0",
+           str(ROOT / "scripts" / "train.py"), *args]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                              cwd=str(ROOT)) for _ in range(2)]
+    out = []
+    for p in procs:
+        so, se = p.communicate(timeout=240)
+        out.append((p.returncode, so, se))
+    return out
 
 
 def _train_script():
@@ -170,7 +197,8 @@ def _train_script():
 def test_killed_rank_stops_the_run_and_the_checkpoint_resumes(tmp_path, capsys):
     """Rank 1 exits (os._exit) during its 4th rollout: torchrun exits non-zero, rank 0 reports the lost process in
     one line, the last checkpoint (update 3, written by rank 0 alone, world_size 2) loads and the logs end at its
-    step; ``--resume`` continues it with 1 process (another world size) and then with 2 to the end."""
+    step; ``--resume`` continues it with 1 process (another world size) and then with 2 to the end, launched as two
+    "nodes" with torchrun's rendezvous options."""
     from agents.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
@@ -196,10 +224,11 @@ def test_killed_rank_stops_the_run_and_the_checkpoint_resumes(tmp_path, capsys):
         capsys.readouterr().out
     ckpt = load_checkpoint(run)
     assert ckpt["world_size"] == 1 and ckpt["global_step"] == 5 * WORLD * PER_UPDATE
-    # and back to 2 processes, to the end
-    p = _launch(WORLD, ["--resume", "--run-dir", str(run), "--total-steps", str(total)])
-    assert p.returncode == 0, p.stderr[:6000]
-    assert p.stdout.count("done:") == 1  # rank 0 alone prints
+    # and back to 2 processes, to the end, started as two "nodes" (torchrun's rendezvous options) on this machine
+    nodes = _launch_two_nodes(["--resume", "--run-dir", str(run), "--total-steps", str(total)])
+    assert all(rc == 0 for rc, _, _ in nodes), [se[:4000] for _, _, se in nodes]
+    assert sum(so.count("done:") for _, so, _ in nodes) == 1  # rank 0 alone prints
+    assert sum(so.count("resuming a run of 1 process with 2") for _, so, _ in nodes) == 1
     ckpt = load_checkpoint(run)
     assert ckpt["world_size"] == WORLD and ckpt["global_step"] == total
     steps = [json.loads(line)["global_step"] for line in open(run / "metrics.jsonl")]
