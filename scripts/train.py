@@ -158,4 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):  # torchrun: skip a teardown that can abort
+        from agents.distributed import exit_now
+
+        exit_now(code)
+    sys.exit(code)
