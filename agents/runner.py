@@ -104,9 +104,10 @@ class _StopOnSignal:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, on_second) -> None:
+    def __init__(self, on_second, quiet: bool = False) -> None:
         self.signum: int | None = None
         self.on_second = on_second
+        self.quiet = quiet  # under torchrun: rank 0 alone says it
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopOnSignal":
@@ -120,6 +121,8 @@ class _StopOnSignal:
             self.on_second(signum)
             return
         self.signum = signum
+        if self.quiet:
+            return
         # os.write: safe inside a handler, even while a progress bar is printing
         os.write(2, f"\n{signal.Signals(signum).name}: stopping after the update in progress to write a checkpoint "
                     f"(press Ctrl-C again to stop at once)\n".encode())
@@ -358,7 +361,7 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
                                   f"{ppo.update_count} (its message says why); {kept()}")
         last_saved = ppo.update_count
 
-    signals = _StopOnSignal(stop_at_once)
+    signals = _StopOnSignal(stop_at_once, quiet=not main)
     try:
         with signals:
             while ppo.update_count < cfg.num_updates:
