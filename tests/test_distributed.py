@@ -233,3 +233,17 @@ def test_killed_rank_stops_the_run_and_the_checkpoint_resumes(tmp_path, capsys):
     assert ckpt["world_size"] == WORLD and ckpt["global_step"] == total
     steps = [json.loads(line)["global_step"] for line in open(run / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] == total
+
+
+def test_malformed_torchrun_variables_are_one_line_errors(monkeypatch, capsys, tmp_path):
+    """WORLD_SIZE/RANK that torchrun would never set: scripts/train.py says which variable and exits 2, without
+    joining any group or creating the run directory."""
+    main = _train_script().main
+    for world, rank, needle in (("two", "0", "WORLD_SIZE='two' is not an integer"),
+                                ("2", "2", "WORLD_SIZE=2, RANK=2, LOCAL_RANK=0 are not valid")):
+        monkeypatch.setenv("WORLD_SIZE", world)
+        monkeypatch.setenv("RANK", rank)
+        assert main(["--env", "MemoryCores/TMaze-v0", "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
+    assert not (tmp_path / "run").exists() and not dist.is_initialized()
