@@ -37,13 +37,18 @@ _steps = 0
 
 class _ExitAfter(gym.Wrapper):
     """Calls ``os._exit(3)`` (no cleanup, as a kill would) once this process has made ``DYING_ENV_AFTER`` env steps,
-    when its ``RANK`` is ``DYING_ENV_RANK``."""
+    when its ``RANK`` is ``DYING_ENV_RANK`` (with ``DYING_ENV_HANG`` set it sleeps for ever instead)."""
 
     def step(self, action: Any):
         global _steps
         _steps += 1
         die = "DYING_ENV_RANK" in os.environ and os.environ.get("RANK") == os.environ["DYING_ENV_RANK"]
         if die and _steps >= int(os.environ["DYING_ENV_AFTER"]):
+            if os.environ.get("DYING_ENV_HANG"):  # stop answering instead of dying (--dist-timeout)
+                import time
+
+                while True:
+                    time.sleep(1)
             os._exit(3)
         return self.env.step(action)
 
