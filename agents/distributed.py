@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
@@ -178,6 +179,10 @@ def on_rank0(ctx: Dist, fn: Callable[[], T]) -> T:
         try:
             box[0] = ("ok", fn())
         except Exception as e:  # noqa: BLE001  handed to the other ranks, re-raised below
+            try:
+                pickle.dumps(e)
+            except Exception:  # noqa: BLE001  an exception that cannot travel: its type family and message do
+                e = (ValueError if isinstance(e, ValueError) else RuntimeError)(str(e))
             box[0] = ("error", e)
     _collective(dist.broadcast_object_list, box, src=0, device=torch.device("cpu"))
     kind, value = box[0]
