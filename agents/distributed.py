@@ -118,13 +118,19 @@ def shutdown(barrier: bool = True) -> None:
     if dist.is_available() and dist.is_initialized():
         try:
             if barrier:
-                dist.barrier()
+                cpu_barrier()
         except Exception:  # noqa: BLE001  a peer is gone: nothing to wait for
             pass
         try:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001  a broken group: nothing left to tear down cleanly
             pass
+
+
+def cpu_barrier() -> None:
+    """Wait until every rank gets here: an all-reduce of one number on the CPU (gloo), so that no GPU and no
+    nccl communicator is touched, whatever the device of the run."""
+    _collective(dist.all_reduce, torch.zeros(1))
 
 
 def exit_now(code: int) -> None:

@@ -103,7 +103,7 @@ def worker(a: Args) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if ctx.enabled:
-            torch.distributed.barrier()
+            distributed.cpu_barrier()
 
     collect_s = update_s = 0.0
     for i in range(a.warmup + a.updates):

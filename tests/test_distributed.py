@@ -247,3 +247,17 @@ def test_malformed_torchrun_variables_are_one_line_errors(monkeypatch, capsys, t
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
     assert not (tmp_path / "run").exists() and not dist.is_initialized()
+
+
+def test_gpu_choice_under_torchrun_user_errors(monkeypatch):
+    """Under torchrun each process takes cuda:LOCAL_RANK: an explicit cuda:i and a LOCAL_RANK beyond the GPUs are
+    one-line ValueErrors (CUDA faked available; no GPU is touched), --device cpu stays on the CPU."""
+    from agents.distributed import Dist, rank_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"--device 'cuda:1': under torchrun each process uses cuda:LOCAL_RANK"):
+        rank_device("cuda:1", Dist(2, 0, 0))
+    with pytest.raises(ValueError, match=r"LOCAL_RANK 3 has no GPU: this machine has 2"):
+        rank_device("cuda", Dist(4, 3, 3))
+    assert rank_device("cpu", Dist(2, 1, 1)) == torch.device("cpu")
