@@ -597,6 +597,31 @@ def unroll_core(
     return ys, state, ChoiceOut(get("choice"), _sum_to(get("log_prob"), 2), _sum_to(get("entropy"), 2))
 
 
+def segment_plan(resets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Host-side index arithmetic of :func:`segmented_unroll` for the reset flags ``resets`` ``[T, B]`` (bool, on
+    the CPU): every row is cut at its episode starts into ``S`` segments (one starts at ``t = 0`` in every row).
+
+    Returns ``seg_b`` ``[S]`` (the segment's row), ``seg_new`` ``[S]`` (the segment starts after ``t = 0``, i.e. at
+    a reset), ``src`` ``[L_max, S]`` (time-major flat index ``t B + b`` of each padded step; padding points at 0) and
+    ``inv`` ``[T B]`` (the position of each time-major step in the flattened ``[L_max, S]`` layout)."""
+    T, B = resets.shape
+    r = resets.clone()
+    r[0] = True  # every row has a segment starting at t = 0
+    # segments in (row, time) order: flat row-major index f = b T + t0; a row's last segment ends at the row's end
+    f = r.t().reshape(-1).nonzero().squeeze(1)  # [S]
+    seg_b, seg_t0 = f // T, f % T
+    lengths = torch.diff(f, append=torch.tensor([B * T]))  # [S]
+    S, L_max = f.numel(), int(lengths.max())
+    j = torch.arange(L_max).unsqueeze(1)  # [L_max, 1]
+    valid = j < lengths.unsqueeze(0)  # [L_max, S]
+    src = (seg_t0.unsqueeze(0) + j) * B + seg_b.unsqueeze(0)  # time-major flat index into [T * B]
+    src = torch.where(valid, src, torch.zeros_like(src))
+    # inverse map: position in the padded [L_max * S] layout of each time-major [T * B] step
+    inv = torch.empty(T * B, dtype=torch.long)
+    inv[src[valid]] = (j * S + torch.arange(S).unsqueeze(0)).expand(L_max, S)[valid]
+    return seg_b, seg_t0 > 0, src, inv
+
+
 def segmented_unroll(core: Core, xs: Tensor, state: Any, resets: Tensor, resets_cpu: Tensor | None = None) -> Tensor:
     """``core.unroll(xs, state, resets)[0]`` computed as ONE reset-free unroll over episode segments.
 
@@ -612,23 +637,13 @@ def segmented_unroll(core: Core, xs: Tensor, state: Any, resets: Tensor, resets_
     the one device-to-host copy). Returns ``ys``: ``[T, B, O]``.
     """
     T, B = resets.shape
-    r = (resets if resets_cpu is None else resets_cpu).to("cpu", torch.bool).clone()
-    r[0] = True  # every row has a segment starting at t = 0
-    # segments in (row, time) order: flat row-major index f = b T + t0; a row's last segment ends at the row's end
-    f = r.t().reshape(-1).nonzero().squeeze(1)  # [S]
-    seg_b, seg_t0 = f // T, f % T
-    lengths = torch.diff(f, append=torch.tensor([B * T]))  # [S]
-    S, L_max = f.numel(), int(lengths.max())
-    j = torch.arange(L_max).unsqueeze(1)  # [L_max, 1]
-    valid = j < lengths.unsqueeze(0)  # [L_max, S]
-    src = (seg_t0.unsqueeze(0) + j) * B + seg_b.unsqueeze(0)  # time-major flat index into [T * B]
-    src = torch.where(valid, src, torch.zeros_like(src))
-    # inverse map: position in the padded [L_max * S] layout of each time-major [T * B] step
-    inv = torch.empty(T * B, dtype=torch.long)
-    inv[src[valid]] = (j * S + torch.arange(S).unsqueeze(0)).expand(L_max, S)[valid]
-    dev = xs.device
+    r = (resets if resets_cpu is None else resets_cpu).to("cpu", torch.bool)
+    seg_b, seg_new, src, inv = segment_plan(r)  # on the host
+    S, L_max = seg_b.numel(), src.shape[0]
+    dev = xs.device  # asynchronous copies: the host never waits for the device here
     src, inv = src.to(dev, non_blocking=True), inv.to(dev, non_blocking=True)
-    seg_b_d, seg_reset = seg_b.to(dev), (seg_t0 > 0).to(dev) | resets[0].index_select(0, seg_b.to(dev))
+    seg_b_d, seg_new_d = seg_b.to(dev, non_blocking=True), seg_new.to(dev, non_blocking=True)
+    seg_reset = seg_new_d | resets[0].index_select(0, seg_b_d)
     x_seg = xs.reshape(T * B, -1).index_select(0, src.reshape(-1)).reshape(L_max, S, -1)  # [L_max, S, I]
     s_seg = core.reset_state(tree_map(lambda t: t.index_select(0, seg_b_d), state), seg_reset)
     ys_seg, _ = core.unroll(x_seg, s_seg, None)  # [L_max, S, O], no resets: fused

@@ -20,6 +20,8 @@ Read top to bottom, like CleanRL's ``ppo_atari_lstm.py``:
 
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 from dataclasses import dataclass
@@ -425,6 +427,10 @@ class PPO:
         self.global_step = 0
         self.update_count = 0
         self._buf: Rollout | None = None
+        # On an accelerator the update's inner loop runs without host reads (the minibatches' finiteness is
+        # checked once per update, the parameters restored if it failed); on the CPU a host read costs nothing,
+        # so each minibatch is checked before its step.
+        self.sync_free = self.device.type != "cpu"
 
     # ---------------------------------------------------------------------------------------------- rollout
     def _normalize_obs(self, obs: Any, update: bool = False) -> Any:
@@ -570,30 +576,24 @@ class PPO:
         """Epochs of minibatch updates on whole sequences; returns device tensors averaged over the minibatches:
         ``loss``, ``policy_gradient_loss``, ``value_loss``, ``entropy_loss``, ``approx_kl``, ``clip_fraction`` (of
         the step's joint ratio, choices included; ``target_kl`` stops on it), ``grad_norm``, with discrete core
-        choices ``choice_entropy`` and ``choice_approx_kl``; and ``explained_variance``, ``learning_rate``."""
-        cfg, policy = self.cfg, self.policy
+        choices ``choice_entropy`` and ``choice_approx_kl``; and ``explained_variance``, ``learning_rate``.
+
+        Host reads: on an accelerator (:attr:`sync_free`) the epochs and minibatches (:meth:`_epochs`) read nothing
+        back from the device, except ``approx_kl`` once per epoch when ``target_kl`` is set; the reset flags of a
+        segmented unroll (lstm/gru) come to the host once per update, and whether every minibatch loss was finite is
+        read once at the end: if one was not, the parameters and optimiser state of before the update are restored
+        and :class:`NonFiniteLossError` is raised. On the CPU each minibatch is checked before its step."""
+        policy = self.policy
         lr = self.set_learning_rate()
         data = self.sequences(r)
-        N = data["starts"].shape[1]
-        mb = N // cfg.num_minibatches
         # the reset flags on the host once per update (segmented unroll of lstm/gru); none for other cores
         data["starts_cpu"] = data["starts"].cpu() if policy.segment_unroll else None
-        sums: dict[str, Tensor] = {}
-        n_mb = 0
-        for _epoch in range(cfg.update_epochs):
-            perm = torch.randperm(N)  # on the host: indexes the host copy of the flags too
-            for i in range(cfg.num_minibatches):
-                idx = perm[i * mb : (i + 1) * mb]
-                metrics = self._minibatch_step(data, idx.to(self.device), idx)
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_mb += 1
-            if cfg.target_kl is not None:
-                kl = metrics["approx_kl"]
-                if self.dist.enabled:  # every rank decides on the global KL, so all stop at the same epoch
-                    kl = distributed.allreduce_mean(kl)
-                if float(kl) > cfg.target_kl:
-                    break
+        saved = self._snapshot() if self.sync_free else None
+        sums, n_mb, finite = self._epochs(data)
+        if finite is not None and not bool(finite):  # the update's one host read of a decision
+            self._restore(saved)
+            raise NonFiniteLossError(f"non-finite PPO loss at update {self.update_count + 1} (parameters and "
+                                     "optimiser state of before the update restored)")
         out = {k: v / n_mb for k, v in sums.items()}
         # explained variance of the rollout's values
         y, v = r.returns.flatten(), r.values.flatten()
@@ -610,6 +610,56 @@ class PPO:
         out["learning_rate"] = torch.tensor(lr)
         self.update_count += 1
         return out
+
+    def _epochs(self, data: dict[str, Any]) -> tuple[dict[str, Tensor], int, Tensor | None]:
+        """The update's ``update_epochs x num_minibatches`` gradient steps on :meth:`sequences`' ``data``: returns
+        the summed metrics, the number of minibatches and, when :attr:`sync_free`, a device bool that is True when
+        every minibatch loss was finite (None on the CPU path, which checks each minibatch before its step)."""
+        cfg = self.cfg
+        N = data["starts"].shape[1]
+        mb = N // cfg.num_minibatches
+        sums: dict[str, Tensor] = {}
+        n_mb = 0
+        finite = torch.ones((), dtype=torch.bool, device=self.device) if self.sync_free else None
+        for _epoch in range(cfg.update_epochs):
+            perm = torch.randperm(N)  # on the host: indexes the host copy of the flags too
+            perm_dev = self._to_device_async(perm)  # one asynchronous copy per epoch
+            for i in range(cfg.num_minibatches):
+                sl = slice(i * mb, (i + 1) * mb)
+                metrics = self._minibatch_step(data, perm_dev[sl], perm[sl])
+                if finite is not None:
+                    finite = finite & metrics.pop("finite")
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_mb += 1
+            if cfg.target_kl is not None:
+                kl = metrics["approx_kl"]
+                if self.dist.enabled:  # every rank decides on the global KL, so all stop at the same epoch
+                    kl = distributed.allreduce_mean(kl)
+                if float(kl) > cfg.target_kl:  # a host read per epoch, only with target_kl
+                    break
+        return sums, n_mb, finite
+
+    def _to_device_async(self, t: Tensor) -> Tensor:
+        """``t`` (on the host) on the device without making the host wait: pinned memory and a non-blocking copy
+        on CUDA (a copy from pageable memory synchronises)."""
+        if self.device.type == "cpu":
+            return t
+        if self.device.type == "cuda":
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
+
+    def _snapshot(self) -> tuple[list[Tensor], dict]:
+        """Copies of the parameters and the optimiser state (device copies, no host read)."""
+        params = [p.detach().clone() for p in self.policy.parameters()]
+        return params, copy.deepcopy(self.optimizer.state_dict())
+
+    @torch.no_grad()
+    def _restore(self, saved: tuple[list[Tensor], dict]) -> None:
+        params, opt_state = saved
+        for p, q in zip(self.policy.parameters(), params):
+            p.copy_(q)
+        self.optimizer.load_state_dict(opt_state)
 
     def loss(self, data: dict[str, Any], idx: Tensor, idx_cpu: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The PPO loss of the minibatch of sequences ``idx`` (of :meth:`sequences`' ``N``) and its metrics; no
@@ -688,7 +738,9 @@ class PPO:
         loss, metrics = self.loss(data, idx, idx_cpu)
         if self.dist.enabled:
             return self._distributed_step(loss, metrics)
-        if not bool(torch.isfinite(loss)):  # one sync per minibatch; stops before a bad gradient step
+        if self.sync_free:  # checked once per update (see update())
+            metrics["finite"] = torch.isfinite(loss.detach())
+        elif not bool(torch.isfinite(loss)):  # CPU: free to check here, before a bad gradient step
             raise NonFiniteLossError(f"non-finite PPO loss ({float(loss.detach())}) at update {self.update_count + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -703,7 +755,9 @@ class PPO:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         mean_loss = distributed.allreduce_gradients(self.policy.parameters(), self.dist.world_size, loss.detach())
-        if not bool(torch.isfinite(mean_loss)):  # the same decision on every rank
+        if self.sync_free:  # the same flag on every rank, checked once per update (see update())
+            metrics["finite"] = torch.isfinite(mean_loss)
+        elif not bool(torch.isfinite(mean_loss)):  # the same decision on every rank
             raise NonFiniteLossError(f"non-finite PPO loss ({float(mean_loss)}, mean over the ranks) at update "
                                      f"{self.update_count + 1}")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)

@@ -177,10 +177,12 @@ class RecordHostReads(TorchDispatchMode):
 
     def __init__(self, device: torch.device) -> None:
         super().__init__()
-        self.device, self.bad = device, []
+        self.device, self.bad, self.paused = device, [], False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.paused:  # work on host data only (see host_only)
+            return func(*args, **kwargs)
         name = str(func.overloadpacket)
         if name in self.FORBIDDEN:
             self.bad.append(name)
@@ -236,6 +238,117 @@ def test_collect_has_no_host_sync_on_cuda(core):
     assert r.values.is_cuda and torch.isfinite(r.advantages).all()
     if core == "rl_access":
         assert r.choices[0].is_cuda and len(torch.unique(r.choices[0])) > 1
+
+
+# ------------------------------------------------------------------------------------ no host sync in the update
+def strict_epochs(ppo: PPO, guard) -> list:
+    """Wraps ``ppo._epochs`` (the update's epochs and minibatches) in the context ``guard()``; returns the list that
+    collects the guards' records."""
+    inner, records = ppo._epochs, []
+
+    def wrapped(*a, **k):
+        with guard() as g:
+            records.append(g)
+            return inner(*a, **k)
+
+    ppo._epochs = wrapped
+    return records
+
+
+def host_only(fn, records: list):
+    """``fn`` run with the recorders of ``records`` paused: for work that reads host data only (on the CPU the
+    recorder cannot tell host tensors from device tensors)."""
+    def wrapped(*a, **k):
+        for r in records:
+            r.paused = True
+        try:
+            return fn(*a, **k)
+        finally:
+            for r in records:
+                r.paused = False
+    return wrapped
+
+
+@pytest.mark.parametrize("core,slots", [("lstm", 0), ("rl_access", 0), ("ntm", 0), ("ntm", 3)])
+def test_update_inner_loop_reads_nothing_back_to_the_host(core, slots, monkeypatch):
+    """CPU sibling of test_update_has_no_host_sync_on_cuda: on the accelerator path (``sync_free``) the update's
+    epochs and minibatches (segmented LSTM unroll, REINFORCE choices, the NTM, memory-efficient BPTT) run no op that
+    makes the host wait for the device; the update still trains (parameters move, metrics finite). Exempt, as host
+    work: the segment plan of the LSTM's segmented unroll (computed from the reset flags' host copy) and Adam's step
+    counter (a host tensor unless ``capturable``); the CUDA test runs them unexempted."""
+    import agents.policy
+
+    ppo = warm_ppo(core, "cpu")
+    ppo.cfg = replace(ppo.cfg, bptt_memory_slots=slots, bptt_segment_steps=2 if slots else 1)
+    ppo.sync_free, ppo._any_truncated = True, lambda truncated: True
+    r = ppo.collect()
+    before = [p.detach().clone() for p in ppo.policy.parameters()]
+    records = strict_epochs(ppo, lambda: RecordHostReads(ppo.device))
+    monkeypatch.setattr(agents.policy, "segment_plan", host_only(agents.policy.segment_plan, records))
+    monkeypatch.setattr(ppo.optimizer, "step", host_only(ppo.optimizer.step, records))
+    out = ppo.update(r)
+    assert len(records) == 1 and records[0].bad == []
+    assert all(math.isfinite(float(v)) for v in out.values())
+    assert any(not torch.equal(p, q) for p, q in zip(ppo.policy.parameters(), before))
+
+
+def test_sync_free_update_restores_parameters_after_a_non_finite_loss():
+    """A NaN loss in the second of four minibatches: the accelerator path (which checks once per update) raises and leaves the
+    parameters and the optimiser state exactly as before the update; the CPU path stops at that minibatch."""
+    from agents.ppo import NonFiniteLossError
+
+    for sync_free in (True, False):
+        ppo = warm_ppo("lstm", "cpu")
+        ppo.sync_free, ppo.cfg = sync_free, replace(ppo.cfg, update_epochs=2)
+        r = ppo.collect()
+        ppo.update(r)  # optimiser state exists
+        params = [p.detach().clone() for p in ppo.policy.parameters()]
+        opt = {k: v.clone() for k, v in ppo.optimizer.state_dict()["state"][0].items()}
+        inner, calls = ppo.loss, []
+
+        def poisoned(*a, **k):
+            loss, m = inner(*a, **k)
+            calls.append(1)
+            return (loss * float("nan") if len(calls) == 2 else loss), m
+
+        ppo.loss = poisoned
+        with pytest.raises(NonFiniteLossError, match="non-finite PPO loss"):
+            ppo.update(ppo.collect())
+        n_mb = ppo.cfg.update_epochs * ppo.cfg.num_minibatches
+        assert n_mb == 4 and len(calls) == (n_mb if sync_free else 2)
+        if sync_free:
+            assert all(torch.equal(p, q) for p, q in zip(ppo.policy.parameters(), params))
+            now = ppo.optimizer.state_dict()["state"][0]
+            assert all(torch.equal(now[k], v) for k, v in opt.items())
+        assert all(torch.isfinite(p).all() for p in ppo.policy.parameters())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("core,slots", [("lstm", 0), ("rl_access", 0), ("ntm", 0), ("ntm", 3)])
+def test_update_has_no_host_sync_on_cuda(core, slots):
+    """The update's epochs and minibatches on CUDA never synchronise with the host
+    (``torch.cuda.set_sync_debug_mode("error")`` around them); the update trains."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def strict():
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield None
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+    ppo = warm_ppo(core, "cuda")
+    ppo.cfg = replace(ppo.cfg, bptt_memory_slots=slots, bptt_segment_steps=2 if slots else 1)
+    assert ppo.sync_free
+    r = ppo.collect()
+    before = [p.detach().clone() for p in ppo.policy.parameters()]
+    records = strict_epochs(ppo, strict)
+    out = ppo.update(r)
+    assert len(records) == 1 and all(math.isfinite(float(v)) for v in out.values())
+    assert any(not torch.equal(p, q) for p, q in zip(ppo.policy.parameters(), before))
 
 
 def test_truncated_episodes_bootstrap_from_final_obs():
