@@ -29,7 +29,7 @@ shared by actor and critic. For every other core the value reads the whole core 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -622,7 +622,10 @@ def segment_plan(resets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return seg_b, seg_t0 > 0, src, inv
 
 
-def segmented_unroll(core: Core, xs: Tensor, state: Any, resets: Tensor, resets_cpu: Tensor | None = None) -> Tensor:
+def segmented_unroll(
+    core: Core, xs: Tensor, state: Any, resets: Tensor, resets_cpu: Tensor | None = None,
+    unroll: Callable[[Tensor, Any], Tensor] | None = None,
+) -> Tensor:
     """``core.unroll(xs, state, resets)[0]`` computed as ONE reset-free unroll over episode segments.
 
     Cores such as ``lstm``/``gru`` run a fused multi-step kernel only when no row resets after ``t = 0``; with
@@ -634,7 +637,9 @@ def segmented_unroll(core: Core, xs: Tensor, state: Any, resets: Tensor, resets_
     the step loop, step for step. The final state is not returned (padding runs past the segments' ends).
 
     ``xs``: ``[T, B, I]``; ``resets``: ``[T, B]`` bool; ``resets_cpu``: the same on the host if already there (saves
-    the one device-to-host copy). Returns ``ys``: ``[T, B, O]``.
+    the one device-to-host copy); ``unroll(x_seg, s_seg) -> ys_seg``: the reset-free unroll of the ``[L_max, S]``
+    segment batch (default ``core.unroll(x_seg, s_seg)[0]``; the PPO update passes memory-efficient BPTT here, so
+    its stretches are reset-free too). Returns ``ys``: ``[T, B, O]``.
     """
     T, B = resets.shape
     r = (resets if resets_cpu is None else resets_cpu).to("cpu", torch.bool)
@@ -646,7 +651,7 @@ def segmented_unroll(core: Core, xs: Tensor, state: Any, resets: Tensor, resets_
     seg_reset = seg_new_d | resets[0].index_select(0, seg_b_d)
     x_seg = xs.reshape(T * B, -1).index_select(0, src.reshape(-1)).reshape(L_max, S, -1)  # [L_max, S, I]
     s_seg = core.reset_state(tree_map(lambda t: t.index_select(0, seg_b_d), state), seg_reset)
-    ys_seg, _ = core.unroll(x_seg, s_seg, None)  # [L_max, S, O], no resets: fused
+    ys_seg = core.unroll(x_seg, s_seg, None)[0] if unroll is None else unroll(x_seg, s_seg)  # [L_max, S, O], fused
     return ys_seg.reshape(L_max * S, -1).index_select(0, inv).reshape(T, B, -1)
 
 
@@ -855,12 +860,20 @@ class ActorCritic(nn.Module):
         x = enc(obs)  # [T, B, embed]
         if core is None:
             return mlp(x), state, None
+        use_segments = segmented and self.segment_unroll and resets is not None and x.shape[0] > 1
         if 0 < memory_slots < x.shape[0] and not core_has_choices(core):
             # memory-efficient BPTT (Gruslys et al. 2016): the same values and gradients, at most memory_slots states
-            h, new_state = memory_cores.memory_efficient_unroll(core, x, state, resets, memory_slots=memory_slots,
-                                                                     segment_steps=segment_steps)
+            def mem_unroll(xx: Tensor, ss: Any, rr: Tensor | None = None) -> tuple[Tensor, Any]:
+                return memory_cores.memory_efficient_unroll(core, xx, ss, rr, memory_slots=memory_slots,
+                                                            segment_steps=segment_steps)
+
+            if use_segments:  # over the episode segments: every recomputed stretch stays reset-free (fused)
+                h = segmented_unroll(core, x, state, resets, resets_cpu, lambda xx, ss: mem_unroll(xx, ss)[0])
+                new_state = None
+            else:
+                h, new_state = mem_unroll(x, state, resets)
             ch = None
-        elif segmented and self.segment_unroll and resets is not None and x.shape[0] > 1 and not core_has_choices(core):
+        elif use_segments and not core_has_choices(core):
             h, new_state, ch = segmented_unroll(core, x, state, resets, resets_cpu), None, None
         else:
             h, new_state, ch = unroll_core(core, x, state, resets, choices, greedy)
@@ -946,7 +959,8 @@ class ActorCritic(nn.Module):
         unroll instead of a step loop when episodes start inside the sequences); the returned state is then None.
         ``resets_cpu``: ``resets`` already on the host (optional). ``memory_slots`` > 0: sequences longer than it run
         through :func:`memory_cores.memory_efficient_unroll` (same values and gradients, at most that many stored
-        core states and recomputed stretches of at most ``segment_steps`` steps; cores without discrete choices)."""
+        core states and recomputed stretches of at most ``segment_steps`` steps; cores without discrete choices),
+        with ``segmented`` over the episode segments, so that every recomputed stretch is reset-free."""
         h, value, new_state, (_, c_lp, c_ent) = self._forward_seq(
             obs, state, resets, choices, segmented=segmented, resets_cpu=resets_cpu, memory_slots=memory_slots,
             segment_steps=segment_steps,

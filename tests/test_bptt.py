@@ -215,7 +215,9 @@ def test_stored_forward_information_far_below_plain():
 
 def test_ppo_loss_with_memory_efficient_bptt_equals_plain_bptt():
     """PPO's loss and its gradients with --bptt-memory-slots equal plain BPTT's on the same minibatch (a GRU: its
-    plain update would use the fused segmented unroll; resets inside the 16-step sequences)."""
+    plain update would use the fused segmented unroll; resets inside the 16-step sequences). Memory-efficient BPTT
+    runs over the episode segments too, so no recomputed stretch holds a reset after its first step (the GRU's
+    fused kernel, not its step loop)."""
     from dataclasses import replace
 
     import torch
@@ -234,12 +236,22 @@ def test_ppo_loss_with_memory_efficient_bptt_equals_plain_bptt():
     data = ppo.sequences(ppo.collect())
     assert bool(data["starts"][1:].any())  # episodes start inside the sequences
     idx = torch.arange(data["starts"].shape[1])
+    core, inside = policy.core, []
+    plain_unroll = core.unroll
+
+    def recording_unroll(xs, state, resets=None):
+        inside.append(resets is not None and bool(resets[1:].any()))
+        return plain_unroll(xs, state, resets)
+
+    core.unroll = recording_unroll
     out = []
     for slots, seg in ((0, 1), (3, 1), (3, 4)):
         ppo.cfg = replace(cfg, bptt_memory_slots=slots, bptt_segment_steps=seg)
         policy.zero_grad()
+        inside.clear()
         loss, _ = ppo.loss(data, idx)
         loss.backward()
+        assert inside and not any(inside), (slots, seg, inside)  # every unroll reset-free after its first step
         out.append((loss.detach(), [p.grad.clone() for p in policy.parameters()]))
     venv.close()
     for other in out[1:]:
