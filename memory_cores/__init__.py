@@ -15,7 +15,7 @@ import inspect
 
 from .base import Core, select_rows, stack_states, tree_leaves, tree_map
 from .alstm import AssociativeLSTMCore
-from .bptt import bptt_policy, memory_efficient_unroll
+from .bptt import STORAGES, bptt_policy, internal_state_cost, memory_efficient_unroll
 from .dnc import DNCCore
 from .ebmm import EBMMCore
 from .ffm import FFMCore
@@ -64,7 +64,9 @@ def make_core(name: str, input_size: int, **kwargs) -> Core:
 __all__ = [
     "CORES",
     "Core",
+    "STORAGES",
     "bptt_policy",
+    "internal_state_cost",
     "make_core",
     "memory_efficient_unroll",
     "select_rows",

@@ -40,6 +40,20 @@ backpropagated at once (the backward pass then holds one stretch's activations b
 
 ``S = 1`` is the paper's policy exactly (tests/test_bptt.py checks both against brute force).
 
+BPTT-ISM and BPTT-MSM (sections 3.4 and 3.5 of the paper): instead of the hidden state after ``y`` steps, the
+*internal state* of step ``y`` may be stored: the activations its backward step needs (here: the autograd graph of
+that one step, its output state included), which costs ``alpha`` slots (``internal_cost``, the size of a step's
+internals in units of one hidden state) and saves recomputing that step. Split at ``y`` (``1 <= y <= t``): run
+``y`` steps, the last one with grad, keep its graph; backpropagate the right part ``[y, t)`` from its output state
+with ``m - alpha`` slots (the right part's start state lives inside the stored internals); backpropagate the
+stored step without recomputing it; then the left part ``[0, y - 1)`` with all ``m`` slots::
+
+    C_internal(t, m) = min_{1 <= y <= t} [ y + C(t - y, m - alpha) + C(y - 1, m) ]     (m - alpha >= 1)
+
+``storage="hidden"`` is BPTT-HSM (above), ``"internal"`` BPTT-ISM (internal-state splits only; the initial hidden
+state is still the one stored hidden state), ``"mixed"`` BPTT-MSM: the cheaper of both splits at every node (the
+hidden split at equal cost, it holds less).
+
 Every run of consecutive steps goes through ``core.unroll`` on the segment's slice of ``xs`` and ``resets``, so
 fused unrolls (lstm/gru, the DNC's hand-written backward, gtrxl/memnet/perceiver_ar/lru/ffm paths) stay in use
 and per-row resets inside the sequence work.
@@ -63,40 +77,58 @@ from torch import Tensor
 
 from .base import Core, State, tree_leaves, tree_unflatten
 
-__all__ = ["BPTTPolicy", "bptt_policy", "memory_efficient_unroll"]
+__all__ = ["BPTTPolicy", "STORAGES", "bptt_policy", "internal_state_cost", "memory_efficient_unroll"]
+
+STORAGES = ("hidden", "internal", "mixed")  # BPTT-HSM, BPTT-ISM, BPTT-MSM
+LEAF, HIDDEN, INTERNAL = 0, 1, 2  # kinds of a policy node
 
 
 @functools.lru_cache(maxsize=64)
-def _dp(T: int, M: int, S: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Tables ``C[t, m]`` and ``Y[t, m]`` (optimal split, 0 = leaf) for ``0 <= t <= T``, ``1 <= m <= M``, with
-    stretches of at most ``S`` steps recomputed in one grad-enabled run (``S = 1``: the paper's BPTT-HSM)."""
+def _dp(T: int, M: int, S: int = 1, storage: str = "hidden", alpha: int = 1) -> tuple[np.ndarray, ...]:
+    """Tables ``C[t, m]``, ``Y[t, m]`` (optimal split) and ``K[t, m]`` (its kind: LEAF, HIDDEN or INTERNAL) for
+    ``0 <= t <= T``, ``1 <= m <= M``, with stretches of at most ``S`` steps recomputed in one grad-enabled run
+    (``S = 1``: the paper's step by step) and internal states of ``alpha`` slots (``storage`` internal or mixed)."""
     C = np.zeros((T + 1, M + 1), dtype=np.int64)
     Y = np.zeros((T + 1, M + 1), dtype=np.int64)
+    K = np.zeros((T + 1, M + 1), dtype=np.int64)
     for t in range(1, T + 1):  # one slot: chunks of S from the end, each rerun from the start
         C[t, 1] = t + (C[t - S, 1] if t > S else 0)  # S = 1: C(t, 1) = t (t + 1) / 2
     for m in range(2, M + 1):
         C[1:S + 1, m] = np.arange(1, min(S, T) + 1)  # a stretch of t <= S steps: one run with grad, C = t
         for t in range(S + 1, T + 1):
-            y = np.arange(1, t)
-            c = y + C[t - y, m - 1] + C[y, m]  # C(t, m) = min_y [ y + C(t - y, m - 1) + C(y, m) ]
-            i = int(np.argmin(c))  # the smallest y among equal costs
-            C[t, m], Y[t, m] = c[i], i + 1
-    C.flags.writeable = False
-    Y.flags.writeable = False
-    return C, Y
+            best, arg, kind = C[t, 1] if storage == "internal" else None, 0, LEAF
+            if storage != "internal":
+                y = np.arange(1, t)
+                c = y + C[t - y, m - 1] + C[y, m]  # C(t, m) = min_y [ y + C(t - y, m - 1) + C(y, m) ]
+                i = int(np.argmin(c))  # the smallest y among equal costs
+                best, arg, kind = c[i], i + 1, HIDDEN
+            if storage != "hidden" and m - alpha >= 1:
+                y = np.arange(1, t + 1)
+                c = y + C[t - y, m - alpha] + C[y - 1, m]  # the internal state of step y: y - 1 + 1 steps run
+                i = int(np.argmin(c))
+                if c[i] < best:
+                    best, arg, kind = c[i], i + 1, INTERNAL
+            C[t, m], Y[t, m], K[t, m] = best, arg, kind
+    for a in (C, Y, K):
+        a.flags.writeable = False
+    return C, Y, K
 
 
 @dataclass(frozen=True)
 class BPTTPolicy:
-    """The BPTT-HSM policy for a sequence of ``T`` steps, ``memory_slots`` slots and recomputed stretches of at most
-    ``segment_steps`` steps.
+    """The BPTT-HSM/ISM/MSM policy for a sequence of ``T`` steps, ``memory_slots`` slots and recomputed stretches of
+    at most ``segment_steps`` steps.
 
     Attributes:
         T, memory_slots, segment_steps: the problem.
         cost: C(T, m) of the paper, the total number of forward steps of the paper's procedure (first pass included).
-        forward_stores: positions ``p`` (the hidden state after ``p`` steps) stored by the forward pass (the spine).
-        backward_steps: core steps :func:`memory_efficient_unroll` runs in its backward pass
-            (``cost - (T - t_last)``); the forward pass runs ``T`` more.
+        forward_stores: positions ``p`` stored by the forward pass (the spine): the hidden state after ``p`` steps,
+            or the internal state of step ``p`` (``forward_kinds``).
+        backward_steps: core steps :func:`memory_efficient_unroll` runs in its backward pass (``cost`` less the
+            spine's forward steps, ``forward_stores[-1]``); the forward pass runs ``T`` more.
+        storage: ``"hidden"`` (BPTT-HSM), ``"internal"`` (BPTT-ISM) or ``"mixed"`` (BPTT-MSM).
+        internal_cost: ``alpha``, the slots one step's internal state takes (storage internal or mixed).
+        forward_kinds: HIDDEN (1) or INTERNAL (2) for each of ``forward_stores``.
     """
 
     T: int
@@ -105,24 +137,43 @@ class BPTTPolicy:
     forward_stores: tuple[int, ...]
     backward_steps: int
     segment_steps: int = 1
+    storage: str = "hidden"
+    internal_cost: int = 1
+    forward_kinds: tuple[int, ...] = ()
+
+    @property
+    def slots(self) -> int:
+        """The slots the programme works with: ``memory_slots``, less what can never help (more hidden states than
+        steps, more than every step's internals)."""
+        return _useful_slots(self.T, self.memory_slots, self.storage, self.internal_cost)
+
+    def node(self, t: int, m: int) -> tuple[int, int]:
+        """What to do when backpropagating ``t`` steps with ``m`` slots: ``(kind, y)``, kind LEAF (``y = 0``;
+        ``t <= segment_steps``: one grad-enabled run of the stretch; ``m = 1``: recompute from the start for every
+        stretch of ``segment_steps`` steps, from the end), HIDDEN (store the hidden state after ``y`` steps,
+        ``1 <= y < t``) or INTERNAL (store the internal state of step ``y``, ``1 <= y <= t``)."""
+        if t <= self.segment_steps or m <= 1:
+            return LEAF, 0
+        M = self.slots
+        _, Y, K = _dp(self.T, M, self.segment_steps, self.storage, self.internal_cost)
+        return int(K[t, min(m, M)]), int(Y[t, min(m, M)])
 
     def split(self, t: int, m: int) -> int:
-        """Where to store when backpropagating ``t`` steps with ``m`` slots: ``y`` in ``[1, t)``, or 0 for a leaf
-        (``t <= segment_steps``: one grad-enabled run of the stretch; ``m = 1``: recompute from the start for every
-        stretch of ``segment_steps`` steps, from the end)."""
-        if t <= self.segment_steps or m <= 1:
-            return 0
-        M = min(self.memory_slots, max(self.T, 1))
-        return int(_dp(self.T, M, self.segment_steps)[1][t, min(m, M)])
+        """The ``y`` of :meth:`node` (0 for a leaf)."""
+        return self.node(t, m)[1]
 
 
-def bptt_policy(T: int, memory_slots: int, segment_steps: int = 1) -> BPTTPolicy:
-    """Solve the BPTT-HSM dynamic programme for ``T`` steps and ``memory_slots`` (``>= 1``) stored hidden states.
+def bptt_policy(
+    T: int, memory_slots: int, segment_steps: int = 1, storage: str = "hidden", internal_cost: int = 1
+) -> BPTTPolicy:
+    """Solve the dynamic programme for ``T`` steps and ``memory_slots`` (``>= 1``, the initial state's included).
 
     ``segment_steps`` (``S >= 1``): the longest stretch recomputed in one grad-enabled run, whose activations the
     backward pass holds at once ("plus what one recomputed segment needs"). ``S = 1`` is the paper's policy (each
     step recomputed alone); a larger ``S`` lets a core's fused multi-step unroll (``nn.LSTM``) run whole stretches,
     with the leaves of the recursion costing ``C(t, m) = t`` for ``t <= S`` and ``C(t, 1) = t + C(t - S, 1)``.
+    ``storage``: ``"hidden"`` (BPTT-HSM), ``"internal"`` (BPTT-ISM) or ``"mixed"`` (BPTT-MSM); ``internal_cost``
+    (``alpha >= 1``): the slots one step's internal state takes (:func:`internal_state_cost` measures it).
     """
     if not isinstance(T, int) or T < 0:
         raise ValueError(f"T must be a non-negative int, got {T!r}")
@@ -130,16 +181,48 @@ def bptt_policy(T: int, memory_slots: int, segment_steps: int = 1) -> BPTTPolicy
         raise ValueError(f"memory_slots must be an int >= 1 (the slot holding the initial state), got {memory_slots!r}")
     if not isinstance(segment_steps, int) or isinstance(segment_steps, bool) or segment_steps < 1:
         raise ValueError(f"segment_steps must be an int >= 1 (1: recompute step by step), got {segment_steps!r}")
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    if not isinstance(internal_cost, int) or isinstance(internal_cost, bool) or internal_cost < 1:
+        raise ValueError(f"internal_cost must be an int >= 1 (slots per stored internal state), got {internal_cost!r}")
     S = min(segment_steps, max(T, 1))
-    M = min(memory_slots, max(T, 1))  # more slots than steps never help
-    C, Y = _dp(T, M, S)
-    stores, a, t, m = [], 0, T, M
-    while t > S and m > 1:
-        y = int(Y[t, m])
+    alpha = internal_cost if storage != "hidden" else 1
+    M = _useful_slots(T, memory_slots, storage, alpha)
+    C, Y, K = _dp(T, M, S, storage, alpha)
+    stores, kinds, a, t, m = [], [], 0, T, M
+    while t > S and m > 1 and K[t, m] != LEAF:
+        y, kind = int(Y[t, m]), int(K[t, m])
         stores.append(a + y)
-        a, t, m = a + y, t - y, m - 1
+        kinds.append(kind)
+        a, t, m = a + y, t - y, m - (1 if kind == HIDDEN else alpha)
     cost = int(C[T, M]) if T > 0 else 0
-    return BPTTPolicy(T, memory_slots, cost, tuple(stores), cost - (T - t), S)
+    return BPTTPolicy(T, memory_slots, cost, tuple(stores), cost - a, S, storage, alpha, tuple(kinds))
+
+
+def _useful_slots(T: int, memory_slots: int, storage: str, alpha: int) -> int:
+    """More hidden states than steps never help, nor more than the initial state and every step's internals."""
+    return min(memory_slots, max(T, 1) if storage == "hidden" else 1 + alpha * max(T, 1))
+
+
+def internal_state_cost(core: Core, x: Tensor, state: State) -> int:
+    """``alpha`` for :func:`bptt_policy`: the bytes one grad-enabled step of ``core`` saves for its backward (its
+    internal state, counted by saved-tensor hooks; parameters, held anyway, are not counted) over the bytes of its
+    hidden state, rounded up. ``x``: ``[B, input_size]`` or ``[1, B, input_size]``; ``state``: a state for that
+    batch. RNG state is left untouched."""
+    xs = x if x.dim() == 3 else x.unsqueeze(0)
+    saved, params = [0], {p.data_ptr() for p in core.parameters()}
+
+    def pack(t: Tensor) -> Tensor:
+        if t.data_ptr() not in params:
+            saved[0] += t.numel() * t.element_size()
+        return t
+
+    s_in = [leaf.detach().requires_grad_(leaf.is_floating_point()) for leaf in tree_leaves(state)]
+    with torch.random.fork_rng(devices=[xs.device] if xs.device.type == "cuda" else []):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            core.unroll(xs[:1].detach(), tree_unflatten(state, s_in))
+    hidden = sum(leaf.numel() * leaf.element_size() for leaf in s_in)
+    return max(1, -(-saved[0] // max(hidden, 1)))
 
 
 def _rng_get(device: torch.device):
@@ -160,14 +243,24 @@ class _MemoryEfficientUnroll(torch.autograd.Function):
         params = leaves_and_params[n_state:]
         T = xs.shape[0]
         state = tree_unflatten(template, [s.detach() for s in state_leaves])
-        bounds = [0, *policy.forward_stores, T]
         stored = {0: (state, _rng_get(xs.device))}
-        ys = []
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if a > 0:
-                stored[a] = (state, _rng_get(xs.device))
-            y, state = core.unroll(xs[a:b], state, None if resets is None else resets[a:b])
-            ys.append(y)
+        internals = {}  # position p -> the kept graph of step p (BPTT-ISM/MSM spine)
+        ys, a = [], 0
+        for p, kind in zip(policy.forward_stores, policy.forward_kinds or (HIDDEN,) * len(policy.forward_stores)):
+            if kind == HIDDEN:
+                y, state = core.unroll(xs[a:p], state, None if resets is None else resets[a:p])
+                ys.append(y)
+            else:  # run to p - 1, then step p with grad, keeping its graph as the stored internal state
+                if p - 1 > a:
+                    y, state = core.unroll(xs[a:p - 1], state, None if resets is None else resets[a:p - 1])
+                    ys.append(y)
+                internals[p] = _build(core, template, xs, resets, p - 1, p, state, ctx.needs_input_grad[3])
+                ys.append(internals[p][2].detach())
+                state = tree_unflatten(template, [o.detach() for o in internals[p][3]])
+            stored[p] = (state, _rng_get(xs.device))
+            a = p
+        y, state = core.unroll(xs[a:T], state, None if resets is None else resets[a:T])
+        ys.append(y)
         out_leaves = tree_leaves(state)
         # Stored hidden states go through save_for_backward so saved-tensor hooks see (and count) them.
         positions = sorted(stored)
@@ -175,6 +268,7 @@ class _MemoryEfficientUnroll(torch.autograd.Function):
         ctx.save_for_backward(xs, *([] if resets is None else [resets]), *flat)
         ctx.has_resets = resets is not None
         ctx.rngs = {p: stored[p][1] for p in positions}
+        ctx.internals = internals
         ctx.positions = positions
         ctx.core, ctx.policy, ctx.template, ctx.n_state, ctx.n_params = core, policy, template, n_state, len(params)
         ctx.state_needs_grad = [s.requires_grad for s in state_leaves]
@@ -212,12 +306,13 @@ class _MemoryEfficientUnroll(torch.autograd.Function):
             """Run steps [k0, k1) with grad from s (state before k0) and backpropagate g_ys[k0:k1] and g_next
             into s (one recomputed stretch: its activations are held until this returns)."""
             _rng_set(rng, dev)
-            s_in = [leaf.detach().requires_grad_(leaf.is_floating_point()) for leaf in tree_leaves(s)]
-            x = xs[k0:k1].detach().requires_grad_(g_xs is not None)
-            with torch.enable_grad():
-                y, s_out = core.unroll(x, tree_unflatten(template, s_in), None if resets is None else resets[k0:k1])
+            return backward_graph(_build(core, template, xs, resets, k0, k1, s, g_xs is not None), g_next)
+
+        def backward_graph(graph, g_next):
+            """Backpropagate g_ys over a built stretch's steps and g_next (its final state) into its start state."""
+            k0, k1, y, s_out, s_in, x = graph
             outs, grads = [y], [g_ys[k0:k1]]
-            for o, g in zip(tree_leaves(s_out), g_next):
+            for o, g in zip(s_out, g_next):
                 if o.requires_grad and g is not None:
                     outs.append(o)
                     grads.append(g)
@@ -244,13 +339,27 @@ class _MemoryEfficientUnroll(torch.autograd.Function):
 
         S = policy.segment_steps
 
+        alpha = policy.internal_cost
+        internals = ctx.internals
+
         def backprop(a, t, m, g_end):
-            """BPTT-HSM on steps [a, a + t) with m slots; the state at a is stored. Returns grad w.r.t. it."""
+            """BPTT-HSM/ISM/MSM on steps [a, a + t) with m slots; the state at a is stored. Returns grad w.r.t. it."""
             if t == 0:
                 return g_end
             s, rng = stored[a]
-            y = policy.split(t, m)
-            if y == 0:  # a leaf: C(t, m) = t for t <= S; one slot: C(t, 1) = t + C(t - S, 1)
+            kind, y = policy.node(t, m)
+            if kind == INTERNAL:  # C = y + C(t - y, m - alpha) + C(y - 1, m)
+                p = a + y
+                if p not in internals:  # y - 1 steps without grad, step p with grad (skipped on the spine)
+                    s_k, rng_k = run(s, rng, a, p - 1)
+                    _rng_set(rng_k, dev)
+                    internals[p] = _build(core, template, xs, resets, p - 1, p, s_k, g_xs is not None)
+                    stored[p] = (tree_unflatten(template, [o.detach() for o in internals[p][3]]), _rng_get(dev))
+                g_mid = backprop(p, t - y, m - alpha, g_end)
+                del stored[p]
+                g_mid = backward_graph(internals.pop(p), g_mid)  # the stored step: no recomputation
+                return backprop(a, y - 1, m, g_mid)
+            if kind == LEAF:  # a leaf: C(t, m) = t for t <= S; one slot: C(t, 1) = t + C(t - S, 1)
                 g, end = g_end, a + t
                 while end > a:
                     start = max(a, end - S)
@@ -266,13 +375,25 @@ class _MemoryEfficientUnroll(torch.autograd.Function):
 
         g_end = list(g_out)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            g_state = backprop(0, T, min(policy.memory_slots, max(T, 1)), g_end)
+            g_state = backprop(0, T, policy.slots, g_end)
         g_state = [g if need else None for g, need in zip(g_state, ctx.state_needs_grad)]
         return (None, None, None, g_xs, None, None, *g_state, *g_params)
 
 
+def _build(core: Core, template: State, xs: Tensor, resets: Tensor | None, k0: int, k1: int, s: State,
+           xs_grad: bool) -> tuple:
+    """Run steps ``[k0, k1)`` from ``s`` with grad: ``(k0, k1, ys, out_leaves, in_leaves, x)``, the graph held by
+    the returned tensors (a recomputed stretch, or a stored internal state)."""
+    s_in = [leaf.detach().requires_grad_(leaf.is_floating_point()) for leaf in tree_leaves(s)]
+    x = xs[k0:k1].detach().requires_grad_(xs_grad)
+    with torch.enable_grad():
+        y, s_out = core.unroll(x, tree_unflatten(template, s_in), None if resets is None else resets[k0:k1])
+    return k0, k1, y, tree_leaves(s_out), s_in, x
+
+
 def memory_efficient_unroll(
-    core: Core, xs: Tensor, state: State, resets: Tensor | None = None, *, memory_slots: int, segment_steps: int = 1
+    core: Core, xs: Tensor, state: State, resets: Tensor | None = None, *, memory_slots: int, segment_steps: int = 1,
+    storage: str = "hidden", internal_cost: int | None = None,
 ) -> tuple[Tensor, State]:
     """``core.unroll(xs, state, resets)`` with BPTT-HSM backpropagation under a budget of stored hidden states.
 
@@ -281,11 +402,15 @@ def memory_efficient_unroll(
     the activations of one recomputed stretch of at most ``segment_steps`` steps (1: the paper's step-by-step
     recomputation; more lets fused multi-step unrolls such as ``nn.LSTM``'s run whole stretches, see
     :func:`bptt_policy`). ``xs``: ``[T, B, input_size]``; ``resets``: ``[T, B]`` bool or None.
+    ``storage``: ``"hidden"`` (BPTT-HSM), ``"internal"`` (BPTT-ISM) or ``"mixed"`` (BPTT-MSM), with one step's
+    internal state taking ``internal_cost`` slots (None: measured by :func:`internal_state_cost` on the first step).
     See the module docstring for the policy, the step counts and the RNG handling.
     """
     if xs.dim() != 3:
         raise ValueError(f"xs must have shape [T, B, input_size], got {list(xs.shape)}")
-    policy = bptt_policy(int(xs.shape[0]), memory_slots, segment_steps)
+    if storage != "hidden" and internal_cost is None and xs.shape[0] > 0:
+        internal_cost = internal_state_cost(core, xs[:1], state)
+    policy = bptt_policy(int(xs.shape[0]), memory_slots, segment_steps, storage, internal_cost or 1)
     if xs.shape[0] == 0:
         return core.unroll(xs, state, resets)
     leaves = tree_leaves(state)

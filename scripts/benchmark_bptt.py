@@ -15,6 +15,9 @@ warm-up, with the variants interleaved so that machine load falls on all alike. 
 segment in the backward). Memory-efficient BPTT: the paper's BPTT-HSM policy with ``--slots`` stored states and
 recomputed stretches of at most ``--segments`` steps (``hsm-M`` is S = 1, the paper's step-by-step recomputation;
 ``hsm-M-S`` recomputes stretches of S steps in one run, holding their activations during the backward pass).
+``--storage internal mixed`` adds the paper's BPTT-ISM (``ism-M[-S]``: internal states of steps stored, each taking
+alpha slots, alpha measured per core by ``memory_cores.internal_state_cost`` and printed) and BPTT-MSM
+(``msm-M[-S]``: the cheaper of a hidden or an internal state at every split) at the same slot budgets.
 """
 
 from __future__ import annotations
@@ -95,7 +98,11 @@ class StretchMeter:
         del self.core.unroll  # back to the class's method
 
 
-def run_variant(variant: str, core, xs, state, slots: int, segment: int = 1) -> tuple[int, int, float, float | None]:
+STORAGE_OF = {"hsm": "hidden", "ism": "internal", "msm": "mixed"}
+
+
+def run_variant(variant: str, core, xs, state, slots: int, segment: int = 1,
+                alpha: int = 1) -> tuple[int, int, float, float | None]:
     """Saved bytes of the forward pass, largest recomputed graph of the backward pass (bytes), seconds of
     forward + backward, CUDA peak MB (None on CPU) of one variant."""
     dev = xs.device
@@ -109,9 +116,10 @@ def run_variant(variant: str, core, xs, state, slots: int, segment: int = 1) -> 
     elif variant == "strided":
         nbytes, (ys, _) = saved_bytes(lambda: strided_unroll(core, xs, state, max(1, round(math.sqrt(len(xs))))))
     else:
-        nbytes, (ys, _) = saved_bytes(lambda: memory_efficient_unroll(core, xs, state, memory_slots=slots,
-                                                                         segment_steps=segment))
-    if variant == "hsm":
+        nbytes, (ys, _) = saved_bytes(lambda: memory_efficient_unroll(
+            core, xs, state, memory_slots=slots, segment_steps=segment, storage=STORAGE_OF[variant],
+            internal_cost=alpha))
+    if variant in STORAGE_OF:
         with StretchMeter(core) as meter:
             ys.sum().backward()
         stretch = meter.largest
@@ -136,6 +144,9 @@ def main() -> int:
                    help="memory slots of the memory-efficient variant (default: 8 32)")
     p.add_argument("--segments", nargs="+", type=int, default=[1],
                    help="longest recomputed stretch S of the memory-efficient variant (default: 1, the paper's)")
+    p.add_argument("--storage", nargs="+", default=["hidden"], choices=["hidden", "internal", "mixed"],
+                   help="what the memory-efficient variant stores: hidden states (BPTT-HSM, the default), internal "
+                        "states (BPTT-ISM) or the mix (BPTT-MSM); several give one variant each")
     p.add_argument("--batch", type=int, default=8, help="batch size B (default 8)")
     p.add_argument("--input", type=int, default=8, help="input width (default 8)")
     p.add_argument("--hidden", type=int, default=128, help="hidden size of every core (default 128)")
@@ -167,7 +178,11 @@ def main() -> int:
             xs = torch.randn(T, args.batch, args.input, device=dev, requires_grad=True)
             state = tree_map(lambda s: s.detach().requires_grad_(s.is_floating_point()),
                              core.initial_state(args.batch, dev))
-            variants = ["plain", "strided"] + [f"hsm-{m}" + (f"-{S}" if S > 1 else "")
+            alpha = memory_cores.internal_state_cost(core, xs[:1], state)
+            if set(args.storage) != {"hidden"}:
+                print(f"{name}: one step's internal state = {alpha} hidden states (alpha)")
+            prefix = {"hidden": "hsm", "internal": "ism", "mixed": "msm"}
+            variants = ["plain", "strided"] + [f"{prefix[st]}-{m}" + (f"-{S}" if S > 1 else "") for st in args.storage
                                                for m in args.slots if m < T for S in args.segments if S < T]
             times: dict[str, list[float]] = {v: [] for v in variants}
             info: dict[str, tuple[int, float | None]] = {}
@@ -175,7 +190,7 @@ def main() -> int:
                 for v in variants:
                     parts = [int(n) for n in v.split("-")[1:]]
                     slots, segment = (parts + [1])[:2] if parts else (0, 1)
-                    nbytes, stretch, dt, peak = run_variant(v.split("-")[0], core, xs, state, slots, segment)
+                    nbytes, stretch, dt, peak = run_variant(v.split("-")[0], core, xs, state, slots, segment, alpha)
                     info[v] = (nbytes, stretch, peak)
                     if r:
                         times[v].append(dt)
@@ -184,7 +199,8 @@ def main() -> int:
                 nbytes, stretch, peak = info[v]
                 held = (nbytes + stretch) / base_b
                 t = statistics.median(times[v])
-                row = {"core": name, "T": T, "variant": v, "saved_bytes": nbytes, "saved_fraction": nbytes / base_b,
+                row = {"core": name, "T": T, "variant": v, "alpha": alpha, "saved_bytes": nbytes,
+                       "saved_fraction": nbytes / base_b,
                        "stretch_bytes": stretch, "held_fraction": held,
                        "seconds": t, "time_ratio": t / base_t, "cuda_peak_mb": peak}
                 rows.append(row)

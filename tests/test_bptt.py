@@ -1,4 +1,5 @@
-"""Memory-efficient BPTT (Gruslys et al. 2016, BPTT-HSM): the policy's cost and exact gradients for every core."""
+"""Memory-efficient BPTT (Gruslys et al. 2016, BPTT-HSM/ISM/MSM): the policy's cost and exact gradients for every
+core."""
 
 from __future__ import annotations
 
@@ -75,6 +76,71 @@ def test_dp_against_brute_force(S):
             assert bptt_policy(t, m, S).cost == best, (t, m, S)
 
 
+def _simulate_kinds(t, m, tree, S, alpha, stored_before=0):
+    """Like :func:`_simulate` with internal-state nodes: a tree is ``None``, ``("h", y, right, left)`` (hidden state
+    after y steps: 1 slot) or ``("i", y, right, left)`` (internal state of step y: alpha slots, the right part's
+    start state inside them; step y is not rerun, the left part is [0, y - 1))."""
+    if t == 0:
+        return 0, stored_before
+    if tree is None:
+        return _leaf_steps(t, S), stored_before + 1
+    kind, y, right, left = tree
+    if kind == "h":
+        steps_r, peak_r = _simulate_kinds(t - y, m - 1, right, S, alpha, stored_before + 1)
+        steps_l, peak_l = _simulate_kinds(y, m, left, S, alpha, stored_before)
+    else:
+        steps_r, peak_r = _simulate_kinds(t - y, m - alpha, right, S, alpha, stored_before + alpha)
+        steps_l, peak_l = _simulate_kinds(y - 1, m, left, S, alpha, stored_before)
+        peak_r = max(peak_r, stored_before + 1 + alpha)  # the start state and the stored step, right part empty
+    return y + steps_r + steps_l, max(peak_r, peak_l)
+
+
+def _all_kind_trees(t, m, kinds, alpha):
+    trees = [None]
+    if t >= 2 and m >= 2:
+        if "h" in kinds:
+            for y in range(1, t):
+                trees += [("h", y, r, left) for r in _all_kind_trees(t - y, m - 1, kinds, alpha)
+                          for left in _all_kind_trees(y, m, kinds, alpha)]
+        if "i" in kinds and m - alpha >= 1:
+            for y in range(1, t + 1):
+                trees += [("i", y, r, left) for r in _all_kind_trees(t - y, m - alpha, kinds, alpha)
+                          for left in _all_kind_trees(y - 1, m, kinds, alpha)]
+    return trees
+
+
+@pytest.mark.parametrize("storage,kinds", [("internal", "i"), ("mixed", "hi")])
+@pytest.mark.parametrize("alpha,S", [(1, 1), (2, 1), (3, 1), (2, 2)])
+def test_internal_and_mixed_dp_against_brute_force(storage, kinds, alpha, S):
+    """BPTT-ISM and BPTT-MSM: the programme's cost is the cheapest of every store/recompute tree (hidden and/or
+    internal-state splits) that never holds more than m slots."""
+    for t in range(1, 8):
+        for m in range(1, 6):
+            best = None
+            for tree in _all_kind_trees(t, m, kinds, alpha):
+                steps, peak = _simulate_kinds(t, m, tree, S, alpha)
+                assert peak <= m, (tree, peak, m)
+                best = steps if best is None else min(best, steps)
+            assert bptt_policy(t, m, S, storage, alpha).cost == best, (t, m, S, storage, alpha)
+
+
+def test_internal_states_avoid_recomputation():
+    """With room for every step's internals (1 + alpha (t - 1) slots) BPTT-ISM runs each step once (cost t, the
+    paper's point), where hidden states only need 2 t - 1; the mix is never worse than either."""
+    for alpha in (1, 2, 5):
+        for t in range(1, 30):
+            assert bptt_policy(t, 1 + alpha * (t - 1), 1, "internal", alpha).cost == t
+            if t > 1:
+                assert bptt_policy(t, alpha * (t - 1), 1, "internal", alpha).cost > t
+    for t, m, alpha in ((50, 4, 2), (100, 10, 3), (200, 20, 8), (64, 7, 1)):
+        h, i = bptt_policy(t, m, 1, "hidden").cost, bptt_policy(t, m, 1, "internal", alpha).cost
+        assert bptt_policy(t, m, 1, "mixed", alpha).cost <= min(h, i)
+    with pytest.raises(ValueError, match="storage"):
+        bptt_policy(5, 2, 1, "activations")
+    with pytest.raises(ValueError, match="internal_cost"):
+        bptt_policy(5, 2, 1, "mixed", 0)
+
+
 def test_segment_closed_forms():
     """With stretches of S steps: a sequence of at most S steps is run once with grad; one slot reruns each
     stretch from the start; S = 1 is the paper's policy."""
@@ -134,8 +200,11 @@ def test_gradients_equal_plain_bptt(name):
     T = 7
     xs, state, resets = _inputs(core, T)
     ref = _grads(core, xs, state, resets, core.unroll)
-    for m, S in ((1, 1), (3, 1), (T, 1), (T + 2, 1), (1, 3), (2, 2), (3, T)):
-        fn = functools.partial(memory_efficient_unroll, core, memory_slots=m, segment_steps=S)
+    cases = [(m, S, "hidden", 1) for m, S in ((1, 1), (3, 1), (T, 1), (T + 2, 1), (1, 3), (2, 2), (3, T))]
+    cases += [(3, 1, "internal", 2), (4, 2, "internal", 1), (5, 1, "mixed", 2), (2 + 2 * T, 1, "internal", 2)]
+    for m, S, storage, alpha in cases:
+        fn = functools.partial(memory_efficient_unroll, core, memory_slots=m, segment_steps=S, storage=storage,
+                               internal_cost=alpha)
         got = _grads(core, xs, state, resets, fn)
         torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-12)
         for a, b in zip(got[1], ref[1]):
@@ -144,7 +213,7 @@ def test_gradients_equal_plain_bptt(name):
             if b is None:
                 assert a is None or torch.count_nonzero(a) == 0
             else:
-                torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=f"{name} m={m} S={S}")
+                torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=f"{name} m={m} S={S} {storage}")
 
 
 def test_rng_replay():
@@ -163,9 +232,23 @@ def test_rng_replay():
                 torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("T,m,S", [(1, 1, 1), (6, 1, 1), (10, 3, 1), (12, 4, 1), (8, 8, 1), (5, 9, 1), (11, 1, 3),
-                                   (20, 3, 4), (9, 4, 9)])
-def test_steps_executed(T, m, S):
+def _kinds_used(p, t, m):
+    """The kinds of node in the policy's tree for t steps and m slots."""
+    kind, y = p.node(t, m)
+    if kind == 0:
+        return {"leaf"} if t else set()
+    if kind == 1:
+        return {"hidden"} | _kinds_used(p, t - y, m - 1) | _kinds_used(p, y, m)
+    return {"internal"} | _kinds_used(p, t - y, m - p.internal_cost) | _kinds_used(p, y - 1, m)
+
+
+@pytest.mark.parametrize("T,m,S,storage,alpha", [
+    (1, 1, 1, "hidden", 1), (6, 1, 1, "hidden", 1), (10, 3, 1, "hidden", 1), (12, 4, 1, "hidden", 1),
+    (8, 8, 1, "hidden", 1), (5, 9, 1, "hidden", 1), (11, 1, 3, "hidden", 1), (20, 3, 4, "hidden", 1),
+    (9, 4, 9, "hidden", 1), (10, 3, 1, "internal", 2), (12, 9, 1, "internal", 1), (20, 5, 2, "mixed", 2),
+    (16, 6, 1, "mixed", 3),
+])
+def test_steps_executed(T, m, S, storage, alpha):
     core = build("lstm").double()
     counter = [0]
     grad_runs = []
@@ -179,10 +262,13 @@ def test_steps_executed(T, m, S):
 
     core.unroll = counting_unroll
     xs, state, resets = _inputs(core, T)
-    ys, final = memory_efficient_unroll(core, xs, state, resets, memory_slots=m, segment_steps=S)
+    ys, final = memory_efficient_unroll(core, xs, state, resets, memory_slots=m, segment_steps=S, storage=storage,
+                                        internal_cost=alpha)
     assert counter[0] == T
     (ys.sum() + final[0].sum()).backward()
-    p = bptt_policy(T, m, S)
+    p = bptt_policy(T, m, S, storage, alpha)
+    if storage != "hidden":
+        assert "internal" in _kinds_used(p, T, min(m, T))  # the case exercises stored internal states
     assert counter[0] == T + p.backward_steps
     # the spine's forward runs (all but the last segment, t_last = T - last store) were done by the forward pass
     assert p.backward_steps == p.cost - (p.forward_stores[-1] if p.forward_stores else 0)
