@@ -854,7 +854,7 @@ class ActorCritic(nn.Module):
     def _torso(
         self, enc: nn.Module, core: Core | None, mlp: nn.Module | None, obs: Obs, state: Any, resets: Tensor | None,
         choices: Any, greedy: bool = False, segmented: bool = False, resets_cpu: Tensor | None = None,
-        memory_slots: int = 0, segment_steps: int = 1,
+        memory_slots: int = 0, segment_steps: int = 1, storage: str = "hidden",
     ) -> tuple[Tensor, Any, ChoiceOut | None]:
         """Sequence torso: ``obs`` ``[T, B, ...]`` -> features ``[T, B, width]``, final core state, choices."""
         x = enc(obs)  # [T, B, embed]
@@ -865,7 +865,7 @@ class ActorCritic(nn.Module):
             # memory-efficient BPTT (Gruslys et al. 2016): the same values and gradients, at most memory_slots states
             def mem_unroll(xx: Tensor, ss: Any, rr: Tensor | None = None) -> tuple[Tensor, Any]:
                 return memory_cores.memory_efficient_unroll(core, xx, ss, rr, memory_slots=memory_slots,
-                                                            segment_steps=segment_steps)
+                                                            segment_steps=segment_steps, storage=storage)
 
             if use_segments:  # over the episode segments: every recomputed stretch stays reset-free (fused)
                 h = segmented_unroll(core, x, state, resets, resets_cpu, lambda xx, ss: mem_unroll(xx, ss)[0])
@@ -884,19 +884,20 @@ class ActorCritic(nn.Module):
     def _forward_seq(
         self, obs: Obs, state: AgentState, resets: Tensor | None, choices: Any = None, greedy: bool = False,
         segmented: bool = False, resets_cpu: Tensor | None = None, memory_slots: int = 0, segment_steps: int = 1,
+        storage: str = "hidden",
     ):
         """Shared forward over ``[T, B]``: actor features, value ``[T, B]``, new state, choice outputs."""
         actor_choices, critic_choices = (None, None) if choices is None else choices
         h, s_actor, ch_a = self._torso(
             self.encoder, self.core, self.mlp, obs, state.actor, resets, actor_choices, greedy, segmented, resets_cpu,
-            memory_slots, segment_steps,
+            memory_slots, segment_steps, storage,
         )
         if self.shared_core:
             hv, s_critic = self._value_features(h), state.critic
         else:  # (a core with choices is always shared: the critic core takes none)
             hv, s_critic, _ = self._torso(
                 self.critic_encoder, self.critic_core, self.critic_mlp, obs, state.critic, resets, critic_choices,
-                greedy, segmented, resets_cpu, memory_slots, segment_steps,
+                greedy, segmented, resets_cpu, memory_slots, segment_steps, storage,
             )
         value = self.value_head(self.value_mlp(hv)).squeeze(-1)
         T, B = value.shape
@@ -950,6 +951,7 @@ class ActorCritic(nn.Module):
     def evaluate_sequence(
         self, obs: Obs, state: AgentState, resets: Tensor, actions: Tensor, choices: Any = None,
         segmented: bool = False, resets_cpu: Tensor | None = None, memory_slots: int = 0, segment_steps: int = 1,
+        storage: str = "hidden",
     ) -> SeqOut:
         """Score stored actions (and core choices) over a sequence: ``obs`` ``[T, B, ...]``, ``state`` at ``t=0``,
         ``resets`` ``[T, B]``, ``actions`` ``[T, B, ...]``, ``choices`` as returned by the rollout, stacked over
@@ -960,10 +962,11 @@ class ActorCritic(nn.Module):
         ``resets_cpu``: ``resets`` already on the host (optional). ``memory_slots`` > 0: sequences longer than it run
         through :func:`memory_cores.memory_efficient_unroll` (same values and gradients, at most that many stored
         core states and recomputed stretches of at most ``segment_steps`` steps; cores without discrete choices),
-        with ``segmented`` over the episode segments, so that every recomputed stretch is reset-free."""
+        with ``segmented`` over the episode segments, so that every recomputed stretch is reset-free; ``storage``:
+        hidden states (BPTT-HSM), internal states (BPTT-ISM) or the mix (BPTT-MSM)."""
         h, value, new_state, (_, c_lp, c_ent) = self._forward_seq(
             obs, state, resets, choices, segmented=segmented, resets_cpu=resets_cpu, memory_slots=memory_slots,
-            segment_steps=segment_steps,
+            segment_steps=segment_steps, storage=storage,
         )
         dist = self.actor_head(self.actor_mlp(h))
         return SeqOut(dist.log_prob(actions), dist.entropy(), value, c_lp, c_ent, new_state)

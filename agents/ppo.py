@@ -95,6 +95,11 @@ class TrainConfig:
     at most this many core states and recomputes the rest by the paper's dynamic programme (same gradients, less
     memory, more time); 0: plain BPTT. For long sequences of cores with large states (ntm, dnc). Not for cores
     with discrete choices (rl_access)."""
+    bptt_storage: str = "hidden"
+    """With --bptt-memory-slots: what the dynamic programme may store: hidden states (BPTT-HSM), internal states
+    of steps (BPTT-ISM: a step's activations, so it is not recomputed; each takes as many slots as its size in
+    hidden states, measured) or the cheaper of both at every split (mixed, BPTT-MSM). One of hidden, internal,
+    mixed."""
     bptt_segment_steps: int = 1
     """With --bptt-memory-slots: the longest stretch of steps recomputed in one run in the backward pass (its
     activations are held at once); 1 is the paper's step-by-step recomputation, a few tens lets fused unrolls
@@ -217,6 +222,8 @@ class TrainConfig:
         s = self.bptt_segment_steps
         if not isinstance(s, int) or isinstance(s, bool) or s < 1:
             raise ValueError(f"--bptt-segment-steps {s!r} is not valid: expected an integer >= 1 (1: step by step)")
+        if self.bptt_storage not in ("hidden", "internal", "mixed"):
+            raise ValueError(f"--bptt-storage {self.bptt_storage!r} is not valid: expected hidden, internal or mixed")
         if v and self.core == "rl_access":
             raise ValueError("--bptt-memory-slots: memory-efficient BPTT does not support cores with discrete choices "
                              "(rl_access) yet; use 0")
@@ -689,7 +696,7 @@ class PPO:
         out = policy.evaluate_sequence(
             obs_map(pick, data["obs"]), state, pick(data["starts"]), pick(data["actions"]),
             choices=tree_map_any(pick, data["choices"]), segmented=policy.segment_unroll, resets_cpu=starts_cpu,
-            memory_slots=cfg.bptt_memory_slots, segment_steps=cfg.bptt_segment_steps,
+            memory_slots=cfg.bptt_memory_slots, segment_steps=cfg.bptt_segment_steps, storage=cfg.bptt_storage,
         )
         adv = pick(data["advantages"])  # [L, M]
         if cfg.norm_adv:

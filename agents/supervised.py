@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -81,20 +81,20 @@ class SequenceModel(nn.Module):
         self.readout = nn.Linear(core.output_size, target_size)
 
     def forward(self, inputs: Tensor, choices: Tensor | None = None, memory_slots: int = 0,
-                segment_steps: int = 1) -> Tensor:
+                segment_steps: int = 1, storage: str = "hidden") -> Tensor:
         """``inputs`` ``[T, B, input_size]`` -> logits ``[T, B, target_size]``; every row starts from the core's
         initial state. ``choices`` ``[T, B]`` long (discrete-choice cores only): apply these access processes
         instead of the core's own (sampled in train mode, greedy in eval mode). ``memory_slots`` > 0 (cores
         without discrete choices): backpropagate through :func:`memory_cores.memory_efficient_unroll` with that
-        many stored states and recomputed stretches of at most ``segment_steps`` steps (same values and
-        gradients)."""
+        many stored states and recomputed stretches of at most ``segment_steps`` steps, storing hidden states,
+        internal states or the mix (``storage``; same values and gradients)."""
         T, B, _ = inputs.shape
         state = self.core.initial_state(B, device=inputs.device)
         if choices is not None:
             ys, _, _ = self.core.unroll_with_choices(inputs, state, choices=choices)
         elif 0 < memory_slots < T and torch.is_grad_enabled():
             ys, _ = memory_efficient_unroll(self.core, inputs, state, memory_slots=memory_slots,
-                                            segment_steps=segment_steps)
+                                            segment_steps=segment_steps, storage=storage)
         else:
             ys, _ = self.core.unroll(inputs, state)  # [T, B, output_size]
         return self.readout(ys)
@@ -283,6 +283,8 @@ class TrainConfig:
     without discrete choices."""
     bptt_segment_steps: int = 1
     """With ``bptt_memory_slots``: the longest stretch recomputed in one run (1: the paper's step by step)."""
+    bptt_storage: str = "hidden"
+    """With ``bptt_memory_slots``: hidden (BPTT-HSM), internal (BPTT-ISM) or mixed (BPTT-MSM)."""
     choices: str = "trained"
     """Discrete-choice cores: ``trained`` (sampled from the core's policy, trained by REINFORCE), ``random``
     (uniform, no choice loss) or ``oracle`` (the task's hand-written access sequence, :func:`oracle_choices`)."""
@@ -320,6 +322,8 @@ def train(
     if cfg.bptt_memory_slots < 0 or cfg.bptt_segment_steps < 1:
         raise ValueError(f"bptt_memory_slots must be >= 0 and bptt_segment_steps >= 1, got {cfg.bptt_memory_slots} "
                          f"and {cfg.bptt_segment_steps}")
+    if cfg.bptt_storage not in ("hidden", "internal", "mixed"):
+        raise ValueError(f"bptt_storage must be hidden, internal or mixed, got {cfg.bptt_storage!r}")
     if cfg.bptt_memory_slots and discrete:
         raise ValueError("bptt_memory_slots: memory-efficient BPTT does not support cores with discrete choices "
                          "(rl_access); use 0")
@@ -351,7 +355,8 @@ def train(
             # plain cores; random or oracle choices, stored, so the loss is the supervised part alone (the RL
             # portion z_t enters no term: no choice gradient)
             logits = model(batch.inputs, stored_choices(model, task, batch, cfg.choices, choice_gen),
-                           memory_slots=cfg.bptt_memory_slots, segment_steps=cfg.bptt_segment_steps)
+                           memory_slots=cfg.bptt_memory_slots, segment_steps=cfg.bptt_segment_steps,
+                           storage=cfg.bptt_storage)
             loss, seq_bits = masked_bce(logits, batch.targets, batch.mask)
             sup_loss = loss
         opt.zero_grad(set_to_none=True)

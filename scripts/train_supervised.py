@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bptt-segment-steps", type=int, default=1,
                    help="with --bptt-memory-slots: longest stretch recomputed in one run (1: step by step, the "
                         "paper's; a few tens suits fused cores such as lstm)")
+    p.add_argument("--bptt-storage", choices=["hidden", "internal", "mixed"], default="hidden",
+                   help="with --bptt-memory-slots: store hidden states (BPTT-HSM), internal states of steps "
+                        "(BPTT-ISM) or the cheaper of both at every split (BPTT-MSM)")
     p.add_argument("--log-every", type=int, default=50, help="batches per learning-curve point")
     p.add_argument("--early-stop-errors", type=float, default=0.01,
                    help="stop when the mean training bit errors per sequence over --window batches at the full "
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         choices=args.choices,
         bptt_memory_slots=args.bptt_memory_slots,
         bptt_segment_steps=args.bptt_segment_steps,
+        bptt_storage=args.bptt_storage,
         seed=args.seed,
         device=args.device,
     )

@@ -331,8 +331,9 @@ def test_ppo_loss_with_memory_efficient_bptt_equals_plain_bptt():
 
     core.unroll = recording_unroll
     out = []
-    for slots, seg in ((0, 1), (3, 1), (3, 4)):
-        ppo.cfg = replace(cfg, bptt_memory_slots=slots, bptt_segment_steps=seg)
+    for slots, seg, storage in ((0, 1, "hidden"), (3, 1, "hidden"), (3, 4, "hidden"), (12, 1, "internal"),
+                                (6, 1, "mixed")):
+        ppo.cfg = replace(cfg, bptt_memory_slots=slots, bptt_segment_steps=seg, bptt_storage=storage)
         policy.zero_grad()
         inside.clear()
         loss, _ = ppo.loss(data, idx)
@@ -355,5 +356,7 @@ def test_bptt_memory_slots_is_validated():
         TrainConfig(bptt_memory_slots=-1).validate()
     with pytest.raises(ValueError, match="bptt-segment-steps"):
         TrainConfig(bptt_memory_slots=4, bptt_segment_steps=0).validate()
+    with pytest.raises(ValueError, match="bptt-storage"):
+        TrainConfig(bptt_memory_slots=4, bptt_storage="activations").validate()
     with pytest.raises(ValueError, match="discrete choices"):
         TrainConfig(core="rl_access", bptt_memory_slots=4).validate()

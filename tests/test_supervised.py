@@ -383,8 +383,8 @@ def test_oracle_agreement_of_a_policy_that_always_writes():
     assert a == {"input": 0.6, "output": 0.0, "whole_sequence": 0.0}
 
 
-@pytest.mark.parametrize("slots,segment", [(2, 1), (3, 4)])
-def test_memory_efficient_bptt_trains_the_same_parameters(slots, segment):
+@pytest.mark.parametrize("slots,segment,storage", [(2, 1, "hidden"), (3, 4, "hidden"), (12, 1, "mixed")])
+def test_memory_efficient_bptt_trains_the_same_parameters(slots, segment, storage):
     """--bptt-memory-slots changes the memory of the backward pass, not the training: the same seed gives the same
     parameters as plain BPTT after a few optimiser steps."""
     task = CopyTask(num_bits=3, max_length=5)
@@ -394,7 +394,8 @@ def test_memory_efficient_bptt_trains_the_same_parameters(slots, segment):
         model = SequenceModel(make_core("ntm", task.input_size, hidden_size=16, num_slots=8, slot_size=6),
                               task.target_size)
         train(model, task, TrainConfig(batch_size=4, max_sequences=4 * 5, lr=1e-2, seed=1, early_stop_errors=None,
-                                       bptt_memory_slots=cfg_slots, bptt_segment_steps=segment))
+                                       bptt_memory_slots=cfg_slots, bptt_segment_steps=segment,
+                                       bptt_storage=storage))
         params.append([p.detach().clone() for p in model.parameters()])
     moved = SequenceModel(make_core("ntm", task.input_size, hidden_size=16, num_slots=8, slot_size=6),
                           task.target_size)  # (a fresh model differs: the test can fail)
