@@ -24,8 +24,9 @@ from .spaces_io import SpaceSpecError, space_from_dict, spaces_match
 
 
 def build_policy(cfg: TrainConfig, observation_space: gym.Space, action_space: gym.Space) -> ActorCritic:
-    """The :class:`ActorCritic` that ``cfg`` describes, for the given spaces."""
-    return ActorCritic(
+    """The :class:`ActorCritic` that ``cfg`` describes, for the given spaces (its cores' steps compiled with
+    ``cfg.compile_core``)."""
+    policy = ActorCritic(
         observation_space,
         action_space,
         core=cfg.core,
@@ -38,6 +39,11 @@ def build_policy(cfg: TrainConfig, observation_space: gym.Space, action_space: g
         obs_skip=cfg.obs_skip,
         head_activation=cfg.head_activation,
     )
+    if cfg.compile_core:
+        for core in (policy.core, policy.critic_core):
+            if core is not None:
+                core.compile_step(cfg.compile_core)
+    return policy
 
 
 def env_for_checkpoint(cfg: TrainConfig) -> str | Callable[..., gym.Env]:

@@ -29,6 +29,18 @@ from torch import Tensor, nn
 State = Any
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+_COMPILED_STEPS: dict[tuple[type, str], Callable] = {}
+
+
+def _compiled_step(cls: type, mode: str) -> Callable:
+    """``torch.compile`` of ``cls.step`` (called as ``fn(core, x, state)``), made once per class and mode."""
+    key = (cls, mode)
+    if key not in _COMPILED_STEPS:
+        _COMPILED_STEPS[key] = torch.compile(cls.step, mode=None if mode == "default" else mode, dynamic=False)
+    return _COMPILED_STEPS[key]
+
+
 def tree_leaves(tree: State) -> list[Tensor]:
     """All tensors of a nested tuple, depth first, in field order."""
     if isinstance(tree, Tensor):
@@ -135,13 +147,34 @@ class Core(nn.Module):
         init = self.initial_state(batch_size, device=leaves[0].device)
         return select_rows(reset.to(torch.bool), init, state)
 
+    compiled_step_mode: str | None = None  # see compile_step; None: eager (a class default, so old pickles load)
+
+    def compile_step(self, mode: str | None = "default") -> "Core":
+        """Opt-in: run :meth:`step` through ``torch.compile`` wherever :meth:`forward` runs it (the rollout's steps
+        and the base class's :meth:`unroll` loop, hence the update's sequences and memory-efficient BPTT's
+        recomputations for every core without a fused unroll of its own: ntm, alstm, rl_access, grid_lstm, ...).
+
+        ``mode``: ``"default"`` (inductor fuses a step's elementwise ops and reductions into few kernels),
+        ``"reduce-overhead"`` (the same, replayed as CUDA graphs on a GPU) or ``"max-autotune"``; None switches back
+        to eager. Same values up to rounding (tests/test_compile_step.py). The compiled function is shared by all
+        cores of a class and specialised per instance and shapes on first use, which takes seconds to a minute;
+        a core that samples in ``step`` (``rl_access`` in train mode) draws from inductor's random stream, not
+        eager's. Returns ``self``."""
+        if mode is not None and mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)} or None, got {mode!r}")
+        self.compiled_step_mode = mode
+        return self
+
     def forward(self, x: Tensor, state: State, reset: Tensor | None = None) -> tuple[Tensor, State]:
         """One step. ``x``: ``[B, input_size]``; ``reset``: ``[B]`` bool, True where ``x`` starts a new episode
         (that row's state becomes the initial state before the step). Returns ``y``: ``[B, output_size]`` and the
         new state."""
         if x.dim() != 2 or x.shape[1] != self.input_size:
             raise ValueError(f"x must have shape [B, {self.input_size}], got {list(x.shape)}")
-        return self.step(x, self.reset_state(state, reset))
+        state = self.reset_state(state, reset)
+        if self.compiled_step_mode is not None:
+            return _compiled_step(type(self), self.compiled_step_mode)(self, x, state)
+        return self.step(x, state)
 
     def unroll(self, xs: Tensor, state: State, resets: Tensor | None = None) -> tuple[Tensor, State]:
         """Time-major unroll; exactly the step loop::

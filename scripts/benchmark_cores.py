@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not time the PyPI 'dnc' package (timed with a 1-layer LSTM controller like ours, "
                         "'pypi_dnc', and with its default 2-layer controller, 'pypi_dnc_2layer'; the slot sweep "
                         "uses the 1-layer one)")
+    p.add_argument("--compile-step", default="", choices=["", "default", "reduce-overhead", "max-autotune"],
+                   help="also time every core with its step compiled (Core.compile_step(MODE)), in a row "
+                        "'NAME+compiled' right after the eager one ('' : eager only); warm-up includes compiling")
     p.add_argument("--json", default="", help="write the results here as JSON")
     return p
 
@@ -199,6 +202,13 @@ def main(argv: list[str] | None = None) -> dict:
             r["params"] = sum(p.numel() for p in core.parameters())
             res[name] = r
             print(f"  {name:<18}{r['params']:>9d}{r['fwd_ms']:>10.3f}{r['fwd_bwd_ms']:>10.3f}", flush=True)
+            if args.compile_step:
+                rc = bench_core(core.compile_step(args.compile_step), args, device)
+                rc["params"] = r["params"]
+                rc["speedup_fwd_bwd"] = r["fwd_bwd_ms"] / rc["fwd_bwd_ms"]
+                res[f"{name}+compiled"] = rc
+                print(f"  {name + '+compiled':<18}{rc['params']:>9d}{rc['fwd_ms']:>10.3f}{rc['fwd_bwd_ms']:>10.3f}"
+                      f"  ({rc['speedup_fwd_bwd']:.2f}x)", flush=True)
         ix_net = None
         if not args.no_ixaxaar:
             torch.manual_seed(0)
