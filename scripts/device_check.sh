@@ -17,6 +17,15 @@ timeout "${T_ENVS:-90}" python3 scripts/benchmark_envs.py --device cuda --num-en
   --minigrid-sync-num-envs 2>&1 | tee "$OUT/bench_envs_cuda.txt"
 timeout "${T_CORES:-150}" python3 scripts/benchmark_cores.py --devices cuda --no-ixaxaar --slots-sweep --budget 4 \
   --json "$OUT/bench_cores_cuda.json" 2>&1 | tee "$OUT/bench_cores_cuda.txt"
+# issue 12: the memory cores' steps compiled (inductor kernels; reduce-overhead adds CUDA graphs), side by side
+for mode in default reduce-overhead; do
+  timeout "${T_COMPILE:-100}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm alstm rl_access dnc \
+    --compile-step $mode --no-ixaxaar --slots-sweep --budget 3 --json "$OUT/bench_cores_compile_${mode}_cuda.json" \
+    2>&1 | tee "$OUT/bench_cores_compile_${mode}_cuda.txt"
+done
+# issue 15: peak CUDA memory of plain, strided and memory-efficient BPTT at T = 1000
+timeout "${T_BPTT:-90}" python3 scripts/benchmark_bptt.py --cores lstm ntm --lengths 1000 --slots 32 --segments 1 32 \
+  --storage hidden mixed --device cuda --repeats 1 --json "$OUT/bench_bptt_cuda.json" 2>&1 | tee "$OUT/bench_bptt_cuda.txt"
 if [ -f scripts/benchmark_scan.py ]; then
   timeout "${T_SCAN:-90}" python3 scripts/benchmark_scan.py --help >/dev/null 2>&1 && \
   timeout "${T_SCAN:-90}" python3 scripts/benchmark_scan.py --device cuda 2>&1 | tee "$OUT/bench_scan_cuda.txt"
