@@ -66,9 +66,10 @@ class TrainConfig:
     """JSON object of further core keywords, e.g. '{"num_slots": 32, "slot_size": 16}'."""
     compile_core: str = ""
     """Run the core's step through torch.compile (memory_cores.Core.compile_step): 'default' (fused kernels),
-    'reduce-overhead' (also CUDA graphs on a GPU) or 'max-autotune'; '' keeps it eager. Helps the cores that step
-    in a Python loop (ntm, alstm, grid_lstm, ...: about 1.8x for the NTM on this CPU); compiling takes up to a
-    minute at the start of a run. Same values up to rounding."""
+    'reduce-overhead' (also CUDA graphs on a GPU) or 'max-autotune'; '' keeps it eager. For cores that step in a
+    Python loop (ntm, rl_access, ...), where kernel launches dominate (GPUs); on this CPU the NTM gains 1.17x
+    (scripts/benchmark_cores.py --compile-step default). Compiling takes up to a minute at the start of a run. Same
+    values up to rounding."""
     embed_size: int = 128
     """Width of the observation encoder's output (the core's input)."""
     shared_core: bool = True
