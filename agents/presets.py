@@ -124,7 +124,7 @@ class LengthKnob:
         """The training keywords with the knob set to ``value`` (``ValueError`` when outside the valid range)."""
         if not self.low <= value <= self.high or (value - self.train_value(env_kwargs)) % self.step:
             raise ValueError(f"sweep value {self.name}={value} is not valid: expected an integer in "
-                             f"[{self.low}, {self.high}]" + (f" with the training value's parity" if self.step == 2
+                             f"[{self.low}, {self.high}]" + (" with the training value's parity" if self.step == 2
                                                              else ""))
         out = {k: v for k, v in env_kwargs.items() if k not in self.drop}
         out.update({k: int(value) for k in self.keys})

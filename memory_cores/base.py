@@ -20,7 +20,7 @@ This base class adds everything else, once, for every core:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
