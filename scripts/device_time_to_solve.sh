@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Time to solve on the GPU (issue 12's table): T-maze of length L with the preset and 512 envs (8 minibatches), one
-# run per seed, then the greedy and sampled evaluation; the wall seconds and env steps at which the rollout success
+# Time to solve on the GPU (issue 12's table): T-maze of length L with the preset and 512 envs in minibatches of 8
+# envs (ENVS / 8 minibatches: the preset's minibatch and gradient steps per env step; with 8 minibatches at 512 envs
+# no seed learnt L = 50 on the H200, with 64 every seed did on the CPU, docs/gpu.md), one run per seed, then the greedy and sampled evaluation; the wall seconds and env steps at which the rollout success
 # first reaches 0.95 come from metrics.jsonl. Logs to $OUT.
 #
 #   L=50 SEEDS="1 2 3" STEPS=6000000 bash scripts/device_time_to_solve.sh
@@ -9,10 +10,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_tts}
 . scripts/device_env.sh
 L=${L:-50}; SEEDS=${SEEDS:-1 2 3}; STEPS=${STEPS:-6000000}; DEVICE=${DEVICE:-cuda}; ENVS=${ENVS:-512}
+MB=${MB:-$((ENVS / 8))}
 for s in $SEEDS; do
   run="$OUT/tmaze_L${L}_s$s"
   timeout "${T_RUN:-150}" python3 scripts/train.py --env MemoryCores/TMaze-v0 --env-kwargs "{\"length\": $L}" --core lstm \
-    --num-envs "$ENVS" --num-minibatches 8 --total-steps "$STEPS" --seed "$s" --device "$DEVICE" --run-dir "$run" \
+    --num-envs "$ENVS" --num-minibatches "$MB" --total-steps "$STEPS" --seed "$s" --device "$DEVICE" --run-dir "$run" \
     --no-progress --no-tensorboard --checkpoint-every 1000 2>&1 | tail -2
   python3 scripts/evaluate.py "$run" --episodes 500 --device "$DEVICE" --json > "$run.eval.json" 2>&1
   python3 - "$run" <<'PY'
