@@ -125,6 +125,20 @@ GRIDS: dict[str, StudySpec] = {
         where="2-core shared CPU, 1 torch thread, one run at a time: two short tasks, 0.4M steps or 90 s per run "
               "(about 6 hours for the grid)",
     ),
+    # Capacity on the CPU: Copy past the lengths the cpu grid uses, equal env steps, the fast cores and the two
+    # differentiable external memories (the equal-wall-time protocol and the other cores are the gpu grid's).
+    "cpu-capacity": StudySpec(
+        name="cpu-capacity",
+        tasks=tuple(Task(f"copy-L{L}", "MemoryCores/Copy-v0", {"min_length": L, "max_length": L}, "mean_return",
+                         float(L), train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200) for L in (12, 24)),
+        cores=("none", "lstm", "gru", "lru", "ffm", "ntm", "dnc"),
+        seeds=(1, 2, 3, 4, 5),
+        params=100_000,
+        steps=400_000,
+        seconds=90.0,
+        core_kwargs=MEMORY_KWARGS,
+        where="2-core shared CPU, 1 torch thread: Copy L = 12 and 24 at 0.4M env steps (equal-steps protocol only)",
+    ),
     # The full grid for a GPU session: more lengths, longer budgets.
     "gpu": StudySpec(
         name="gpu",
