@@ -35,7 +35,8 @@ class StudyArgs:
     """plan: list the runs; calibrate: measure every core's training throughput; run: calibrate if needed, then
     train and evaluate the runs not done yet; report: tables and plots from the results."""
     grid: str = "cpu"
-    """Named grid of agents/study.py GRIDS: cpu (a few hours of one CPU core), cpu-capacity (Copy L12 and L24 at equal steps), gpu (the full grid), smoke (tests)."""
+    """Named grid of agents/study.py GRIDS: cpu (a few hours of one CPU core), cpu-capacity (Copy L12 and L24 at
+    equal steps), gpu (the full grid), smoke (tests)."""
     study_dir: str = ""
     """Where runs, results and the calibration live (default runs/study_<grid>)."""
     max_runs: int = 0
