@@ -61,6 +61,10 @@ class Task:
         max_score: the task's best score (1 for a success rate; the number of answer steps for Copy's return).
         train: TrainConfig overrides for this task on top of the env's preset (e.g. ``learning_rate``).
         episodes: evaluation episodes per mode.
+        variants: evaluation-only variants of the env (length generalisation): ``(name, keywords)`` pairs whose
+            keywords are merged over ``env_kwargs``; every trained policy is also evaluated on each, and reports
+            show each as the task ``"<name of the task>@<name of the variant>"``, normalised by the feed-forward
+            agent's score on that variant.
     """
 
     name: str
@@ -70,6 +74,11 @@ class Task:
     max_score: float = 1.0
     train: dict = field(default_factory=dict)
     episodes: int = 200
+    variants: tuple[tuple[str, dict], ...] = ()
+
+    def variant_kwargs(self, name: str) -> dict:
+        """The env keywords (preset included) of variant ``name``."""
+        return env_kwargs_for(self.env, {**self.env_kwargs, **dict(self.variants)[name]})
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,8 @@ GRIDS: dict[str, StudySpec] = {
     "cpu": StudySpec(
         name="cpu",
         tasks=(
-            Task("tmaze-L10", "MemoryCores/TMaze-v0", {"length": 10}, "success_rate", 1.0, episodes=200),
+            Task("tmaze-L10", "MemoryCores/TMaze-v0", {"length": 10}, "success_rate", 1.0, episodes=200,
+                 variants=(("L20", {"length": 20}), ("L40", {"length": 40}), ("L100", {"length": 100}))),
             Task("copy-L6", "MemoryCores/Copy-v0", {"min_length": 6, "max_length": 6}, "mean_return", 6.0,
                  train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200),
         ),
@@ -125,19 +135,25 @@ GRIDS: dict[str, StudySpec] = {
         where="2-core shared CPU, 1 torch thread, one run at a time: two short tasks, 0.4M steps or 90 s per run "
               "(about 6 hours for the grid)",
     ),
-    # Capacity on the CPU: Copy past the lengths the cpu grid uses, equal env steps, the fast cores and the two
-    # differentiable external memories (the equal-wall-time protocol and the other cores are the gpu grid's).
+    # Capacity on the CPU: Copy past the lengths the cpu grid uses and AssociativeRecall with a growing number of
+    # items, equal env steps, the fast cores and the two differentiable external memories (the equal-wall-time
+    # protocol and the other cores are the gpu grid's).
     "cpu-capacity": StudySpec(
         name="cpu-capacity",
-        tasks=tuple(Task(f"copy-L{L}", "MemoryCores/Copy-v0", {"min_length": L, "max_length": L}, "mean_return",
-                         float(L), train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200) for L in (12, 24)),
+        tasks=tuple(
+            [Task(f"copy-L{L}", "MemoryCores/Copy-v0", {"min_length": L, "max_length": L}, "mean_return", float(L),
+                  train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200) for L in (12, 24)]
+            + [Task(f"recall-{n}", "MemoryCores/AssociativeRecall-v0", {"min_items": n, "max_items": n},
+                    "mean_return", 3.0, train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200) for n in (3, 6)]
+        ),
         cores=("none", "lstm", "gru", "lru", "ffm", "ntm", "dnc"),
         seeds=(1, 2, 3, 4, 5),
         params=100_000,
         steps=400_000,
         seconds=90.0,
         core_kwargs=MEMORY_KWARGS,
-        where="2-core shared CPU, 1 torch thread: Copy L = 12 and 24 at 0.4M env steps (equal-steps protocol only)",
+        where="2-core shared CPU, 1 torch thread: Copy L = 12 and 24, AssociativeRecall with 3 and 6 items, at 0.4M "
+              "env steps (equal-steps protocol only)",
     ),
     # The full grid for a GPU session: more lengths, longer budgets.
     "gpu": StudySpec(
@@ -325,22 +341,84 @@ def run_cell(spec: StudySpec, cell: Cell, study_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     summary = train(cfg)
     policy, _, ckpt = load_policy(run_dir)
-    evals = {mode: evaluate_policy(policy, cfg.env, cell.task.episodes, deterministic=mode == "greedy",
-                                   env_kwargs=cfg.env_kwargs_dict())
-             for mode in ("greedy", "sampled")}
+    evals = _evaluate_both(policy, cell.task, cfg.env_kwargs_dict())
     result = {
         "key": cell.key, "task": cell.task.name, "core": cell.core, "seed": cell.seed, "protocols": list(cell.protocols),
         "steps": int(ckpt["global_step"]), "params": n_params, "hidden_size": cfg.hidden_size,
         "train_seconds": summary.get("train_seconds", summary["seconds"]), "session_seconds": time.perf_counter() - t0,
         "score": evals["greedy"][cell.task.score], "score_name": cell.task.score, "max_score": cell.task.max_score,
         "eval": evals, "config": asdict(cfg),
+        "variants": {name: _evaluate_both(policy, cell.task, cell.task.variant_kwargs(name))
+                     for name, _ in cell.task.variants},
     }
-    path = study_dir / "results" / f"{cell.key}.json"
+    _write_result(study_dir, result)
+    return result
+
+
+def _evaluate_both(policy, task: Task, env_kwargs: dict) -> dict[str, dict[str, float]]:
+    """Greedy and sampled evaluation of ``policy`` on ``task``'s env with ``env_kwargs``; the sampled actions are
+    drawn from a seeded generator, so an evaluation repeated later (a variant filled in) is reproducible."""
+    out = {}
+    for mode in ("greedy", "sampled"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(12345)
+            out[mode] = evaluate_policy(policy, task.env, task.episodes, deterministic=mode == "greedy",
+                                        env_kwargs=env_kwargs)
+    return out
+
+
+def _write_result(study_dir: Path, result: dict[str, Any]) -> None:
+    path = Path(study_dir) / "results" / f"{result['key']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, path)
-    return result
+
+
+def missing_variants(spec: StudySpec, result: dict[str, Any]) -> list[str]:
+    """The variants of ``result``'s task that its JSON does not hold yet."""
+    task = next((t for t in spec.tasks if t.name == result["task"]), None)
+    have = result.get("variants", {})
+    return [] if task is None else [name for name, _ in task.variants if name not in have]
+
+
+def complete_variants(spec: StudySpec, study_dir: Path, only: str = "", log=print) -> int:
+    """Evaluate finished runs (results whose key contains ``only``) on the variants of their task that they lack,
+    from their checkpoints under ``study_dir/runs``; the results JSON are rewritten. Returns how many were
+    completed. (Variants added to a grid after its runs finished are filled in this way, without training.)"""
+    from .evaluation import load_policy
+
+    tasks = {t.name: t for t in spec.tasks}
+    n = 0
+    for result in load_results(study_dir):
+        names = missing_variants(spec, result) if only in result["key"] else []
+        run_dir = Path(study_dir) / "runs" / result["key"]
+        if not names:
+            continue
+        if not run_dir.exists():
+            log(f"variants: {result['key']} lacks {', '.join(names)} and has no run folder {run_dir}; skipped")
+            continue
+        policy, _, _ = load_policy(run_dir)
+        task = tasks[result["task"]]
+        result.setdefault("variants", {})
+        for name in names:
+            result["variants"][name] = _evaluate_both(policy, task, task.variant_kwargs(name))
+        _write_result(study_dir, result)
+        log(f"variants: {result['key']}: " + ", ".join(
+            f"{name} {result['variants'][name]['sampled'][result['score_name']]:.3f}" for name in names))
+        n += 1
+    return n
+
+
+def with_variants(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``results`` and, for each variant a result was evaluated on, a derived result of the task
+    ``"<task>@<variant>"`` holding that evaluation (same run, same steps and seconds)."""
+    out = list(results)
+    for r in results:
+        for name, evals in r.get("variants", {}).items():
+            out.append({**r, "task": f"{r['task']}@{name}", "eval": evals, "score": evals["greedy"][r["score_name"]],
+                         "variants": {}})
+    return out
 
 
 def load_results(study_dir: Path) -> list[dict[str, Any]]:
@@ -383,12 +461,14 @@ def aggregate(results: list[dict[str, Any]], reps: int = 2000, seed: int = 0, mo
               ) -> list[dict[str, Any]]:
     """Per (task, protocol, core): the interquartile mean of the normalised scores over seeds with its 95 %
     stratified-bootstrap confidence interval (rliable), the per-seed raw and normalised scores, and the mean
-    parameters, steps and seconds."""
+    parameters, steps and seconds. Evaluations on a task's variants count as the tasks ``"<task>@<variant>"``
+    (:func:`with_variants`)."""
     import numpy as np
     from rliable import library as rly
     from rliable import metrics
 
     np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
+    results = with_variants(results)
     meta: dict[tuple[str, str, str], list[dict]] = {}
     for r in results:
         for protocol in r["protocols"]:

@@ -33,10 +33,11 @@ class StudyArgs:
 
     command: tyro.conf.Positional[Literal["plan", "calibrate", "run", "report"]]
     """plan: list the runs; calibrate: measure every core's training throughput; run: calibrate if needed, then
-    train and evaluate the runs not done yet; report: tables and plots from the results."""
+    train and evaluate the runs not done yet (and evaluate finished runs on task variants they lack, such as the
+    T-maze's longer corridors); report: tables and plots from the results."""
     grid: str = "cpu"
-    """Named grid of agents/study.py GRIDS: cpu (a few hours of one CPU core), cpu-capacity (Copy L12 and L24 at
-    equal steps), gpu (the full grid), smoke (tests)."""
+    """Named grid of agents/study.py GRIDS: cpu (a few hours of one CPU core), cpu-capacity (Copy L12 and L24,
+    AssociativeRecall with 3 and 6 items, at equal steps), gpu (the full grid), smoke (tests)."""
     study_dir: str = ""
     """Where runs, results and the calibration live (default runs/study_<grid>)."""
     max_runs: int = 0
@@ -89,12 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         done = {r["key"] for r in study.load_results(sdir)} if sdir.exists() else set()
         todo = [c for c in cells if c.key not in done]
         if args.command == "plan":
+            lacking = {r["key"]: study.missing_variants(spec, r) for r in study.load_results(sdir)} \
+                if sdir.exists() else {}
             for c in cells:
                 mark = "done" if c.key in done else "todo"
-                print(f"{mark}  {c.key:<45} {'+'.join(c.protocols):<10} {c.steps:>10,} steps")
+                more = f"  (lacks variants {', '.join(lacking[c.key])})" if lacking.get(c.key) else ""
+                print(f"{mark}  {c.key:<45} {'+'.join(c.protocols):<10} {c.steps:>10,} steps{more}")
             print(f"{len(cells)} runs, {len(cells) - len(todo)} done" + ("" if cal else
                   "; equal-time runs appear after calibration (scripts/study.py calibrate)"))
             return 0
+        if done:  # finished runs evaluated on variants added to the grid since (no training)
+            study.complete_variants(spec, sdir, only=args.only)
         if args.max_runs:
             todo = todo[: args.max_runs]
         for i, cell in enumerate(todo):

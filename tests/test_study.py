@@ -119,3 +119,43 @@ def test_scores_come_from_the_chosen_evaluation():
     assert normalised_scores(results, "sampled")[("t", "steps")]["ntm"] == [(1, 1.0, 1.0)]
     assert normalised_scores(results, "greedy")[("t", "steps")]["ntm"] == [(1, 0.0, 0.0)]
     assert normalised_scores(results)[("t", "steps")]["ntm"] == [(1, 0.0, 0.0)]  # the stored (greedy) score
+
+
+def test_variants_are_normalised_by_the_feed_forward_agent_on_the_variant():
+    def res(core, seed, score, variant_score):
+        r = _result("t", core, seed, score)
+        r.update(score_name="success_rate", eval={m: {"success_rate": score} for m in ("greedy", "sampled")},
+                 variants={"long": {m: {"success_rate": variant_score} for m in ("greedy", "sampled")}})
+        return r
+
+    results = [res("none", 1, 0.5, 0.2), res("ntm", 1, 1.0, 0.6)]
+    norm = normalised_scores(study.with_variants(results), "sampled")
+    assert norm[("t", "steps")]["ntm"] == [(1, 1.0, 1.0)]
+    assert norm[("t@long", "steps")]["ntm"] == [(1, 0.6, pytest.approx(0.5))]  # (0.6 - 0.2) / (1 - 0.2)
+    rows = {(r["task"], r["core"]) for r in aggregate(results, reps=50)}
+    assert ("t@long", "ntm") in rows and ("t", "ntm") in rows
+
+
+def test_variants_added_later_are_evaluated_from_the_checkpoints(tmp_path, monkeypatch, capsys):
+    from agents.evaluation import evaluate_policy, load_policy
+
+    base = replace(GRIDS["smoke"], cores=("none", "lstm"), seeds=(1,))
+    monkeypatch.setitem(GRIDS, "smoke", base)
+    d = tmp_path / "study"
+    common = ["--grid", "smoke", "--study-dir", str(d), "--protocol", "steps"]
+    assert study_cli.main(["run", *common]) == 0
+    assert all(r["variants"] == {} for r in study.load_results(d))
+    task = replace(base.tasks[0], variants=(("same", {}), ("L6", {"length": 6})))
+    monkeypatch.setitem(GRIDS, "smoke", replace(base, tasks=(task,)))
+    assert study_cli.main(["plan", *common]) == 0
+    assert "lacks variants same, L6" in capsys.readouterr().out
+    assert study_cli.main(["run", *common]) == 0
+    assert "[1/" not in capsys.readouterr().out  # evaluated, not trained again
+    for r in study.load_results(d):
+        assert r["variants"]["same"] == r["eval"]  # the variant without changes is the task itself
+        policy, _, _ = load_policy(d / "runs" / r["key"])
+        direct = evaluate_policy(policy, task.env, task.episodes, deterministic=True, env_kwargs=task.variant_kwargs("L6"))
+        assert r["variants"]["L6"]["greedy"] == direct and direct["mean_length"] >= 7  # corridor of 6: >= 7 steps
+    out = tmp_path / "report"
+    assert study_cli.main(["report", "--grid", "smoke", "--study-dir", str(d), "--out", str(out), "--reps", "50"]) == 0
+    assert "## tmaze-L3@L6, equal env steps" in (out / "report.md").read_text()
