@@ -155,6 +155,20 @@ GRIDS: dict[str, StudySpec] = {
         where="2-core shared CPU, 1 torch thread: Copy L = 12 and 24, AssociativeRecall with 3 and 6 items, at 0.4M "
               "env steps (equal-steps protocol only)",
     ),
+    # Does a longer budget let external memory store what the LSTM cannot? Copy L = 12 at 4 times the steps of
+    # cpu-capacity (where only lru learnt it), for the LSTM, lru and the two differentiable external memories.
+    "cpu-long": StudySpec(
+        name="cpu-long",
+        tasks=(Task("copy-L12", "MemoryCores/Copy-v0", {"min_length": 12, "max_length": 12}, "mean_return", 12.0,
+                    train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200),),
+        cores=("none", "lstm", "lru", "ntm", "dnc"),
+        seeds=(1, 2, 3, 4, 5),
+        params=100_000,
+        steps=1_600_000,
+        seconds=360.0,
+        core_kwargs=MEMORY_KWARGS,
+        where="2-core shared CPU, 1 torch thread: Copy L = 12 at 1.6M env steps (equal-steps protocol only)",
+    ),
     # The full grid for a GPU session: more lengths, longer budgets.
     "gpu": StudySpec(
         name="gpu",

@@ -37,7 +37,8 @@ class StudyArgs:
     T-maze's longer corridors); report: tables and plots from the results."""
     grid: str = "cpu"
     """Named grid of agents/study.py GRIDS: cpu (a few hours of one CPU core), cpu-capacity (Copy L12 and L24,
-    AssociativeRecall with 3 and 6 items, at equal steps), gpu (the full grid), smoke (tests)."""
+    AssociativeRecall with 3 and 6 items, at equal steps), cpu-long (Copy L12 at 1.6M steps), gpu (the full grid),
+    smoke (tests)."""
     study_dir: str = ""
     """Where runs, results and the calibration live (default runs/study_<grid>)."""
     max_runs: int = 0
