@@ -173,9 +173,15 @@ GRIDS: dict[str, StudySpec] = {
     "gpu": StudySpec(
         name="gpu",
         tasks=tuple(
-            [Task(f"tmaze-L{L}", "MemoryCores/TMaze-v0", {"length": L}, "success_rate", 1.0) for L in (100, 400)]
+            [Task(f"tmaze-L{L}", "MemoryCores/TMaze-v0", {"length": L}, "success_rate", 1.0,
+                  # evaluation episodes truncated at the env's default 4 (L + 1) steps, not the preset's L^2
+                  variants=tuple((f"L{k * L}", {"length": k * L, "max_steps": 4 * (k * L + 1)}) for k in (2, 4)))
+               for L in (100, 400)]
             + [Task(f"copy-L{L}", "MemoryCores/Copy-v0", {"min_length": L, "max_length": L}, "mean_return", float(L),
                     train={"learning_rate": 2e-3, "ent_coef": 0.0}) for L in (6, 12, 24)]
+            + [Task(f"repeatcopy-L{L}x{R}", "MemoryCores/RepeatCopy-v0",
+                    {"min_length": L, "max_length": L, "min_repeats": R, "max_repeats": R}, "mean_return",
+                    float(R * L + 1), train={"learning_rate": 2e-3, "ent_coef": 0.0}) for L, R in ((6, 3), (12, 3))]
             + [Task(f"recall-{n}", "MemoryCores/AssociativeRecall-v0", {"min_items": n, "max_items": n},
                     "mean_return", 3.0, train={"learning_rate": 2e-3, "ent_coef": 0.0}) for n in (3, 6)]
         ),
@@ -185,7 +191,7 @@ GRIDS: dict[str, StudySpec] = {
         steps=5_000_000,
         seconds=600.0,
         core_kwargs=MEMORY_KWARGS,
-        where="one GPU: the full grid",
+        where="one GPU: the full grid (T-maze policies also evaluated on corridors 2 and 4 times as long)",
     ),
     # For tests and a first look: tiny budgets.
     "smoke": StudySpec(
