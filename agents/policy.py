@@ -292,11 +292,17 @@ def make_encoder(space: spaces.Space, out_size: int, _path: str = "observation")
 
 
 # ========================================================================================= action distributions
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is bf16/fp16 (a head's output under autocast), else unchanged: distributions
+    normalise, sample and score in at least float32 (on the CPU autocast leaves log_softmax and rand_like in bf16)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class Categorical:
     """Categorical over the last axis of ``logits`` ``[*, n]``; actions ``[*]`` long."""
 
     def __init__(self, logits: Tensor) -> None:
-        self.log_p = torch.log_softmax(logits, dim=-1)
+        self.log_p = torch.log_softmax(_wide(logits), dim=-1)
 
     def sample(self) -> Tensor:
         # Gumbel-max: argmax(log p + G), G ~ Gumbel(0, 1); one tensor program for any leading shape.
@@ -328,7 +334,7 @@ class Bernoulli:
     """Independent Bernoullis, ``logits`` ``[*, n]``; actions ``[*, n]`` float in {0, 1}; sums over ``n``."""
 
     def __init__(self, logits: Tensor) -> None:
-        self.logits = logits
+        self.logits = _wide(logits)
 
     def sample(self) -> Tensor:
         return (torch.rand_like(self.logits) < torch.sigmoid(self.logits)).to(self.logits.dtype)
@@ -350,6 +356,7 @@ class DiagGaussian:
     """Diagonal Gaussian, ``mean`` and ``log_std`` ``[*, n]``; actions ``[*, n]``; sums over ``n``."""
 
     def __init__(self, mean: Tensor, log_std: Tensor) -> None:
+        mean, log_std = _wide(mean), _wide(log_std)
         self.mean, self.log_std = mean, log_std.expand_as(mean)
 
     def sample(self) -> Tensor:

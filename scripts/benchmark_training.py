@@ -4,6 +4,7 @@
     python3 scripts/benchmark_training.py                                  # every entry, 30 s each, 1 thread
     python3 scripts/benchmark_training.py --seconds 10 --entries tmaze:lstm tmaze:sb3-lstm
     python3 scripts/benchmark_training.py --threads 2 --json runs/bench_training.json
+    python3 scripts/benchmark_training.py --no-sb3 --entries tmaze:lstm tmaze:ntm --autocast fp32 bf16   # + ratio
 
 Throughput is training steps per second: environment steps of complete PPO iterations (rollout + update, GAE
 included) divided by the time they took. Each entry first runs ``--warmup-updates`` iterations untimed, then
@@ -36,6 +37,10 @@ inside a sequence SB3 steps its LSTM one step at a time in the update, ours fuse
 SB3's defaults (n_steps 128, batch_size 128, 10 epochs, separate critic LSTM, 64-64 MLPs); ``--num-envs`` and
 ``--num-steps`` do not change it. NTM and DNC use the cores' default sizes
 (NTM 128 x 20 memory, 1 read and 1 write head; DNC 64 x 32, 4 read heads) with a 128-unit LSTM controller.
+
+``--autocast fp32 bf16`` times each of our entries twice in the same process, eager fp32 and with ``TrainConfig.
+autocast = "bf16"`` (the rollout's forward passes and the update's loss under ``torch.autocast(bfloat16)``, memory
+math, backward and optimiser step in fp32), and prints the bf16 / fp32 ratio of the rates per entry.
 """
 
 from __future__ import annotations
@@ -104,14 +109,17 @@ def _clock() -> tuple[float, float]:
 
 
 # ================================================================================================= our PPO
+AUTOCAST_MODES = ("fp32", "bf16")
+"""``--autocast``: our PPO in float32, or with ``TrainConfig.autocast = "bf16"``."""
 COMPILE_MODES = ("none", "act", "update", "both")
 """``--compile``: which of our PPO's functions ``torch.compile`` wraps: the rollout step
 (``ActorCritic.get_action_and_value``), the update's sequence evaluation (``ActorCritic.evaluate_sequence``), both."""
 
 
 def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tuple[int, int, int], seconds: float,
-               warmup: int, device: str, seed: int, compile_mode: str = "none") -> Result:
-    """Our recurrent PPO (``agents.ppo.PPO``) on ``env_id``: whole collect + update iterations for ``seconds``."""
+               warmup: int, device: str, seed: int, compile_mode: str = "none", autocast: str = "fp32") -> Result:
+    """Our recurrent PPO (``agents.ppo.PPO``) on ``env_id``: whole collect + update iterations for ``seconds``
+    (``autocast``: ``fp32`` or ``bf16``, :attr:`agents.ppo.TrainConfig.autocast`)."""
     from agents.env_adapter import TorchVecEnv
     from agents.ppo import PPO, TrainConfig, resolve_device
     from agents.presets import env_kwargs_for
@@ -120,7 +128,8 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
     B, T, L = shape
     cfg = TrainConfig(env=env_id, core=core, num_envs=B, num_steps=T, seq_len=L, num_minibatches=4, update_epochs=4,
                       total_steps=10**9, hidden_size=128, embed_size=128, seed=seed, progress=False,
-                      tensorboard=False, torch_threads=torch.get_num_threads())
+                      tensorboard=False, torch_threads=torch.get_num_threads(),
+                      autocast="" if autocast == "fp32" else autocast)
     cfg = replace(cfg, env_kwargs=json.dumps(env_kwargs_for(env_id, env_kwargs)))
     cfg.validate()
     dev = resolve_device(device)
@@ -149,9 +158,16 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
         iteration()
     warm = time.perf_counter() - t_warm
     res = Result(entry, f"{env_id} {json.dumps(cfg.env_kwargs_dict())}", B, T, note=f"seq_len {L}")
+    tags = []
     if compile_mode != "none":
-        res.entry = f"{entry} (compile {compile_mode})"
+        tags.append(f"compile {compile_mode}")
         res.note += f", torch.compile: {compile_mode}, {warm:.0f} s warm-up"
+    if autocast != "fp32":
+        tags.append(f"{autocast} autocast")
+        res.note += f", {autocast} autocast"
+    if tags:
+        res.entry = f"{entry} ({', '.join(tags)})"
+    res.extra["autocast"], res.extra["compile"], res.extra["base_entry"] = autocast, compile_mode, entry
     n_params = sum(p.numel() for p in policy.parameters())
     res.extra["params"] = n_params
     (w0, c0), steps0 = _clock(), ppo.global_step
@@ -301,7 +317,7 @@ def bench_env(entry: str, env_id: str, env_kwargs: dict, num_envs: int, seconds:
 
 
 # ======================================================================================================= driver
-def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none") -> Result:
+def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none", autocast: str = "fp32") -> Result:
     task, agent = entry.split(":")
     B, T, L = TASK_SHAPES[task]
     B = args.num_envs or B
@@ -319,20 +335,22 @@ def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none") 
             return bench_sb3(entry, "MemoryCores/TMaze-v0", env_kwargs_for("MemoryCores/TMaze-v0", TMAZE_KWARGS),
                              shape, warmup=args.warmup_updates, **kw)
         return bench_ours(entry, agent, "MemoryCores/TMaze-v0", TMAZE_KWARGS, shape, warmup=args.warmup_updates,
-                          device=args.device, compile_mode=compile_mode, **kw)
+                          device=args.device, compile_mode=compile_mode, autocast=autocast, **kw)
     if task == "minigrid":
         if sb3:
             return bench_sb3(entry, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, shape,
                              warmup=args.warmup_updates, **kw)
         return bench_ours(entry, agent, "MemoryCores/MiniGridMemory-v0", {"size": 7, "view_size": 7}, shape,
-                          warmup=args.warmup_updates, device=args.device, compile_mode=compile_mode, **kw)
+                          warmup=args.warmup_updates, device=args.device, compile_mode=compile_mode,
+                          autocast=autocast, **kw)
     # minigrid-sync
     if agent == "env":
         return bench_env(entry, "MiniGrid-MemoryS7-v0", {}, 1, sync=False, **kw)
     if agent == "env-sync":
         return bench_env(entry, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, B, sync=True, **kw)
     return bench_ours(entry, agent, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, shape,
-                      warmup=args.warmup_updates, device=args.device, compile_mode=compile_mode, **kw)
+                      warmup=args.warmup_updates, device=args.device, compile_mode=compile_mode, autocast=autocast,
+                      **kw)
 
 
 def print_table(results: list[Result]) -> list[str]:
@@ -366,6 +384,31 @@ def print_table(results: list[Result]) -> list[str]:
     return lines
 
 
+def print_autocast_ratios(results: list[Result]) -> list[str]:
+    """Print (and return) a Markdown table of each of our entries timed both in fp32 and under bf16 autocast (same
+    compile mode): the two rates and bf16 / fp32, by the CPU time and by the wall clock."""
+    runs = {(r.extra.get("base_entry"), r.extra.get("compile"), r.extra.get("autocast")): r for r in results}
+    lines = [
+        f"bf16 autocast against fp32 (torch threads {torch.get_num_threads()}; > 1: bf16 faster):",
+        "",
+        "| entry | compile | fp32 steps/s (CPU time) | bf16 steps/s (CPU time) | bf16 / fp32 (CPU time) | "
+        "bf16 / fp32 (wall) |",
+        "|---|---|---|---|---|---|",
+    ]
+    n = 0
+    for (entry, mode, ac), bf in runs.items():
+        fp = runs.get((entry, mode, "fp32"))
+        if ac != "bf16" or fp is None:
+            continue
+        lines.append(f"| {entry} | {mode} | {fp.sps_cpu:,.0f} | {bf.sps_cpu:,.0f} | {bf.sps_cpu / fp.sps_cpu:.2f} | "
+                     f"{bf.sps / fp.sps:.2f} |")
+        n += 1
+    if not n:
+        return []
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", nargs="+", default=list(ENTRIES), metavar="TASK:AGENT",
@@ -384,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", nargs="+", default=["none"], choices=COMPILE_MODES, metavar="MODE",
                         help="time our agents once per mode, side by side: none (eager), act (torch.compile the "
                              "rollout step), update (the update's sequence evaluation), both (default: none)")
+    parser.add_argument("--autocast", nargs="+", default=["fp32"], choices=AUTOCAST_MODES, metavar="PRECISION",
+                        help="time our agents once per precision, side by side, and print the bf16 / fp32 ratio: "
+                             "fp32, bf16 (TrainConfig.autocast: forward passes under torch.autocast(bfloat16)) "
+                             "(default: fp32)")
     args = parser.parse_args(argv)
 
     bad = [e for e in args.entries if e not in ENTRIES]
@@ -428,17 +475,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.warmup_updates} warm-up iteration(s), seed {args.seed}; {versions}; load average {load:.2f} at start",
           flush=True)
     results = []
-    runs = [(e, m) for e in entries for m in (["none"] if is_sb3(e) or e.endswith(":env") or e.endswith(":env-sync")
-                                               else args.compile)]
-    for e, m in runs:
+    theirs = lambda e: is_sb3(e) or e.endswith(":env") or e.endswith(":env-sync")  # noqa: E731
+    runs = [(e, m, a) for e in entries for m in (["none"] if theirs(e) else args.compile)
+            for a in (["fp32"] if theirs(e) else args.autocast)]
+    for e, m, a in runs:
         t0 = time.perf_counter()
-        r = run_entry(e, args, m)
+        r = run_entry(e, args, m, a)
         results.append(r)
         e = r.entry
         print(f"{e:>24}: {r.sps:10,.0f} steps/s wall, {r.sps_cpu:10,.0f} steps/s CPU time ({r.steps} steps, "
               f"{r.iterations} iterations, {time.perf_counter() - t0:.0f} s with warm-up) {r.env}", flush=True)
     print()
     lines = print_table(results)
+    if "bf16" in args.autocast and "fp32" in args.autocast:
+        print()
+        lines += [""] + print_autocast_ratios(results)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -26,6 +26,10 @@ done
 # issue 15: peak CUDA memory of plain, strided and memory-efficient BPTT at T = 1000
 timeout "${T_BPTT:-90}" python3 scripts/benchmark_bptt.py --cores lstm ntm --lengths 1000 --slots 32 --segments 1 32 \
   --storage hidden mixed --device cuda --repeats 1 --json "$OUT/bench_bptt_cuda.json" 2>&1 | tee "$OUT/bench_bptt_cuda.txt"
+# issue 12: PPO training (rollout + update) at 4,096 envs in fp32 and under bf16 autocast, side by side
+timeout "${T_AUTOCAST:-120}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \
+  --entries tmaze:lstm tmaze:ntm tmaze:dnc --autocast fp32 bf16 --seconds 8 --threads 1 \
+  --json "$OUT/bench_training_autocast_cuda.json" 2>&1 | tee "$OUT/bench_training_autocast_cuda.txt"
 if [ -f scripts/benchmark_scan.py ]; then
   timeout "${T_SCAN:-90}" python3 scripts/benchmark_scan.py --help >/dev/null 2>&1 && \
   timeout "${T_SCAN:-90}" python3 scripts/benchmark_scan.py --device cuda 2>&1 | tee "$OUT/bench_scan_cuda.txt"
