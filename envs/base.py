@@ -232,6 +232,11 @@ class BatchedEnv(VectorEnv):
         """The ``[N, *obs_shape]`` observation of the current state, as a new tensor."""
         raise NotImplementedError
 
+    def prepare_static(self) -> None:
+        """Make ``step`` replayable in fixed buffers (a CUDA graph): move any host-side step state a task keeps
+        (a Python counter) into device tensors updated in place. Called by :class:`envs.capture.StaticStep`
+        before its first reset; a no-op for tasks whose state is all tensors."""
+
     # ---- helpers for tasks -----------------------------------------------------------------------------------------
 
     def episode_keys(self) -> torch.Tensor:

@@ -11,8 +11,9 @@ step of the single env): ``bit_errors`` (int32, wrong output bits over the answe
 wrong bit).
 
 Implementation (why a step is ~35 small tensor ops whatever the episode length): all rows advance in lock step,
-so the env keeps a global step counter ``G`` (a Python int) and a ring buffer ``buf [B, N]`` of the vectors shown
-(as ``W``-bit integer codes): at each step every row draws one fresh random code from ``self.generator``
+so the env keeps a global step counter ``G`` (a Python int; its ring slot ``G mod B`` as a device tensor once
+:meth:`prepare_static` has run, for CUDA graphs) and a ring buffer ``buf [B, N]`` of the vectors shown (as
+``W``-bit integer codes): at each step every row draws one fresh random code from ``self.generator``
 (``torch.randint``, one call for all rows) and it is written to ``buf[G % B]`` (one slice copy); a row that must
 recall a vector reads it back with one ``take`` (or ``gather``) at ``G - offset``, where ``offset`` follows from the
 task's timeline (RepeatCopy also re-stores each emitted vector, so a later copy finds it ``L`` steps back and the
@@ -83,7 +84,7 @@ class _RecallTask(BatchedEnv):
         self._flat_buf = self.buf.view(-1)  # [B * N]
         # _slot_base[g, j] = g N + j: flat index of row j's slot g
         self._slot_base = torch.arange(self._buffer_len * N, dtype=torch.int64, device=dev).view(-1, N)
-        self.G = 0  # global step counter (same for all rows)
+        self.G: int | torch.Tensor = 0  # global step counter (same for all rows); after prepare_static: [1] G mod B
         self._obs_table = torch.as_tensor(obs_rows, dtype=torch.float32, device=dev)  # [R, obs_dim]
         self._target_table = torch.as_tensor(target_rows, dtype=torch.bool, device=dev)  # [T, act_dim]
         self._types = torch.as_tensor(episode_types, dtype=torch.int64, device=dev)  # [E, P]
@@ -100,14 +101,35 @@ class _RecallTask(BatchedEnv):
         self._inv_outputs = 1.0 / self._outputs
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        self.G = 0
+        if isinstance(self.G, torch.Tensor):
+            self.G.zero_()
+        else:
+            self.G = 0
         return super().reset(seed=seed, options=options)
+
+    def prepare_static(self) -> None:
+        """Keep ``G`` as its ring slot ``G mod B`` in a ``[1]`` device tensor updated in place, so that a step reads
+        no Python counter and can be replayed by a CUDA graph (:class:`envs.capture.StaticStep` calls this; the
+        plain path keeps a Python int, a few ops a step cheaper on a CPU). Same episodes either way."""
+        if not isinstance(self.G, torch.Tensor):
+            self.G = torch.full((1,), self.G & self._buffer_mask, dtype=torch.int64, device=self.device)
+
+    def _advance(self) -> None:
+        """G += 1."""
+        if isinstance(self.G, torch.Tensor):
+            self.G.add_(1).bitwise_and_(self._buffer_mask)
+        else:
+            self.G += 1
+
+    def _slot(self) -> int | torch.Tensor:
+        """The ring slot of ``G``: an int, or a ``[1]`` tensor after :meth:`prepare_static`."""
+        return self.G if isinstance(self.G, torch.Tensor) else self.G & self._buffer_mask
 
     def _draw(self) -> torch.Tensor:
         """One 62-bit random draw per row; its low ``W`` bits become this step's fresh vector, stored at ``G``."""
         w = torch.randint(0, 1 << 62, (self.num_envs,), generator=self.generator, device=self.device)  # [N]
         self.content = w & self._content_mask
-        self.buf[self.G & self._buffer_mask] = self.content
+        self.buf[self._slot()] = self.content
         return w
 
     def _reset_common(self, mask: torch.Tensor, etype: torch.Tensor) -> None:
@@ -120,7 +142,7 @@ class _RecallTask(BatchedEnv):
     def _recall_scaled(self, back_n: torch.Tensor) -> torch.Tensor:
         """As :meth:`_recall` with ``back_n = back * N`` (a per-episode constant column): one ``take`` of the
         flat buffer, whose negative indices wrap around the ring."""
-        return self._flat_buf.take(self._slot_base[self.G & self._buffer_mask] - back_n)
+        return self._flat_buf.take(self._slot_base[self._slot()].view(-1) - back_n)
 
     def _recall(self, back: torch.Tensor) -> torch.Tensor:
         """``[N]`` codes stored ``back [N]`` steps ago (``0 <= back < buffer length``), at global step ``G - back``."""
@@ -135,7 +157,7 @@ class _RecallTask(BatchedEnv):
         reward = answering.float() - wrong * self._inv_outputs  # [N] float32 fraction correct
         self.errors = errors = self.errors + wrong
         self.t = t = self.t + 1
-        self.G += 1
+        self._advance()
         return reward, t == ep_steps, None, {"bit_errors": errors, "success": errors == 0}
 
 
@@ -259,8 +281,8 @@ class RepeatCopyVecEnv(_RecallTask):
             in_copy = (t > L) & (t < copy_end)  # [N]
             # first copy (t < 2 L + 1): the vector was shown L + 1 steps ago; later copies: re-stored L steps ago
             code = self._recall((t < p[_FIRST]) + L)
-            slot = self.buf[self.G & self._buffer_mask]
-            slot.copy_(torch.where(in_copy, code, slot))
+            g = self._slot()
+            self.buf[g] = torch.where(in_copy, code, self.buf[g].view(-1))
         else:  # a single copy: the episode ends at (or one step after, with end marker) copy_end = 2 L + 1
             in_copy = (t > L) if not self.end_marker else (t > L) & (t < copy_end)
             code = self._recall_scaled(p[_L1N])  # L + 1 steps back
