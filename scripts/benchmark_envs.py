@@ -91,7 +91,8 @@ def random_actions(env, pool: int, generator: torch.Generator) -> list[torch.Ten
     return out
 
 
-def bench(task: str, num_envs: int, device: str, seconds: float, pool: int, options: dict) -> tuple[float, float]:
+def bench(task: str, num_envs: int, device: str, seconds: float, pool: int, options: dict,
+          capture: bool = False) -> tuple[float, float]:
     """Steps per second (num_envs * env.step calls / time) of one task, by the wall clock and by this process's CPU
     time (which leaves out the time other processes hold the cores; on CUDA only the wall clock means anything)."""
     if task in TASKS:
@@ -103,6 +104,10 @@ def bench(task: str, num_envs: int, device: str, seconds: float, pool: int, opti
         from agents.env_adapter import TorchVecEnv
 
         env = TorchVecEnv(task, num_envs, device, options, need_final_obs=False)
+    if capture:  # fixed buffers; on CUDA each step is one CUDA graph replay
+        from envs.capture import StaticStep
+
+        env = StaticStep(env.unwrapped, graph=env.unwrapped.device.type == "cuda")
     env.reset(seed=0)
     actions = random_actions(env, pool, torch.Generator().manual_seed(1))
     sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
@@ -141,6 +146,9 @@ def main() -> None:
         help="with MiniGridMemory: also time minigrid's MemoryS7 in a SyncVectorEnv of these sizes (default: 1 64; "
              "none to skip)",
     )
+    parser.add_argument("--capture", action="store_true",
+                        help="also time each project task through envs.capture.StaticStep (fixed buffers; one CUDA "
+                             "graph replay per step on a GPU), side by side with the eager step")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -162,6 +170,10 @@ def main() -> None:
         for n in sizes:
             rate, cpu_rate = bench(task, n, args.device, args.seconds, args.action_pool, TASKS.get(task, {}))
             print(f"{task:<20}{n:>10}{rate:>17,.0f}{1e6 * n / rate:>10.1f}{cpu_rate:>17,.0f}", flush=True)
+            if args.capture and task in TASKS and task != "MemoryMaze":  # (MemoryMaze's lockstep step: not replayable)
+                c_rate, c_cpu = bench(task, n, args.device, args.seconds, args.action_pool, TASKS[task], capture=True)
+                print(f"{task + ' captured':<20}{n:>10}{c_rate:>17,.0f}{1e6 * n / c_rate:>10.1f}{c_cpu:>17,.0f}"
+                      f"   x{c_rate / rate:.2f}", flush=True)
         if task == "MiniGridMemory" and args.minigrid_sync_num_envs:
             for env_id in MINIGRID_SYNC:
                 for n in args.minigrid_sync_num_envs:

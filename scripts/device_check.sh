@@ -26,6 +26,10 @@ done
 # issue 15: peak CUDA memory of plain, strided and memory-efficient BPTT at T = 1000
 timeout "${T_BPTT:-90}" python3 scripts/benchmark_bptt.py --cores lstm ntm --lengths 1000 --slots 32 --segments 1 32 \
   --storage hidden mixed --device cuda --repeats 1 --json "$OUT/bench_bptt_cuda.json" 2>&1 | tee "$OUT/bench_bptt_cuda.txt"
+# issue 12: env steps replayed as CUDA graphs (envs.capture.StaticStep) beside the eager step
+timeout "${T_CAPTURE:-90}" python3 scripts/benchmark_envs.py --device cuda --num-envs 4096 65536 --seconds 0.5 \
+  --capture --tasks Copy TMaze AssociativeRecall MiniGridMemory --minigrid-sync-num-envs 2>&1 \
+  | tee "$OUT/bench_envs_capture_cuda.txt"
 # issue 12: PPO training (rollout + update) at 4,096 envs in fp32 and under bf16 autocast, side by side
 timeout "${T_AUTOCAST:-120}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \
   --entries tmaze:lstm tmaze:ntm tmaze:dnc --autocast fp32 bf16 --seconds 8 --threads 1 \
