@@ -108,11 +108,25 @@ class StudySpec:
     where: str = ""
 
 
+RECALL_TRAIN = {"learning_rate": 2e-3, "ent_coef": 0.0}  # overrides of the copy and recall tasks' presets
+
 MEMORY_KWARGS = {
     "ntm": {"num_slots": 32, "slot_size": 16},
     "dnc": {"num_slots": 32, "slot_size": 16, "num_read_heads": 2},
     "rl_access": {"num_slots": 32, "slot_size": 16},
 }
+
+def copy_task(length: int) -> Task:
+    """Copy with exactly ``length`` vectors (score: mean return, at most ``length``), the study's learning rate."""
+    return Task(f"copy-L{length}", "MemoryCores/Copy-v0", {"min_length": length, "max_length": length},
+                "mean_return", float(length), train=dict(RECALL_TRAIN))
+
+
+def recall_task(items: int) -> Task:
+    """AssociativeRecall with exactly ``items`` items (score: mean return, at most 3 = the item's vectors)."""
+    return Task(f"recall-{items}", "MemoryCores/AssociativeRecall-v0", {"min_items": items, "max_items": items},
+                "mean_return", 3.0, train=dict(RECALL_TRAIN))
+
 
 ALL_CORES = ("none", "lstm", "gru", "lru", "ffm", "gtrxl", "alstm", "ntm", "dnc", "rl_access")
 
@@ -123,8 +137,7 @@ GRIDS: dict[str, StudySpec] = {
         tasks=(
             Task("tmaze-L10", "MemoryCores/TMaze-v0", {"length": 10}, "success_rate", 1.0, episodes=200,
                  variants=(("L20", {"length": 20}), ("L40", {"length": 40}), ("L100", {"length": 100}))),
-            Task("copy-L6", "MemoryCores/Copy-v0", {"min_length": 6, "max_length": 6}, "mean_return", 6.0,
-                 train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200),
+            copy_task(6),
         ),
         cores=ALL_CORES,
         seeds=(1, 2, 3, 4, 5),
@@ -141,10 +154,7 @@ GRIDS: dict[str, StudySpec] = {
     "cpu-capacity": StudySpec(
         name="cpu-capacity",
         tasks=tuple(
-            [Task(f"copy-L{L}", "MemoryCores/Copy-v0", {"min_length": L, "max_length": L}, "mean_return", float(L),
-                  train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200) for L in (12, 24)]
-            + [Task(f"recall-{n}", "MemoryCores/AssociativeRecall-v0", {"min_items": n, "max_items": n},
-                    "mean_return", 3.0, train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200) for n in (3, 6)]
+            [copy_task(L) for L in (12, 24)] + [recall_task(n) for n in (3, 6)]
         ),
         cores=("none", "lstm", "gru", "lru", "ffm", "ntm", "dnc"),
         seeds=(1, 2, 3, 4, 5),
@@ -159,8 +169,7 @@ GRIDS: dict[str, StudySpec] = {
     # cpu-capacity (where only lru learnt it), for the LSTM, lru and the two differentiable external memories.
     "cpu-long": StudySpec(
         name="cpu-long",
-        tasks=(Task("copy-L12", "MemoryCores/Copy-v0", {"min_length": 12, "max_length": 12}, "mean_return", 12.0,
-                    train={"learning_rate": 2e-3, "ent_coef": 0.0}, episodes=200),),
+        tasks=(copy_task(12),),
         cores=("none", "lstm", "lru", "ntm", "dnc"),
         seeds=(1, 2, 3, 4, 5),
         params=100_000,
@@ -177,13 +186,11 @@ GRIDS: dict[str, StudySpec] = {
                   # evaluation episodes truncated at the env's default 4 (L + 1) steps, not the preset's L^2
                   variants=tuple((f"L{k * L}", {"length": k * L, "max_steps": 4 * (k * L + 1)}) for k in (2, 4)))
                for L in (100, 400)]
-            + [Task(f"copy-L{L}", "MemoryCores/Copy-v0", {"min_length": L, "max_length": L}, "mean_return", float(L),
-                    train={"learning_rate": 2e-3, "ent_coef": 0.0}) for L in (6, 12, 24)]
+            + [copy_task(L) for L in (6, 12, 24)]
             + [Task(f"repeatcopy-L{L}x{R}", "MemoryCores/RepeatCopy-v0",
                     {"min_length": L, "max_length": L, "min_repeats": R, "max_repeats": R}, "mean_return",
-                    float(R * L + 1), train={"learning_rate": 2e-3, "ent_coef": 0.0}) for L, R in ((6, 3), (12, 3))]
-            + [Task(f"recall-{n}", "MemoryCores/AssociativeRecall-v0", {"min_items": n, "max_items": n},
-                    "mean_return", 3.0, train={"learning_rate": 2e-3, "ent_coef": 0.0}) for n in (3, 6)]
+                    float(R * L + 1), train=dict(RECALL_TRAIN)) for L, R in ((6, 3), (12, 3))]
+            + [recall_task(n) for n in (3, 6)]
         ),
         cores=ALL_CORES,
         seeds=(1, 2, 3, 4, 5),
