@@ -268,11 +268,11 @@ def any_rank(*flags: bool) -> tuple[bool, ...]:
 def sum_episode_stats(stats: Any) -> None:
     """Replace the finished-episode sums of an :class:`agents.env_adapter.EpisodeStats` by their sums over the
     ranks (one all-reduce), so that :meth:`pop` gives the means over every rank's episodes."""
-    names = ("count", "sum_ret", "sum_len", "sum_success", "count_success")
-    t = torch.stack([getattr(stats, n).float() for n in names])  # [5]
+    sums = stats.sums()
+    t = torch.stack([s.float() for s in sums])  # [5]
     _collective(dist.all_reduce, t)
-    for i, n in enumerate(names):
-        setattr(stats, n, t[i])
+    for s, total in zip(sums, t):
+        s.copy_(total)
 
 
 def agree_max(value: float) -> float:

@@ -241,6 +241,22 @@ class TorchVecEnv:
             split_env_id(self.env_id)[1].startswith("MiniGrid")
         )
 
+    def use_static_step(self) -> None:
+        """Step the env with its state in fixed buffers (:class:`envs.capture.StaticStep`), as a rollout step
+        captured in a CUDA graph needs; call before the first :meth:`reset`. Batched tensor envs of this package
+        only (a step that changes a state's shape or a Python attribute, such as MemoryMaze's, is refused at
+        its first step)."""
+        from envs.base import BatchedEnv
+        from envs.capture import StaticStep
+
+        if isinstance(self.venv, StaticStep):
+            return
+        base = getattr(self.venv, "unwrapped", self.venv)
+        if not self.is_torch or not isinstance(base, BatchedEnv) or base is not self.venv:
+            raise EnvError(f"--capture-rollout needs a batched tensor env of this package (MemoryCores/..., "
+                           f"unwrapped); {self.env_id!r} steps {type(self.venv).__name__} on the host")
+        self.venv = StaticStep(base)
+
     def reset(self, seed: int | None = None) -> Any:
         obs, _ = self.venv.reset(seed=seed)
         return obs if self.is_torch else _to_torch(obs, self.device)
@@ -323,24 +339,30 @@ class EpisodeStats:
         self.count, self.sum_ret, self.sum_len, self.sum_success, self.count_success = z(), z(), z(), z(), z()
 
     def add(self, reward: Tensor, done: Tensor, success: Tensor | None) -> None:
-        self.ret = self.ret + reward
-        self.len = self.len + 1
+        """Fold one step in (``[N]`` reward, done, success or None). In place: the sums keep their tensors, so a
+        rollout step captured as a CUDA graph (``--capture-rollout graph``) keeps adding to them."""
+        self.ret.add_(reward)
+        self.len.add_(1)
         d = done.float()
-        self.count = self.count + d.sum()
-        self.sum_ret = self.sum_ret + (self.ret * d).sum()
-        self.sum_len = self.sum_len + (self.len * d).sum()
+        self.count.add_(d.sum())
+        self.sum_ret.add_((self.ret * d).sum())
+        self.sum_len.add_((self.len * d).sum())
         if success is not None:
-            self.sum_success = self.sum_success + (success.float() * d).sum()
-            self.count_success = self.count_success + d.sum()
-        self.ret = self.ret * (1 - d)
-        self.len = self.len * (1 - d)
+            self.sum_success.add_((success.float() * d).sum())
+            self.count_success.add_(d.sum())
+        self.ret.mul_(1 - d)
+        self.len.mul_(1 - d)
+
+    def sums(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The finished-episode sums: count, return, length, successes, episodes with a success flag (0-d)."""
+        return self.count, self.sum_ret, self.sum_len, self.sum_success, self.count_success
 
     def pop(self) -> dict[str, float]:
         """Means over the episodes finished since the last pop (one host sync); {} when none finished."""
-        vals = torch.stack([self.count, self.sum_ret, self.sum_len, self.sum_success, self.count_success]).tolist()
+        vals = torch.stack(self.sums()).tolist()
         count, sr, sl, ss, cs = vals
-        z = torch.zeros((), device=self.device)
-        self.count, self.sum_ret, self.sum_len, self.sum_success, self.count_success = z, z, z, z, z
+        for t in self.sums():
+            t.zero_()
         if count == 0:
             return {}
         out = {"episodes": count, "ep_rew_mean": sr / count, "ep_len_mean": sl / count}

@@ -78,6 +78,16 @@ class TrainConfig:
     stored rollout buffer (core states included) stay fp32. The default '' keeps everything fp32. For GPUs with
     bf16 tensor cores; on this CPU training runs at 0.9x (scripts/benchmark_training.py --autocast fp32 bf16). Not
     with memory-efficient BPTT (--bptt-memory-slots), whose recomputation runs outside autocast."""
+    capture_rollout: str = ""
+    """'graph' replays each rollout step (policy forward, sampling, env step with autoreset, buffer writes, episode
+    and normalisation statistics) as one CUDA graph: one launch per step instead of hundreds, for GPUs, where an
+    eager step costs 0.3 to 1 ms of launches whatever the batch (docs/gpu.md). 'static' runs the same fixed-buffer
+    step eagerly on any device (what 'graph' records; for checking and debugging). '' (default): the plain step
+    loop. Both give the plain rollout's values (bit for bit in fp32; with --autocast bf16 the core state is carried
+    in fp32 between steps). Needs a batched tensor env of this package (MemoryCores/...; not MemoryMaze, whose
+    step keeps host-side state) and one process (not under torchrun); the final-observation value of
+    truncated episodes is computed every step, as on any accelerator. The first two steps of a run are eager
+    (warm-up), the third is captured."""
     embed_size: int = 128
     """Width of the observation encoder's output (the core's input)."""
     shared_core: bool = True
@@ -241,6 +251,15 @@ class TrainConfig:
                              "max-autotune or '' (eager)")
         if self.autocast not in ("", "bf16"):
             raise ValueError(f"--autocast {self.autocast!r} is not valid: expected bf16 or '' (fp32)")
+        if self.capture_rollout not in ("", "static", "graph"):
+            raise ValueError(f"--capture-rollout {self.capture_rollout!r} is not valid: expected graph, static or '' "
+                             "(the plain step loop)")
+        if self.capture_rollout and self.world_size > 1:
+            raise ValueError("--capture-rollout runs in one process only (the observation and reward statistics of "
+                             "a run over several processes are all-reduced every step); drop it under torchrun")
+        if self.capture_rollout == "graph" and self.compile_core == "reduce-overhead":
+            raise ValueError("--capture-rollout graph and --compile-core reduce-overhead both make CUDA graphs and "
+                             "cannot nest; use --compile-core default with it")
         if self.autocast and self.bptt_memory_slots:
             raise ValueError("--autocast bf16 does not support memory-efficient BPTT (its backward recomputes outside "
                              "autocast); use --bptt-memory-slots 0")
@@ -391,7 +410,8 @@ class RewardScaler:
         self.count = torch.full((), 1e-4, device=device)
 
     def __call__(self, reward: Tensor, done: Tensor) -> Tensor:
-        self.ret = self.ret * self.gamma + reward
+        # in place: the statistics keep their tensors (a rollout step captured as a CUDA graph keeps updating them)
+        self.ret.copy_(self.ret * self.gamma + reward)
         if self.distributed_moments:  # every rank's [N] returns together: [K N]
             n, b_mean, b_var = distributed.global_moments(self.ret, self.mean)
         else:
@@ -399,21 +419,20 @@ class RewardScaler:
             b_mean, b_var = self.ret.mean(), self.ret.var(unbiased=False)
         tot = self.count + n
         delta = b_mean - self.mean
-        self.var = (self.var * self.count + b_var * n + delta.pow(2) * self.count * n / tot) / tot
-        self.mean = self.mean + delta * n / tot
-        self.count = tot
-        self.ret = torch.where(done, torch.zeros_like(self.ret), self.ret)
+        self.var.copy_((self.var * self.count + b_var * n + delta.pow(2) * self.count * n / tot) / tot)
+        self.mean.copy_(self.mean + delta * n / tot)
+        self.count.copy_(tot)
+        self.ret.masked_fill_(done, 0.0)
         return (reward / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"ret": self.ret, "mean": self.mean, "var": self.var, "count": self.count}
+        return {"ret": self.ret.clone(), "mean": self.mean.clone(), "var": self.var.clone(), "count": self.count.clone()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        dev = self.ret.device
         for k in ("mean", "var", "count"):
-            setattr(self, k, state[k].to(dev))
+            getattr(self, k).copy_(state[k])
         if state["ret"].shape == self.ret.shape:  # the per-env returns only fit the same number of envs
-            self.ret = state["ret"].to(dev)
+            self.ret.copy_(state["ret"])
 
 
 # =============================================================================================================== PPO
@@ -444,6 +463,20 @@ class PPO:
                              f"{self.dist.world_size}")
         self.policy, self.env, self.cfg = policy, env, cfg
         self.device = env.device
+        # --capture-rollout: the rollout step in fixed buffers ('static'), replayed as a CUDA graph ('graph')
+        self.capture = cfg.capture_rollout
+        if self.capture:
+            if self.dist.enabled:
+                raise ValueError("--capture-rollout runs in one process only; drop it under torchrun")
+            if self.capture == "graph" and self.device.type != "cuda":
+                raise ValueError(f"--capture-rollout graph needs a CUDA device (this run is on {self.device}); use "
+                                 "--capture-rollout static to run its fixed-buffer step eagerly")
+            env.use_static_step()  # the env's state in fixed buffers (envs.capture.StaticStep)
+        self._carry: tuple[Any, Tensor, AgentState] | None = None  # (obs, start, state): the step's fixed inputs
+        self._t: Tensor | None = None  # [1] the step index inside the rollout, on the device
+        self._seq_states: AgentState | None = None  # [T / L, B, ...] leaves: the state at each sequence start
+        self._graph: Any = None  # the captured step (torch.cuda.CUDAGraph)
+        self._eager_steps = 0  # steps run before the capture (warm-up)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.stats = EpisodeStats(env.num_envs, self.device)
         self.reward_scaler = RewardScaler(env.num_envs, cfg.gamma, self.device,
@@ -468,7 +501,9 @@ class PPO:
         ``--autocast bf16``, else a no-op. Backward, optimiser step and GAE run outside it."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.policy.device.type, dtype=self.autocast_dtype)
+        # a CUDA graph must not replay autocast's cache of cast weights (torch.cuda.graph's documented rule)
+        cache = False if self.capture == "graph" else None
+        return torch.autocast(device_type=self.policy.device.type, dtype=self.autocast_dtype, cache_enabled=cache)
 
     def _full(self, tree: Any) -> Any:
         """Under autocast: the tensors of ``tree`` (a core state, an action, choices) with bf16/fp16 leaves cast to
@@ -490,75 +525,150 @@ class PPO:
     def _any_truncated(self, truncated: Tensor) -> bool:
         """Whether to compute final-observation values this step. On CPU the check is free (no device to wait
         for); on accelerators the values are computed every step instead of synchronising."""
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and not self.capture:
             return bool(truncated.any())
         return True
 
     @torch.no_grad()
     def collect(self) -> Rollout:
         """Step policy and envs ``T = num_steps`` times; compute GAE. No ``.item()``/``.cpu()`` per step."""
-        cfg, policy, env = self.cfg, self.policy, self.env
-        T, L, B = cfg.num_steps, cfg.seq_len, env.num_envs
-        dev = self.device
-        seq_states = []
-        obs, start, state = self.next_obs, self.next_start, self.next_state
+        cfg = self.cfg
+        T, L, B = cfg.num_steps, cfg.seq_len, self.env.num_envs
+        if self.capture:
+            self._collect_static()
+        else:
+            seq_states = []
+            obs, start, state = self.next_obs, self.next_start, self.next_state
+            for t in range(T):
+                if t % L == 0:
+                    seq_states.append(self._full(state))  # the state before obs[t]; resets at t are applied by the core
+                obs, start, state = self._step(t, obs, start, state)
+            self.next_obs, self.next_start, self.next_state = obs, start, self._full(state)
+            self._buf.seq_states = stack_states(seq_states)  # leaves [T / L, B, ...]
         buf = self._buf
-        for t in range(T):
-            if t % L == 0:
-                seq_states.append(self._full(state))  # the state before obs[t]; resets at t are applied by the core
-            with self.autocast():
-                out = policy.get_action_and_value(obs, state, start)
-            if self.autocast_dtype is not None:  # float actions (Box, MultiBinary) and choices stored fp32
-                out = out._replace(action=self._full(out.action), choices=self._full(out.choices))
-            if buf is None:  # allocate once, shaped like the first step's tensors
-                buf = self._buf = Rollout(
-                    obs=_alloc_like(obs, T),
-                    starts=torch.zeros(T, B, dtype=torch.bool, device=dev),
-                    actions=_alloc_like(out.action, T),
-                    log_probs=torch.zeros(T, B, device=dev),
-                    values=torch.zeros(T, B, device=dev),
-                    rewards=torch.zeros(T, B, device=dev),
-                    terminated=torch.zeros(T, B, dtype=torch.bool, device=dev),
-                    truncated=torch.zeros(T, B, dtype=torch.bool, device=dev),
-                    final_values=torch.zeros(T, B, device=dev),
-                    choices=tree_map_any(lambda c: torch.zeros((T,) + c.shape, dtype=c.dtype, device=dev), out.choices),
-                    choice_log_probs=torch.zeros(T, B, device=dev),
-                )
-            obs_map(lambda dst, src: dst[t].copy_(src), buf.obs, obs)
-            buf.starts[t] = start
-            buf.actions[t] = out.action
-            buf.log_probs[t] = out.log_prob
-            buf.values[t] = out.value
-            buf.choice_log_probs[t] = out.choice_log_prob
-            if out.choices is not None:
-                _copy_tree_at(buf.choices, out.choices, t)
-
-            step = env.step(policy.env_action(out.action))
-            done = step.terminated | step.truncated
-            scaler = self.reward_scaler
-            buf.rewards[t] = step.reward if scaler is None else scaler(step.reward, done)
-            buf.terminated[t] = step.terminated
-            buf.truncated[t] = step.truncated
-            if step.final_obs is not None and self._any_truncated(step.truncated):
-                # V(last obs of a truncated episode): one more step from the state after obs[t], no reset
-                final_obs = self._normalize_obs(step.final_obs)
-                with self.autocast():
-                    buf.final_values[t] = policy.get_value(final_obs, out.state)
-            else:
-                buf.final_values[t] = 0.0
-            self.stats.add(step.reward, done, step.success)
-            obs, start, state = self._normalize_obs(step.obs, update=True), done, out.state
-        self.next_obs, self.next_start, self.next_state = obs, start, self._full(state)
         self.global_step += T * B * self.dist.world_size  # every rank's steps
-
-        buf.seq_states = stack_states(seq_states)  # leaves [T / L, B, ...]
         with self.autocast():
-            buf.last_value = policy.get_value(obs, state, start).to(buf.values.dtype)
+            buf.last_value = self.policy.get_value(self.next_obs, self.next_state, self.next_start).to(buf.values.dtype)
         buf.advantages, buf.returns = compute_gae(
             buf.rewards, buf.values, buf.terminated, buf.truncated, buf.final_values, buf.last_value,
             cfg.gamma, cfg.gae_lambda,
         )
         return buf
+
+    def _step(self, t: int | Tensor, obs: Any, start: Tensor, state: AgentState) -> tuple[Any, Tensor, AgentState]:
+        """Rollout step ``t`` (an int, or a ``[1]`` device index in the captured step) from ``obs`` ``[B, ...]``
+        (normalised), ``start`` ``[B]`` and ``state``: act, step the envs, write row ``t`` of the buffers and fold
+        the step into the episode statistics. Returns the next (normalised obs, start, state)."""
+        policy = self.policy
+        with self.autocast():
+            out = policy.get_action_and_value(obs, state, start)
+        if self.autocast_dtype is not None:  # float actions (Box, MultiBinary) and choices stored fp32
+            out = out._replace(action=self._full(out.action), choices=self._full(out.choices))
+        buf = self._buf if self._buf is not None else self._alloc(obs, out)
+
+        def put(dst: Tensor, src: Tensor) -> None:  # row t of a buffer (an index_put with a device index: same dtype)
+            dst[t] = src.to(dst.dtype)
+
+        obs_map(put, buf.obs, obs)
+        put(buf.starts, start)
+        put(buf.actions, out.action)
+        put(buf.log_probs, out.log_prob)
+        put(buf.values, out.value)
+        put(buf.choice_log_probs, out.choice_log_prob)
+        if out.choices is not None:
+            _copy_tree_at(buf.choices, out.choices, t)
+
+        step = self.env.step(policy.env_action(out.action))
+        done = step.terminated | step.truncated
+        scaler = self.reward_scaler
+        put(buf.rewards, step.reward if scaler is None else scaler(step.reward, done))
+        put(buf.terminated, step.terminated)
+        put(buf.truncated, step.truncated)
+        if step.final_obs is not None and self._any_truncated(step.truncated):
+            # V(last obs of a truncated episode): one more step from the state after obs[t], no reset
+            final_obs = self._normalize_obs(step.final_obs)
+            with self.autocast():
+                put(buf.final_values, policy.get_value(final_obs, out.state))
+        else:
+            buf.final_values[t] = 0.0
+        self.stats.add(step.reward, done, step.success)
+        return self._normalize_obs(step.obs, update=True), done, out.state
+
+    def _alloc(self, obs: Any, out: Any) -> Rollout:
+        """The rollout buffers ``[T, B, ...]``, allocated once, shaped like the first step's tensors."""
+        T, B, dev = self.cfg.num_steps, self.env.num_envs, self.device
+        self._buf = Rollout(
+            obs=_alloc_like(obs, T),
+            starts=torch.zeros(T, B, dtype=torch.bool, device=dev),
+            actions=_alloc_like(out.action, T),
+            log_probs=torch.zeros(T, B, device=dev),
+            values=torch.zeros(T, B, device=dev),
+            rewards=torch.zeros(T, B, device=dev),
+            terminated=torch.zeros(T, B, dtype=torch.bool, device=dev),
+            truncated=torch.zeros(T, B, dtype=torch.bool, device=dev),
+            final_values=torch.zeros(T, B, device=dev),
+            choices=tree_map_any(lambda c: torch.zeros((T,) + c.shape, dtype=c.dtype, device=dev), out.choices),
+            choice_log_probs=torch.zeros(T, B, device=dev),
+        )
+        return self._buf
+
+    # ------------------------------------------------------------------------------- captured rollout step
+    def _collect_static(self) -> None:
+        """:meth:`collect`'s step loop with every input and output of a step in fixed buffers (``--capture-rollout``):
+        the carried (obs, start, state) are ``self.next_*`` for the whole run, the step index is a device tensor,
+        the buffers are written at it, and the env's state lives in :class:`envs.capture.StaticStep`'s buffers. With
+        ``graph`` the run's first two steps run eagerly on a side stream (warm-up), the third is captured as a CUDA
+        graph and every later step replays it: one launch per step."""
+        T, L = self.cfg.num_steps, self.cfg.seq_len
+        if self._carry is None:  # the carried values become the step's fixed inputs (fp32 state under autocast)
+            self._carry = tree_map_any(torch.clone, (self.next_obs, self.next_start, self._full(self.next_state)))
+            self.next_obs, self.next_start, self.next_state = self._carry
+            self._t = torch.zeros(1, dtype=torch.long, device=self.device)
+            self._seq_states = tree_map_any(lambda s: s.new_zeros((T // L,) + tuple(s.shape)), self.next_state)
+        self._t.zero_()
+        for t in range(T):
+            if t % L == 0:  # the state before obs[t]; resets at t are applied by the core
+                _copy_tensors(_tensors(self._seq_states), _tensors(self.next_state), index=t // L)
+            if self._graph is not None:
+                self._graph.replay()
+            elif self.capture == "graph" and self._eager_steps >= 2:
+                self._capture_step()
+                self._graph.replay()  # (a capture records the step without running it)
+            else:
+                self._eager_static_step()
+        self._buf.seq_states = self._seq_states  # leaves [T / L, B, ...]
+
+    def _static_step(self) -> None:
+        """One step of :meth:`_step` on the fixed buffers: reads ``self._carry`` and ``self._t``, writes the rollout
+        buffers at ``self._t``, the next (obs, start, state) into ``self._carry`` and ``self._t + 1``."""
+        obs, start, state = self._carry
+        new = self._step(self._t, obs, start, state)
+        _copy_tensors(_tensors(self._carry), _tensors(new))
+        self._t.add_(1)
+
+    def _eager_static_step(self) -> None:
+        if self.capture != "graph":
+            self._static_step()
+            return
+        # warm-up before the capture, on a side stream as torch.cuda.graph asks (libraries initialise lazily)
+        main = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            self._static_step()
+        main.wait_stream(side)
+        self._eager_steps += 1
+
+    def _capture_step(self) -> None:
+        """Record :meth:`_static_step` as a CUDA graph (its kernels, with the default generator's and, for tasks
+        that draw from it, the env's generator registered, so every replay draws new numbers)."""
+        from envs.capture import register_env_generator
+
+        graph = torch.cuda.CUDAGraph()
+        register_env_generator(graph, self.env.venv.env)
+        with torch.cuda.graph(graph):
+            self._static_step()
+        self._graph = graph
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def extra_state(self) -> dict[str, Any]:
@@ -830,7 +940,26 @@ class PPO:
         return metrics
 
 
-def _copy_tree_at(dst: Any, src: Any, t: int) -> None:
+def _tensors(tree: Any) -> list[Tensor]:
+    """The tensors of a tree (tuples, lists, dicts, NamedTuples; None skipped), in a fixed order."""
+    out: list[Tensor] = []
+    tree_map_any(out.append, tree)
+    return out
+
+
+def _copy_tensors(dst: list[Tensor], src: list[Tensor], index: int | None = None) -> None:
+    """``dst[i].copy_(src[i])`` (into ``dst[i][index]`` with an index). A source that shares storage with a
+    destination (a core that returns a state tensor unchanged, or a view of one) is cloned before any copy."""
+    if len(dst) != len(src):
+        raise RuntimeError(f"a rollout step changed the structure of its carried values ({len(src)} tensors, "
+                           f"{len(dst)} expected)")
+    held = {t.untyped_storage().data_ptr() for t in dst}
+    src = [s.clone() if s.untyped_storage().data_ptr() in held else s for s in src]
+    for d, s in zip(dst, src):
+        (d if index is None else d[index]).copy_(s)
+
+
+def _copy_tree_at(dst: Any, src: Any, t: int | Tensor) -> None:
     if src is None:
         return
     if isinstance(src, Tensor):

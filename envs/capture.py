@@ -15,10 +15,10 @@ launch, but it reads and writes fixed addresses, while a task's step rebinds its
 * **CUDA graph** (``graph=True``, CUDA only): the first step after construction warms up on a side stream (the
   state is saved before and restored after, so the episodes are the plain env's), then captures one in-place step
   into a ``torch.cuda.CUDAGraph``; every step copies the actions into a fixed input buffer and replays the graph.
-  Counter-based tasks (Copy, RepeatCopy, AssociativeRecall, MemoryMaze, MiniGridMemory) draw their randomness from
-  state tensors, so replays equal the eager env bit for bit; tasks that draw from ``env.generator`` (the T-maze's
-  cue) have it registered with the graph (``CUDAGraph.register_generator_state``), so each replay draws new
-  numbers, not the eager env's numbers.
+  Counter-based tasks (``counter_based = True``: MiniGridMemory; MemoryMaze is not replayable) draw their randomness
+  from state tensors, so replays equal the eager env bit for bit; tasks that draw from ``env.generator`` (the copy
+  tasks' sequences, the T-maze's cue) have it registered with the graph (``CUDAGraph.register_generator_state``,
+  :func:`register_env_generator`), so each replay draws new numbers from the generator's advancing offset.
 
 Outputs of a replayed step (``obs``, ``reward``, ``terminated``, ``truncated``, ``info`` tensors) are the graph's
 fixed output tensors: the next ``step`` overwrites them. Consume or copy them before stepping again (the PPO
@@ -40,7 +40,7 @@ import torch
 
 from envs.base import BatchedEnv
 
-__all__ = ["StaticStep"]
+__all__ = ["StaticStep", "register_env_generator"]
 
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -56,6 +56,18 @@ def _leaves(v: Any) -> tuple[torch.Tensor, ...] | None:
 
 def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
+
+
+def register_env_generator(graph: torch.cuda.CUDAGraph, env: BatchedEnv) -> None:
+    """Register ``env.generator`` with ``graph`` (before its capture) when the task draws from it, so that each
+    replay draws new numbers; counter-based tasks draw from their state tensors and need nothing."""
+    if env.counter_based:
+        return
+    register = getattr(graph, "register_generator_state", None)
+    if register is None:
+        raise RuntimeError(f"{type(env).__name__} draws from env.generator and this torch cannot register a "
+                           "generator with a CUDA graph (CUDAGraph.register_generator_state); capture without a graph")
+    register(env.generator)
 
 
 class StaticStep:
@@ -176,12 +188,7 @@ class StaticStep:
                 t.copy_(s)
         env.generator.set_state(gen_state)
         g = torch.cuda.CUDAGraph()
-        if not env.counter_based:  # the task draws from env.generator: each replay must draw new numbers
-            register = getattr(g, "register_generator_state", None)
-            if register is None:
-                raise RuntimeError(f"{type(env).__name__} draws from env.generator and this torch cannot register a "
-                                   "generator with a CUDA graph (CUDAGraph.register_generator_state); use graph=False")
-            register(env.generator)
+        register_env_generator(g, env)
         with torch.cuda.graph(g):  # records the kernels without running them: the state is as restored
             out = self._step_in_place(self._actions)
         self._cuda_graph, self._out = g, out

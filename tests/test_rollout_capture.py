@@ -1,0 +1,223 @@
+"""``--capture-rollout``: the rollout step in fixed buffers (``static``, any device) gives the plain rollout's values
+bit for bit (buffers, sequence-start states, episode statistics, and the updates that follow), over rollouts and
+runs, for every kind of core; what it cannot run is refused in one line. On CUDA (``graph``) the step is replayed as
+one CUDA graph: equal to the fixed-buffer step, no host synchronisation, parameters read where the optimiser
+writes them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+
+import memory_cores
+from agents.checkpoint import load_checkpoint
+from agents.env_adapter import EnvError, TorchVecEnv
+from agents.policy import ActorCritic
+from agents.ppo import PPO, TrainConfig, _tensors
+from agents.runner import train
+
+torch.set_num_threads(1)
+TMAZE, COPY, MINIGRID = "MemoryCores/TMaze-v0", "MemoryCores/Copy-v0", "MemoryCores/MiniGridMemory-v0"
+MEM_KW = {"ntm": dict(num_slots=4, slot_size=3), "rl_access": dict(num_slots=4, slot_size=3),
+          "dnc": dict(num_slots=4, slot_size=3), "alstm": dict(num_copies=2)}
+FIELDS = ("obs", "starts", "actions", "log_probs", "values", "rewards", "terminated", "truncated", "final_values",
+          "advantages", "returns", "choices", "choice_log_probs", "seq_states", "last_value")
+
+
+def cfg_for(env: str = TMAZE, device: str = "cpu", **kw) -> TrainConfig:
+    env_kwargs = {TMAZE: '{"length": 3, "max_steps": 6}', COPY: '{"min_length": 1, "max_length": 3}',
+                  MINIGRID: '{"max_steps": 20}'}[env]
+    base = dict(env=env, env_kwargs=env_kwargs, num_envs=4, num_steps=16, seq_len=8, num_minibatches=2,
+                update_epochs=2, total_steps=4 * 16 * 3, hidden_size=8, embed_size=8, progress=False,
+                tensorboard=False, device=device)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def make_ppo(cfg: TrainConfig, device: str = "cpu") -> PPO:
+    torch.manual_seed(0)
+    env = TorchVecEnv(cfg.env, cfg.num_envs, device, cfg.env_kwargs_dict())
+    kw = dict(MEM_KW.get(cfg.core, {}), **cfg.core_kwargs_dict())
+    pol = ActorCritic(env.single_observation_space, env.single_action_space, cfg.core, kw, cfg.embed_size,
+                      cfg.shared_core, cfg.normalize_obs).to(device)
+    return PPO(pol, env, cfg, seed=0)
+
+
+def assert_rollouts_equal(a, b, what: str) -> None:
+    for f in FIELDS:
+        xa, xb = _tensors(getattr(a, f)), _tensors(getattr(b, f))
+        assert len(xa) == len(xb), f"{what}: {f} has another structure"
+        for u, v in zip(xa, xb):
+            assert torch.equal(u, v), f"{what}: {f} differs"
+
+
+CORES = [c for c in ("lstm", "gru", "alstm", "ntm", "dnc", "rl_access", "lru", "gtrxl", "none")
+         if c == "none" or c in memory_cores.CORES]
+
+
+@pytest.mark.parametrize("env", [TMAZE, COPY])
+@pytest.mark.parametrize("core", CORES)
+def test_static_rollout_equals_the_plain_one(core, env):
+    """Three rollouts with two-epoch updates between them: every buffer, the carried state, the episode statistics
+    and the parameters after each update are the plain trainer's, with observation and reward normalisation on
+    (their running statistics are updated in place inside the step) and episodes that end by termination (copy
+    tasks) and truncation (the T-maze's step limit)."""
+    cfg = cfg_for(env, core=core, normalize_obs=True, norm_reward=True)
+    plain, static = make_ppo(cfg), make_ppo(replace(cfg, capture_rollout="static"))
+    plain._any_truncated = lambda truncated: True  # the static step computes final values every step, as on a GPU
+    ends = 0
+    for it in range(3):
+        torch.manual_seed(10 + it)
+        rp = plain.collect()
+        torch.manual_seed(10 + it)
+        rs = static.collect()
+        assert_rollouts_equal(rp, rs, f"rollout {it}")
+        assert all(torch.equal(u, v) for u, v in zip(_tensors(plain.next_state), _tensors(static.next_state)))
+        sp, ss = plain.stats.pop(), static.stats.pop()
+        assert sp == ss
+        ends += int(rp.terminated.sum() + rp.truncated.sum())
+        torch.manual_seed(20 + it)
+        plain.update(rp)
+        torch.manual_seed(20 + it)
+        static.update(rs)
+        for p, q in zip(plain.policy.parameters(), static.policy.parameters()):
+            assert torch.equal(p, q)
+    assert ends > 0 and static._carry is not None
+    # the carried values, the env's state and the statistics kept their tensors for the whole run
+    assert static.next_obs is static._carry[0] and static.next_state is static._carry[2]
+
+
+def test_static_rollout_keeps_every_tensor_at_one_address():
+    """What a captured step reads and writes stays where the graph recorded it: the carried values, the rollout
+    buffers, the env's state, the episode sums and the reward and observation statistics."""
+    ppo = make_ppo(cfg_for(COPY, core="lstm", normalize_obs=True, norm_reward=True, capture_rollout="static"))
+
+    def addresses():
+        env = ppo.env.venv
+        trees = [ppo._carry, ppo._buf, ppo._seq_states, ppo.stats.sums(), ppo.stats.ret, ppo.stats.len,
+                 [getattr(ppo.reward_scaler, k) for k in ("ret", "mean", "var", "count")],
+                 list(ppo.policy.obs_norm.buffers()), list(env._state.values())]
+        leaves = []
+        for tree in trees:
+            if hasattr(tree, "__dataclass_fields__"):
+                tree = [getattr(tree, f) for f in ("obs", "starts", "actions", "log_probs", "values", "rewards",
+                                                    "terminated", "truncated", "final_values", "choice_log_probs")]
+            leaves += _tensors(tree)
+        return [t.data_ptr() for t in leaves]
+
+    r = ppo.collect()
+    before = addresses()
+    ppo.stats.pop()
+    ppo.update(r)
+    ppo.collect()
+    assert addresses() == before
+
+
+def test_static_rollout_under_bf16_autocast_carries_fp32():
+    ppo = make_ppo(cfg_for(TMAZE, core="ntm", autocast="bf16", capture_rollout="static"))
+    for _ in range(2):
+        r = ppo.collect()
+        ppo.update(r)
+    assert all(t.dtype == torch.float32 for t in _tensors(ppo.next_state) if t.is_floating_point())
+    assert all(t.dtype == torch.float32 for t in _tensors(r.seq_states) if t.is_floating_point())
+    assert torch.isfinite(r.values).all() and torch.isfinite(r.log_probs).all()
+
+
+def test_a_run_with_static_capture_equals_the_plain_run_and_resumes(tmp_path: Path):
+    """scripts/train.py's loop (checkpoints, logs, resume) with --capture-rollout static ends with the plain run's
+    weights (LSTM: its final values need no sampling, so the plain CPU path's skipped ones change nothing)."""
+    base = cfg_for(TMAZE, core="lstm", total_steps=4 * 16 * 4, checkpoint_every=1, seed=3)
+    for name, first, then in (("plain", "", ""), ("static", "static", "static"), ("mixed", "static", "")):
+        train(replace(base, run_dir=str(tmp_path / name), capture_rollout=first, total_steps=4 * 16 * 2))
+        train(replace(base, run_dir=str(tmp_path / name), capture_rollout=then, resume=True))
+    a, b, c = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("plain", "static", "mixed"))
+    for k, v in a["policy"].items():
+        assert torch.equal(v, b["policy"][k]) and torch.equal(v, c["policy"][k]), k
+
+
+def test_capture_refusals_are_one_line():
+    with pytest.raises(ValueError, match="--capture-rollout 'yes' is not valid"):
+        cfg_for(capture_rollout="yes").validate()
+    with pytest.raises(ValueError, match="one process only"):
+        cfg_for(capture_rollout="static", world_size=2).validate()
+    with pytest.raises(ValueError, match="cannot nest"):
+        cfg_for(capture_rollout="graph", compile_core="reduce-overhead").validate()
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_ppo(cfg_for(capture_rollout="graph"))
+    env = TorchVecEnv(gym.make_vec("CartPole-v1", 2, vectorization_mode="sync",
+                                   vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}), 2)
+    with pytest.raises(EnvError, match="needs a batched tensor env of this package"):
+        env.use_static_step()
+    cfg = replace(cfg_for(TMAZE, capture_rollout="static"), env="MemoryCores/MemoryMaze-v0",
+                  env_kwargs='{"maze_size": 7, "max_steps": 12}')
+    ppo = make_ppo(cfg)
+    with pytest.raises(RuntimeError, match=r"^MemoryMaze\.step changed the Python attribute"):
+        ppo.collect()
+
+
+# ----------------------------------------------------------------------------------------------------- CUDA graph
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def sharpen(ppo: PPO, action: int) -> None:
+    """Make the policy take ``action`` with probability 1 (so a rollout is a function of the env and the weights)."""
+    head = ppo.policy.actor_head.linear
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-1e4)
+        head.bias[action] = 1e4
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("core", ["lstm", "ntm", "dnc", "alstm"])
+def test_cuda_graph_rollout_equals_the_static_one_and_syncs_nothing(core):
+    """MiniGridMemory (counter-based: its randomness is a function of its state) with a policy that always moves
+    forward: the graphed rollout's buffers equal the fixed-buffer rollout's; replays make no host synchronisation;
+    after an update of the weights (in place, as Adam does) the replays act on the new weights."""
+    cfg = cfg_for(MINIGRID, device="cuda", core=core, num_envs=64, num_steps=32, seq_len=16, normalize_obs=True)
+    static, graphed = make_ppo(replace(cfg, capture_rollout="static"), "cuda"), \
+        make_ppo(replace(cfg, capture_rollout="graph"), "cuda")
+    graphed.policy.load_state_dict(static.policy.state_dict())
+    for ppo in (static, graphed):
+        sharpen(ppo, 2)
+    for it in range(3):
+        rs = static.collect()
+        torch.cuda.synchronize()
+        if it > 0:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            rg = graphed.collect()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert graphed._graph is not None
+        for f in ("obs", "starts", "actions", "rewards", "terminated", "truncated"):
+            assert torch.equal(getattr(rs, f), getattr(rg, f)), f"rollout {it}: {f} differs"
+        for f in ("values", "log_probs", "final_values", "advantages"):
+            torch.testing.assert_close(getattr(rs, f), getattr(rg, f), rtol=1e-5, atol=1e-5)
+    assert (rg.actions == 2).all()
+    for ppo in (static, graphed):
+        sharpen(ppo, 0)  # in place: the graph reads the parameters where they are
+    assert (graphed.collect().actions == 0).all()
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("env", [TMAZE, COPY])
+@pytest.mark.parametrize("autocast", ["", "bf16"])
+def test_cuda_graph_training_runs_and_draws_new_episodes(env, autocast):
+    """Envs that draw from their own generator (the T-maze's cue, the copy tasks' sequences) and the policy's
+    sampling draw new numbers at every replay; updates stay finite, with and without bf16 autocast."""
+    cfg = cfg_for(env, device="cuda", core="lstm", num_envs=256, num_steps=32, seq_len=16, autocast=autocast,
+                  capture_rollout="graph", norm_reward=True)
+    ppo = make_ppo(cfg, "cuda")
+    for _ in range(3):
+        r = ppo.collect()
+        m = ppo.update(r)
+    assert torch.isfinite(m["loss"])
+    assert not torch.equal(r.obs[1], r.obs[-1]) and r.actions.float().std() > 0
+    assert ppo.stats.pop()["episodes"] > 0
