@@ -567,7 +567,7 @@ class PPO:
         buf = self._buf if self._buf is not None else self._alloc(obs, out)
 
         def put(dst: Tensor, src: Tensor) -> None:  # row t of a buffer (an index_put with a device index: same dtype)
-            dst[t] = src.to(dst.dtype)
+            dst[t] = src if src.dtype == dst.dtype else src.to(dst.dtype)
 
         obs_map(put, buf.obs, obs)
         put(buf.starts, start)

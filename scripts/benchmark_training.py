@@ -5,6 +5,7 @@
     python3 scripts/benchmark_training.py --seconds 10 --entries tmaze:lstm tmaze:sb3-lstm
     python3 scripts/benchmark_training.py --threads 2 --json runs/bench_training.json
     python3 scripts/benchmark_training.py --no-sb3 --entries tmaze:lstm tmaze:ntm --autocast fp32 bf16   # + ratio
+    python3 scripts/benchmark_training.py --no-sb3 --device cuda --capture-rollout off graph --num-envs 4096
 
 Throughput is training steps per second: environment steps of complete PPO iterations (rollout + update, GAE
 included) divided by the time they took. Each entry first runs ``--warmup-updates`` iterations untimed, then
@@ -41,6 +42,9 @@ SB3's defaults (n_steps 128, batch_size 128, 10 epochs, separate critic LSTM, 64
 ``--autocast fp32 bf16`` times each of our entries twice in the same process, eager fp32 and with ``TrainConfig.
 autocast = "bf16"`` (the rollout's forward passes and the update's loss under ``torch.autocast(bfloat16)``, memory
 math, backward and optimiser step in fp32), and prints the bf16 / fp32 ratio of the rates per entry.
+``--capture-rollout off graph`` (or ``static``) likewise times the plain rollout beside ``TrainConfig.
+capture_rollout`` (the rollout step in fixed buffers, replayed as one CUDA graph per step with ``graph``, CUDA
+only; the warm-up iteration includes the capture) and prints the ratios; the update is the same in both.
 """
 
 from __future__ import annotations
@@ -110,6 +114,8 @@ def _clock() -> tuple[float, float]:
 
 # ================================================================================================= our PPO
 AUTOCAST_MODES = ("fp32", "bf16")
+CAPTURE_MODES = ("off", "static", "graph")
+"""``--capture-rollout``: the plain rollout, or ``TrainConfig.capture_rollout`` = static / graph."""
 """``--autocast``: our PPO in float32, or with ``TrainConfig.autocast = "bf16"``."""
 COMPILE_MODES = ("none", "act", "update", "both")
 """``--compile``: which of our PPO's functions ``torch.compile`` wraps: the rollout step
@@ -117,9 +123,11 @@ COMPILE_MODES = ("none", "act", "update", "both")
 
 
 def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tuple[int, int, int], seconds: float,
-               warmup: int, device: str, seed: int, compile_mode: str = "none", autocast: str = "fp32") -> Result:
+               warmup: int, device: str, seed: int, compile_mode: str = "none", autocast: str = "fp32",
+               capture: str = "off") -> Result:
     """Our recurrent PPO (``agents.ppo.PPO``) on ``env_id``: whole collect + update iterations for ``seconds``
-    (``autocast``: ``fp32`` or ``bf16``, :attr:`agents.ppo.TrainConfig.autocast`)."""
+    (``autocast``: ``fp32`` or ``bf16``, :attr:`agents.ppo.TrainConfig.autocast`; ``capture``: ``off``,
+    ``static`` or ``graph``, :attr:`agents.ppo.TrainConfig.capture_rollout`)."""
     from agents.env_adapter import TorchVecEnv
     from agents.ppo import PPO, TrainConfig, resolve_device
     from agents.presets import env_kwargs_for
@@ -129,7 +137,8 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
     cfg = TrainConfig(env=env_id, core=core, num_envs=B, num_steps=T, seq_len=L, num_minibatches=4, update_epochs=4,
                       total_steps=10**9, hidden_size=128, embed_size=128, seed=seed, progress=False,
                       tensorboard=False, torch_threads=torch.get_num_threads(),
-                      autocast="" if autocast == "fp32" else autocast)
+                      autocast="" if autocast == "fp32" else autocast,
+                      capture_rollout="" if capture == "off" else capture)
     cfg = replace(cfg, env_kwargs=json.dumps(env_kwargs_for(env_id, env_kwargs)))
     cfg.validate()
     dev = resolve_device(device)
@@ -165,9 +174,13 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
     if autocast != "fp32":
         tags.append(f"{autocast} autocast")
         res.note += f", {autocast} autocast"
+    if capture != "off":
+        tags.append(f"capture {capture}")
+        res.note += f", rollout captured: {capture}"
     if tags:
         res.entry = f"{entry} ({', '.join(tags)})"
     res.extra["autocast"], res.extra["compile"], res.extra["base_entry"] = autocast, compile_mode, entry
+    res.extra["capture"] = capture
     n_params = sum(p.numel() for p in policy.parameters())
     res.extra["params"] = n_params
     (w0, c0), steps0 = _clock(), ppo.global_step
@@ -317,7 +330,8 @@ def bench_env(entry: str, env_id: str, env_kwargs: dict, num_envs: int, seconds:
 
 
 # ======================================================================================================= driver
-def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none", autocast: str = "fp32") -> Result:
+def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none", autocast: str = "fp32",
+              capture: str = "off") -> Result:
     task, agent = entry.split(":")
     B, T, L = TASK_SHAPES[task]
     B = args.num_envs or B
@@ -335,14 +349,14 @@ def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none", 
             return bench_sb3(entry, "MemoryCores/TMaze-v0", env_kwargs_for("MemoryCores/TMaze-v0", TMAZE_KWARGS),
                              shape, warmup=args.warmup_updates, **kw)
         return bench_ours(entry, agent, "MemoryCores/TMaze-v0", TMAZE_KWARGS, shape, warmup=args.warmup_updates,
-                          device=args.device, compile_mode=compile_mode, autocast=autocast, **kw)
+                          device=args.device, compile_mode=compile_mode, autocast=autocast, capture=capture, **kw)
     if task == "minigrid":
         if sb3:
             return bench_sb3(entry, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, shape,
                              warmup=args.warmup_updates, **kw)
         return bench_ours(entry, agent, "MemoryCores/MiniGridMemory-v0", {"size": 7, "view_size": 7}, shape,
                           warmup=args.warmup_updates, device=args.device, compile_mode=compile_mode,
-                          autocast=autocast, **kw)
+                          autocast=autocast, capture=capture, **kw)
     # minigrid-sync
     if agent == "env":
         return bench_env(entry, "MiniGrid-MemoryS7-v0", {}, 1, sync=False, **kw)
@@ -350,7 +364,7 @@ def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none", 
         return bench_env(entry, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, B, sync=True, **kw)
     return bench_ours(entry, agent, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, shape,
                       warmup=args.warmup_updates, device=args.device, compile_mode=compile_mode, autocast=autocast,
-                      **kw)
+                      capture=capture, **kw)
 
 
 def print_table(results: list[Result]) -> list[str]:
@@ -384,29 +398,35 @@ def print_table(results: list[Result]) -> list[str]:
     return lines
 
 
-def print_autocast_ratios(results: list[Result]) -> list[str]:
-    """Print (and return) a Markdown table of each of our entries timed both in fp32 and under bf16 autocast (same
-    compile mode): the two rates and bf16 / fp32, by the CPU time and by the wall clock."""
-    runs = {(r.extra.get("base_entry"), r.extra.get("compile"), r.extra.get("autocast")): r for r in results}
+MODE_FIELDS = ("compile", "autocast", "capture")
+"""The settings an entry of ours is timed under, side by side (``--compile``, ``--autocast``, ``--capture-rollout``)."""
+
+
+def ratio_table(results: list[Result], field: str, base: str, title: str) -> list[str]:
+    """A Markdown table (lines) of each of our runs whose ``field`` (one of :data:`MODE_FIELDS`) is not
+    ``base`` against the run of the same entry and other settings with ``base``: both rates and their ratio, by the
+    CPU time and by the wall clock. Nothing when no such pair was timed."""
+
+    def key(r: Result, value: str) -> tuple:
+        return (r.extra.get("base_entry"),) + tuple(value if f == field else r.extra.get(f) for f in MODE_FIELDS)
+
+    runs = {key(r, r.extra.get(field)): r for r in results}
     lines = [
-        f"bf16 autocast against fp32 (torch threads {torch.get_num_threads()}; > 1: bf16 faster):",
+        f"{title} (torch threads {torch.get_num_threads()}; > 1: faster than {base}):",
         "",
-        "| entry | compile | fp32 steps/s (CPU time) | bf16 steps/s (CPU time) | bf16 / fp32 (CPU time) | "
-        "bf16 / fp32 (wall) |",
-        "|---|---|---|---|---|---|",
+        f"| entry | {base} steps/s (CPU time) | steps/s (CPU time) | ratio (CPU time) | {base} steps/s (wall) | "
+        "steps/s (wall) | ratio (wall) |",
+        "|---|---|---|---|---|---|---|",
     ]
     n = 0
-    for (entry, mode, ac), bf in runs.items():
-        fp = runs.get((entry, mode, "fp32"))
-        if ac != "bf16" or fp is None:
+    for r in results:
+        ref = runs.get(key(r, base))
+        if field not in r.extra or r.extra[field] == base or ref is None:
             continue
-        lines.append(f"| {entry} | {mode} | {fp.sps_cpu:,.0f} | {bf.sps_cpu:,.0f} | {bf.sps_cpu / fp.sps_cpu:.2f} | "
-                     f"{bf.sps / fp.sps:.2f} |")
+        lines.append(f"| {r.entry} | {ref.sps_cpu:,.0f} | {r.sps_cpu:,.0f} | {r.sps_cpu / ref.sps_cpu:.2f} | "
+                     f"{ref.sps:,.0f} | {r.sps:,.0f} | {r.sps / ref.sps:.2f} |")
         n += 1
-    if not n:
-        return []
-    print("\n".join(lines), flush=True)
-    return lines
+    return lines if n else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="time our agents once per precision, side by side, and print the bf16 / fp32 ratio: "
                              "fp32, bf16 (TrainConfig.autocast: forward passes under torch.autocast(bfloat16)) "
                              "(default: fp32)")
+    parser.add_argument("--capture-rollout", nargs="+", default=["off"], choices=CAPTURE_MODES, metavar="MODE",
+                        help="time our agents once per mode, side by side, and print the ratios to off: off (the "
+                             "plain rollout), static (TrainConfig.capture_rollout: the rollout step in fixed "
+                             "buffers), graph (the same step replayed as one CUDA graph; CUDA only) (default: off)")
     args = parser.parse_args(argv)
 
     bad = [e for e in args.entries if e not in ENTRIES]
@@ -476,20 +500,24 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     results = []
     theirs = lambda e: is_sb3(e) or e.endswith(":env") or e.endswith(":env-sync")  # noqa: E731
-    runs = [(e, m, a) for e in entries for m in (["none"] if theirs(e) else args.compile)
-            for a in (["fp32"] if theirs(e) else args.autocast)]
-    for e, m, a in runs:
+    runs = [(e, m, a, c) for e in entries for m in (["none"] if theirs(e) else args.compile)
+            for a in (["fp32"] if theirs(e) else args.autocast)
+            for c in (["off"] if theirs(e) else args.capture_rollout)]
+    for e, m, a, c in runs:
         t0 = time.perf_counter()
-        r = run_entry(e, args, m, a)
+        r = run_entry(e, args, m, a, c)
         results.append(r)
         e = r.entry
         print(f"{e:>24}: {r.sps:10,.0f} steps/s wall, {r.sps_cpu:10,.0f} steps/s CPU time ({r.steps} steps, "
               f"{r.iterations} iterations, {time.perf_counter() - t0:.0f} s with warm-up) {r.env}", flush=True)
     print()
     lines = print_table(results)
-    if "bf16" in args.autocast and "fp32" in args.autocast:
-        print()
-        lines += [""] + print_autocast_ratios(results)
+    for what, base, title in (("autocast", "fp32", "bf16 autocast against fp32"),
+                              ("capture", "off", "Captured rollout against the plain one")):
+        extra = ratio_table(results, what, base, title)
+        if extra:
+            print("\n" + "\n".join(extra), flush=True)
+            lines += [""] + extra
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -13,6 +13,11 @@ OUT=${OUT:-/tmp/device_check}
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } 2>&1 | tee "$OUT/gpu.txt"
 files=$(grep -l "mark.cuda" tests/test_*.py | tr '\n' ' ')
 timeout "${T_TESTS:-240}" python3 -m pytest -m cuda -q -p no:cacheprovider -rs $files 2>&1 | tee "$OUT/pytest_cuda.log"
+# issue 12: PPO training with the rollout step replayed as one CUDA graph (--capture-rollout graph) beside the plain
+# rollout, at 4,096 envs (first: the figure the issue's 2M steps/s goal is about)
+timeout "${T_CAPTURE_PPO:-150}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \
+  --entries tmaze:lstm minigrid:lstm tmaze:ntm tmaze:dnc --capture-rollout off graph --seconds 6 --threads 1 \
+  --json "$OUT/bench_training_capture_cuda.json" 2>&1 | tee "$OUT/bench_training_capture_cuda.txt"
 timeout "${T_ENVS:-90}" python3 scripts/benchmark_envs.py --device cuda --num-envs 4096 65536 262144 --seconds 0.5 \
   --minigrid-sync-num-envs 2>&1 | tee "$OUT/bench_envs_cuda.txt"
 timeout "${T_CORES:-150}" python3 scripts/benchmark_cores.py --devices cuda --no-ixaxaar --slots-sweep --budget 4 \
