@@ -579,17 +579,20 @@ def core_has_choices(core: Core | None) -> bool:
 
 
 def unroll_core(
-    core: Core, xs: Tensor, state: Any, resets: Tensor | None, choices: Any = None, greedy: bool = False
+    core: Core, xs: Tensor, state: Any, resets: Tensor | None, choices: Any = None, greedy: bool = False,
+    sync_free: bool = False,
 ) -> tuple[Tensor, Any, ChoiceOut | None]:
     """``core.unroll`` over ``[T, B, ...]``; for cores with discrete choices, ``unroll_with_choices`` (sampling
     when ``choices`` is None, or the argmax with ``greedy``; scoring the given ones otherwise) and the choices'
-    log-probabilities/entropies."""
+    log-probabilities/entropies. ``sync_free``: cores whose unroll reads the host (``Core.unroll_reads_host``)
+    run their step loop (``Core.step_unroll``) instead."""
     one = xs.shape[0] == 1  # a rollout step: the core's single-step call (no unroll bookkeeping, no host sync)
     if not core_has_choices(core):
         if one:
             y, state = core(xs[0], state, None if resets is None else resets[0])
             return y.unsqueeze(0), state, None
-        ys, state = core.unroll(xs, state, resets)
+        unroll = core.step_unroll if sync_free and core.unroll_reads_host else core.unroll
+        ys, state = unroll(xs, state, resets)
         return ys, state, None
     if one:
         y, state, info = core.step_with_choice(
@@ -861,7 +864,7 @@ class ActorCritic(nn.Module):
     def _torso(
         self, enc: nn.Module, core: Core | None, mlp: nn.Module | None, obs: Obs, state: Any, resets: Tensor | None,
         choices: Any, greedy: bool = False, segmented: bool = False, resets_cpu: Tensor | None = None,
-        memory_slots: int = 0, segment_steps: int = 1, storage: str = "hidden",
+        memory_slots: int = 0, segment_steps: int = 1, storage: str = "hidden", sync_free: bool = False,
     ) -> tuple[Tensor, Any, ChoiceOut | None]:
         """Sequence torso: ``obs`` ``[T, B, ...]`` -> features ``[T, B, width]``, final core state, choices."""
         x = enc(obs)  # [T, B, embed]
@@ -883,7 +886,7 @@ class ActorCritic(nn.Module):
         elif use_segments and not core_has_choices(core):
             h, new_state, ch = segmented_unroll(core, x, state, resets, resets_cpu), None, None
         else:
-            h, new_state, ch = unroll_core(core, x, state, resets, choices, greedy)
+            h, new_state, ch = unroll_core(core, x, state, resets, choices, greedy, sync_free)
         if self.obs_skip:
             h = torch.cat([h, x], -1)  # [T, B, core out + embed]: what the core remembers beside what is seen now
         return h, new_state, ch
@@ -891,20 +894,20 @@ class ActorCritic(nn.Module):
     def _forward_seq(
         self, obs: Obs, state: AgentState, resets: Tensor | None, choices: Any = None, greedy: bool = False,
         segmented: bool = False, resets_cpu: Tensor | None = None, memory_slots: int = 0, segment_steps: int = 1,
-        storage: str = "hidden",
+        storage: str = "hidden", sync_free: bool = False,
     ):
         """Shared forward over ``[T, B]``: actor features, value ``[T, B]``, new state, choice outputs."""
         actor_choices, critic_choices = (None, None) if choices is None else choices
         h, s_actor, ch_a = self._torso(
             self.encoder, self.core, self.mlp, obs, state.actor, resets, actor_choices, greedy, segmented, resets_cpu,
-            memory_slots, segment_steps, storage,
+            memory_slots, segment_steps, storage, sync_free,
         )
         if self.shared_core:
             hv, s_critic = self._value_features(h), state.critic
         else:  # (a core with choices is always shared: the critic core takes none)
             hv, s_critic, _ = self._torso(
                 self.critic_encoder, self.critic_core, self.critic_mlp, obs, state.critic, resets, critic_choices,
-                greedy, segmented, resets_cpu, memory_slots, segment_steps, storage,
+                greedy, segmented, resets_cpu, memory_slots, segment_steps, storage, sync_free,
             )
         value = self.value_head(self.value_mlp(hv)).squeeze(-1)
         T, B = value.shape
@@ -958,7 +961,7 @@ class ActorCritic(nn.Module):
     def evaluate_sequence(
         self, obs: Obs, state: AgentState, resets: Tensor, actions: Tensor, choices: Any = None,
         segmented: bool = False, resets_cpu: Tensor | None = None, memory_slots: int = 0, segment_steps: int = 1,
-        storage: str = "hidden",
+        storage: str = "hidden", sync_free: bool = False,
     ) -> SeqOut:
         """Score stored actions (and core choices) over a sequence: ``obs`` ``[T, B, ...]``, ``state`` at ``t=0``,
         ``resets`` ``[T, B]``, ``actions`` ``[T, B, ...]``, ``choices`` as returned by the rollout, stacked over
@@ -970,10 +973,12 @@ class ActorCritic(nn.Module):
         through :func:`memory_cores.memory_efficient_unroll` (same values and gradients, at most that many stored
         core states and recomputed stretches of at most ``segment_steps`` steps; cores without discrete choices),
         with ``segmented`` over the episode segments, so that every recomputed stretch is reset-free; ``storage``:
-        hidden states (BPTT-HSM), internal states (BPTT-ISM) or the mix (BPTT-MSM)."""
+        hidden states (BPTT-HSM), internal states (BPTT-ISM) or the mix (BPTT-MSM). ``sync_free``: nothing is read
+        back to the host (with ``segmented`` False: cores whose fused unroll reads the reset flags run their step
+        loop; a PPO update captured as a CUDA graph)."""
         h, value, new_state, (_, c_lp, c_ent) = self._forward_seq(
             obs, state, resets, choices, segmented=segmented, resets_cpu=resets_cpu, memory_slots=memory_slots,
-            segment_steps=segment_steps, storage=storage,
+            segment_steps=segment_steps, storage=storage, sync_free=sync_free,
         )
         dist = self.actor_head(self.actor_mlp(h))
         return SeqOut(dist.log_prob(actions), dist.entropy(), value, c_lp, c_ent, new_state)

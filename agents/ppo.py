@@ -88,6 +88,15 @@ class TrainConfig:
     step keeps host-side state) and one process (not under torchrun); the final-observation value of
     truncated episodes is computed every step, as on any accelerator. The first two steps of a run are eager
     (warm-up), the third is captured."""
+    capture_update: str = ""
+    """'graph' replays each minibatch step of the update (the loss over the minibatch's sequences, backward,
+    gradient clipping, the Adam step) as one CUDA graph, for GPUs, where the memory cores' update is hundreds of
+    launch-bound kernels per sequence step; Adam then runs with capturable=True and its learning rate in a device
+    tensor. 'static' runs the same fixed-buffer step eagerly on any device. '' (default): the plain update. The
+    minibatch is gathered by a device index from fixed copies of the rollout's sequences; lstm, gru and dnc run
+    their step loop in the update instead of their fused unroll, which reads the reset flags on the host (same
+    values up to rounding; the other cores give the plain update's values bit for bit). The first two minibatch
+    steps of a run are eager (warm-up), the third is captured. One process only; not with memory-efficient BPTT."""
     embed_size: int = 128
     """Width of the observation encoder's output (the core's input)."""
     shared_core: bool = True
@@ -254,12 +263,20 @@ class TrainConfig:
         if self.capture_rollout not in ("", "static", "graph"):
             raise ValueError(f"--capture-rollout {self.capture_rollout!r} is not valid: expected graph, static or '' "
                              "(the plain step loop)")
-        if self.capture_rollout and self.world_size > 1:
-            raise ValueError("--capture-rollout runs in one process only (the observation and reward statistics of "
-                             "a run over several processes are all-reduced every step); drop it under torchrun")
-        if self.capture_rollout == "graph" and self.compile_core == "reduce-overhead":
-            raise ValueError("--capture-rollout graph and --compile-core reduce-overhead both make CUDA graphs and "
-                             "cannot nest; use --compile-core default with it")
+        if self.capture_update not in ("", "static", "graph"):
+            raise ValueError(f"--capture-update {self.capture_update!r} is not valid: expected graph, static or '' "
+                             "(the plain update)")
+        for name in ("capture_rollout", "capture_update"):
+            flag = "--" + name.replace("_", "-")
+            if getattr(self, name) and self.world_size > 1:
+                raise ValueError(f"{flag} runs in one process only (a run over several processes all-reduces "
+                                 "statistics and gradients between its steps); drop it under torchrun")
+            if getattr(self, name) == "graph" and self.compile_core == "reduce-overhead":
+                raise ValueError(f"{flag} graph and --compile-core reduce-overhead both make CUDA graphs and cannot "
+                                 "nest; use --compile-core default with it")
+        if self.capture_update and self.bptt_memory_slots:
+            raise ValueError("--capture-update does not support memory-efficient BPTT (--bptt-memory-slots) yet; use "
+                             "--bptt-memory-slots 0")
         if self.autocast and self.bptt_memory_slots:
             raise ValueError("--autocast bf16 does not support memory-efficient BPTT (its backward recomputes outside "
                              "autocast); use --bptt-memory-slots 0")
@@ -426,7 +443,7 @@ class RewardScaler:
         return (reward / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"ret": self.ret.clone(), "mean": self.mean.clone(), "var": self.var.clone(), "count": self.count.clone()}
+        return {k: getattr(self, k).clone() for k in ("ret", "mean", "var", "count")}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         for k in ("mean", "var", "count"):
@@ -472,12 +489,26 @@ class PPO:
                 raise ValueError(f"--capture-rollout graph needs a CUDA device (this run is on {self.device}); use "
                                  "--capture-rollout static to run its fixed-buffer step eagerly")
             env.use_static_step()  # the env's state in fixed buffers (envs.capture.StaticStep)
+        # --capture-update: each minibatch step on fixed buffers ('static'), replayed as a CUDA graph ('graph')
+        self.capture_update = cfg.capture_update
+        if self.capture_update:
+            if self.dist.enabled:
+                raise ValueError("--capture-update runs in one process only; drop it under torchrun")
+            if self.capture_update == "graph" and self.device.type != "cuda":
+                raise ValueError(f"--capture-update graph needs a CUDA device (this run is on {self.device}); use "
+                                 "--capture-update static to run its fixed-buffer step eagerly")
+        self._data: dict[str, Any] | None = None  # fixed copies of the update's sequences
+        self._idx: Tensor | None = None  # [M] the minibatch's sequences, on the device
+        self._update_graph: Any = None
+        self._update_out: dict[str, Tensor] | None = None  # the captured step's metrics (overwritten by each replay)
+        self._update_eager_steps = 0
         self._carry: tuple[Any, Tensor, AgentState] | None = None  # (obs, start, state): the step's fixed inputs
         self._t: Tensor | None = None  # [1] the step index inside the rollout, on the device
         self._seq_states: AgentState | None = None  # [T / L, B, ...] leaves: the state at each sequence start
         self._graph: Any = None  # the captured step (torch.cuda.CUDAGraph)
         self._eager_steps = 0  # steps run before the capture (warm-up)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        self._configure_optimizer()
         self.stats = EpisodeStats(env.num_envs, self.device)
         self.reward_scaler = RewardScaler(env.num_envs, cfg.gamma, self.device,
                                           distributed_moments=self.dist.enabled) if cfg.norm_reward else None
@@ -492,7 +523,7 @@ class PPO:
         # On an accelerator the update's inner loop runs without host reads (the minibatches' finiteness is
         # checked once per update, the parameters restored if it failed); on the CPU a host read costs nothing,
         # so each minibatch is checked before its step.
-        self.sync_free = self.device.type != "cpu"
+        self.sync_free = self.device.type != "cpu" or bool(self.capture_update)
         # --autocast bf16: the policy's forward passes (rollout steps, the update's loss) under torch.autocast
         self.autocast_dtype = torch.bfloat16 if cfg.autocast == "bf16" else None
 
@@ -502,7 +533,7 @@ class PPO:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         # a CUDA graph must not replay autocast's cache of cast weights (torch.cuda.graph's documented rule)
-        cache = False if self.capture == "graph" else None
+        cache = False if "graph" in (self.capture, self.capture_update) else None
         return torch.autocast(device_type=self.policy.device.type, dtype=self.autocast_dtype, cache_enabled=cache)
 
     def _full(self, tree: Any) -> Any:
@@ -730,8 +761,31 @@ class PPO:
                 frac = max(frac, elapsed_seconds / cfg.time_budget)
             lr = cfg.learning_rate * max(0.0, 1.0 - frac)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            if isinstance(g["lr"], Tensor):  # --capture-update graph: the graph reads it from the device
+                g["lr"].fill_(lr)
+            else:
+                g["lr"] = lr
         return lr
+
+    def _configure_optimizer(self) -> None:
+        """Adam as the update runs it: with ``--capture-update graph`` capturable (step counts on the device) and
+        with its learning rate in a device tensor (a CUDA graph would replay a Python float forever); otherwise
+        the plain settings. Applied at construction and after loading an optimizer state of either kind."""
+        graph = self.capture_update == "graph"
+        for g in self.optimizer.param_groups:
+            g["capturable"] = graph
+            if graph:
+                g["foreach"] = True
+            lr = float(g["lr"])
+            g["lr"] = torch.tensor(lr, device=self.device) if graph else lr
+        for st in self.optimizer.state.values():
+            if "step" in st:
+                st["step"] = st["step"].to(self.device if graph else "cpu", torch.float32)
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """``self.optimizer.load_state_dict(state)`` (a checkpoint's), then set up as this run's options ask."""
+        self.optimizer.load_state_dict(state)
+        self._configure_optimizer()
 
     def update(self, r: Rollout) -> dict[str, Tensor]:
         """Epochs of minibatch updates on whole sequences; returns device tensors averaged over the minibatches:
@@ -747,8 +801,11 @@ class PPO:
         policy = self.policy
         lr = self.set_learning_rate()
         data = self.sequences(r)
-        # the reset flags on the host once per update (segmented unroll of lstm/gru); none for other cores
-        data["starts_cpu"] = data["starts"].cpu() if policy.segment_unroll else None
+        if self.capture_update:  # the step reads fixed copies (no host copy of the flags: no segmented unroll)
+            data = self._fixed_data(data)
+        else:
+            # the reset flags on the host once per update (segmented unroll of lstm/gru); none for other cores
+            data["starts_cpu"] = data["starts"].cpu() if policy.segment_unroll else None
         saved = self._snapshot() if self.sync_free else None
         sums, n_mb, finite = self._epochs(data)
         if finite is not None and not bool(finite):  # the update's one host read of a decision
@@ -787,7 +844,10 @@ class PPO:
             perm_dev = self._to_device_async(perm)  # one asynchronous copy per epoch
             for i in range(cfg.num_minibatches):
                 sl = slice(i * mb, (i + 1) * mb)
-                metrics = self._minibatch_step(data, perm_dev[sl], perm[sl])
+                if self.capture_update:
+                    metrics = self._captured_minibatch_step(data, perm_dev[sl])
+                else:
+                    metrics = self._minibatch_step(data, perm_dev[sl], perm[sl])
                 if finite is not None:
                     finite = finite & metrics.pop("finite")
                 for k, v in metrics.items():
@@ -820,7 +880,8 @@ class PPO:
         params, opt_state = saved
         for p, q in zip(self.policy.parameters(), params):
             p.copy_(q)
-        self.optimizer.load_state_dict(opt_state)
+        self.load_optimizer_state(opt_state)
+        self._update_graph, self._update_eager_steps = None, 0  # the optimiser's state tensors are new ones
 
     def loss(self, data: dict[str, Any], idx: Tensor, idx_cpu: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The PPO loss of the minibatch of sequences ``idx`` (of :meth:`sequences`' ``N``) and its metrics; no
@@ -858,8 +919,9 @@ class PPO:
         state = tree_map(lambda s: s[idx], data["states"])  # [M, ...]
         out = policy.evaluate_sequence(
             obs_map(pick, data["obs"]), state, pick(data["starts"]), pick(data["actions"]),
-            choices=tree_map_any(pick, data["choices"]), segmented=policy.segment_unroll, resets_cpu=starts_cpu,
-            memory_slots=cfg.bptt_memory_slots, segment_steps=cfg.bptt_segment_steps, storage=cfg.bptt_storage,
+            choices=tree_map_any(pick, data["choices"]), segmented=policy.segment_unroll and not self.capture_update,
+            resets_cpu=starts_cpu, memory_slots=cfg.bptt_memory_slots, segment_steps=cfg.bptt_segment_steps,
+            storage=cfg.bptt_storage, sync_free=bool(self.capture_update),
         )
         if self.autocast_dtype is not None:  # bf16 outputs of the forward -> the buffers' dtype (float32)
             f32 = data["log_probs"].dtype
@@ -922,6 +984,45 @@ class PPO:
         self.optimizer.step()
         metrics["grad_norm"] = grad_norm.detach()
         return metrics
+
+    # -------------------------------------------------------------------------------- captured update step
+    def _fixed_data(self, data: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`sequences`' tensors copied into buffers allocated at the first update (the captured step reads
+        them there)."""
+        if self._data is None:
+            self._data = tree_map_any(torch.clone, data)
+        else:
+            _copy_tensors(_tensors(self._data), _tensors(data))
+        return self._data
+
+    def _captured_minibatch_step(self, data: dict[str, Any], idx: Tensor) -> dict[str, Tensor]:
+        """:meth:`_minibatch_step` on the fixed data with the minibatch's index copied into a fixed ``[M]`` buffer
+        (``--capture-update``); with ``graph`` the run's first two steps run eagerly on a side stream, the third is
+        captured and every later one replays it. Returns the metrics (a replay's are the graph's output tensors,
+        valid until the next replay: the caller sums them at once)."""
+        if self._idx is None:
+            self._idx = idx.clone()
+        else:
+            self._idx.copy_(idx)
+        if self._update_graph is None and self.capture_update == "graph" and self._update_eager_steps >= 2:
+            graph = torch.cuda.CUDAGraph()
+            self.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients in the graph's pool
+            with torch.cuda.graph(graph):
+                self._update_out = self._minibatch_step(data, self._idx)
+            self._update_graph = graph
+        if self._update_graph is not None:
+            self._update_graph.replay()
+            return dict(self._update_out)
+        if self.capture_update != "graph":
+            return self._minibatch_step(data, self._idx)
+        main = torch.cuda.current_stream(self.device)  # warm-up on a side stream, as torch.cuda.graph asks
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            out = self._minibatch_step(data, self._idx)
+        main.wait_stream(side)
+        self._update_eager_steps += 1
+        return out
 
     def _distributed_step(self, loss: Tensor, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
         """:meth:`_minibatch_step` over the ranks: backward, one all-reduce of the gradients and the loss, then the

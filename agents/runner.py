@@ -270,7 +270,7 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
         env_seed += distributed.RANK_SEED_STRIDE * ctx.rank  # distinct envs per rank
         ppo = PPO(policy, venv, cfg, seed=env_seed, dist=ctx)
         if ckpt is not None:
-            ppo.optimizer.load_state_dict(ckpt["optimizer"])
+            ppo.load_optimizer_state(ckpt["optimizer"])
             ppo.update_count, ppo.global_step = start_update, int(ckpt["global_step"])
             ppo.load_extra_state(ckpt.get("ppo_state", {}))
             if not ctx.enabled:

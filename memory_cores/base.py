@@ -148,6 +148,10 @@ class Core(nn.Module):
         return select_rows(reset.to(torch.bool), init, state)
 
     compiled_step_mode: str | None = None  # see compile_step; None: eager (a class default, so old pickles load)
+    unroll_reads_host: bool = False
+    """True for cores whose :meth:`unroll` reads device values back to the host (lstm, gru and dnc look at the
+    reset flags once per unroll to pick their fused path): a caller that must not synchronise, such as a PPO
+    update captured as a CUDA graph, runs :meth:`step_unroll` instead."""
 
     def compile_step(self, mode: str | None = "default") -> "Core":
         """Opt-in: run :meth:`step` through ``torch.compile`` wherever :meth:`forward` runs it (the rollout's steps
@@ -194,6 +198,11 @@ class Core(nn.Module):
             y, state = self(xs[t], state, None if resets is None else resets[t])
             ys.append(y)
         return torch.stack(ys), state
+
+    def step_unroll(self, xs: Tensor, state: State, resets: Tensor | None = None) -> tuple[Tensor, State]:
+        """The base class's step loop (what every :meth:`unroll` equals), whatever the core's own unroll does: no
+        fused path, no host read. Same arguments and returns as :meth:`unroll`."""
+        return Core.unroll(self, xs, state, resets)
 
     # ------------------------------------------------------------------ packing (SB3 buffers)
     def _state_template(self) -> State:

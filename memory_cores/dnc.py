@@ -1039,6 +1039,8 @@ class DNCCore(Core):
     ``output_size`` (attribute): ``H + R*W`` or the given ``output_size``.
     """
 
+    unroll_reads_host = True  # the fused unroll reads the reset flags once (resets.any(1).tolist())
+
     def __init__(
         self,
         input_size: int,

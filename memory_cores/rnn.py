@@ -31,6 +31,7 @@ class _TorchRNNCore(Core):
     """Shared plumbing: state is batch first ``[B, L, H]``, torch wants ``[L, B, H]``."""
 
     rnn: nn.LSTM | nn.GRU
+    unroll_reads_host = True  # unroll() reads the reset flags once to choose the fused cuDNN/MKL path
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, learn_initial_state: bool) -> None:
         super().__init__(input_size)

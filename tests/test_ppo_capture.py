@@ -1,8 +1,11 @@
-"""``--capture-rollout``: the rollout step in fixed buffers (``static``, any device) gives the plain rollout's values
-bit for bit (buffers, sequence-start states, episode statistics, and the updates that follow), over rollouts and
-runs, for every kind of core; what it cannot run is refused in one line. On CUDA (``graph``) the step is replayed as
-one CUDA graph: equal to the fixed-buffer step, no host synchronisation, parameters read where the optimiser
-writes them."""
+"""``--capture-rollout`` and ``--capture-update``.
+
+The rollout step in fixed buffers (``static``, any device) gives the plain rollout's values bit for bit (buffers,
+sequence-start states, episode statistics, and the updates that follow), over rollouts and runs, for every kind of
+core; what it cannot run is refused in one line. On CUDA (``graph``) the step is replayed as one CUDA graph: equal
+to the fixed-buffer step, no host synchronisation, parameters read where the optimiser writes them. The update's
+minibatch step on fixed buffers (``static``) equals the plain update (bit for bit for cores whose unroll reads
+nothing back to the host); on CUDA (``graph``) it is replayed as one CUDA graph, with the same checks."""
 
 from __future__ import annotations
 
@@ -221,3 +224,124 @@ def test_cuda_graph_training_runs_and_draws_new_episodes(env, autocast):
     assert torch.isfinite(m["loss"])
     assert not torch.equal(r.obs[1], r.obs[-1]) and r.actions.float().std() > 0
     assert ppo.stats.pop()["episodes"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ captured update
+# cores whose unroll reads nothing back to the host give the plain update's values bit for bit; lstm, gru and dnc
+# run their step loop instead of their fused unroll (the same values up to rounding)
+EXACT_UPDATE = [c for c in ("ntm", "rl_access", "alstm", "gtrxl", "lru", "none")
+                if c == "none" or c in memory_cores.CORES]
+CLOSE_UPDATE = ["lstm", "gru", "dnc"]
+
+
+@pytest.mark.parametrize("core", EXACT_UPDATE + CLOSE_UPDATE)
+def test_static_update_equals_the_plain_one(core):
+    """Three updates (two epochs of two minibatches each) on the same rollouts: the fixed-buffer update (the
+    rollout's sequences copied into buffers, the minibatch gathered by a device index, the finiteness checked once
+    per update) leaves the plain update's parameters, optimiser state and metrics."""
+    cfg = cfg_for(COPY, core=core, normalize_obs=True)
+    plain, static = make_ppo(cfg), make_ppo(replace(cfg, capture_update="static"))
+    exact = core in EXACT_UPDATE
+    check = torch.equal if exact else (lambda a, b: torch.allclose(a, b, rtol=1e-4, atol=1e-5))
+    for it in range(3):
+        torch.manual_seed(10 + it)
+        r = plain.collect()
+        torch.manual_seed(20 + it)
+        mp = plain.update(r)
+        torch.manual_seed(20 + it)
+        ms = static.update(r)  # the plain trainer's rollout: the updates alone are compared
+        for k in mp:
+            assert check(mp[k], ms[k]), (it, k)
+        for p, q in zip(plain.policy.parameters(), static.policy.parameters()):
+            assert check(p, q), it
+        states = [_tensors(list(p.optimizer.state.values())) for p in (plain, static)]
+        for a, b in zip(*states):
+            assert check(a, b)
+    assert static._data is not None and static._idx is not None
+
+
+def test_static_update_reads_its_data_where_it_copied_it():
+    ppo = make_ppo(cfg_for(TMAZE, core="ntm", capture_update="static"))
+    r = ppo.collect()
+    ppo.update(r)
+    before = [t.data_ptr() for t in _tensors(ppo._data)] + [ppo._idx.data_ptr()]
+    r = ppo.collect()
+    ppo.update(r)
+    assert [t.data_ptr() for t in _tensors(ppo._data)] + [ppo._idx.data_ptr()] == before
+    # the copies hold this update's sequences
+    assert torch.equal(ppo._data["advantages"], ppo.sequences(r)["advantages"])
+
+
+def test_a_run_with_both_captures_static_trains_and_resumes(tmp_path: Path):
+    """train() with --capture-rollout static --capture-update static, resumed with and without them: the ntm run
+    ends with the plain run's weights (its update is exact), and the optimiser state loads either way."""
+    base = cfg_for(TMAZE, core="ntm", total_steps=4 * 16 * 4, checkpoint_every=1, seed=5)
+    both = dict(capture_rollout="static", capture_update="static")
+    for name, first, then in (("plain", {}, {}), ("both", both, both), ("mixed", both, {})):
+        train(replace(base, run_dir=str(tmp_path / name), total_steps=4 * 16 * 2, **first))
+        train(replace(base, run_dir=str(tmp_path / name), resume=True, **then))
+    a, b, c = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("plain", "both", "mixed"))
+    for k, v in a["policy"].items():
+        assert torch.equal(v, b["policy"][k]) and torch.equal(v, c["policy"][k]), k
+
+
+def test_capture_update_refusals_are_one_line():
+    with pytest.raises(ValueError, match="--capture-update 'on' is not valid"):
+        cfg_for(capture_update="on").validate()
+    with pytest.raises(ValueError, match="--capture-update runs in one process only"):
+        cfg_for(capture_update="static", world_size=2).validate()
+    with pytest.raises(ValueError, match="memory-efficient BPTT"):
+        cfg_for(capture_update="static", bptt_memory_slots=4).validate()
+    with pytest.raises(ValueError, match="--capture-update graph needs a CUDA device"):
+        make_ppo(cfg_for(capture_update="graph"))
+
+
+def test_step_unroll_is_the_step_loop_for_cores_that_read_the_host():
+    """Core.step_unroll (what a captured update runs for lstm, gru and dnc) equals their own unroll, resets inside."""
+    torch.manual_seed(0)
+    for name in CLOSE_UPDATE:
+        core = memory_cores.make_core(name, 5, **({"hidden_size": 8} | MEM_KW.get(name, {})))
+        assert core.unroll_reads_host
+        xs, resets = torch.randn(7, 3, 5), torch.rand(7, 3) < 0.3
+        s0 = core.initial_state(3)
+        ya, sa = core.unroll(xs, s0, resets)
+        yb, sb = core.step_unroll(xs, s0, resets)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+        for u, v in zip(_tensors(sa), _tensors(sb)):
+            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+    assert not memory_cores.make_core("ntm", 5, hidden_size=8, num_slots=4, slot_size=3).unroll_reads_host
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("core", ["lstm", "ntm", "dnc", "rl_access"])
+def test_cuda_graph_update_equals_the_static_one_syncs_nothing_and_anneals(core):
+    """On CUDA the graphed update (capturable Adam, learning rate in a device tensor) leaves the fixed-buffer
+    update's parameters (up to Adam's capturable rounding); its replays read nothing back to the host; a learning
+    rate of 0 (the end of the annealing) reaches the graph and leaves the parameters as they were."""
+    cfg = cfg_for(MINIGRID, device="cuda", core=core, num_envs=64, num_steps=32, seq_len=16, num_minibatches=4)
+    static, graphed = make_ppo(replace(cfg, capture_update="static"), "cuda"), \
+        make_ppo(replace(cfg, capture_update="graph"), "cuda")
+    graphed.policy.load_state_dict(static.policy.state_dict())
+    for it in range(3):
+        r = static.collect()
+        torch.manual_seed(it)
+        static.update(r)
+        graphed.set_learning_rate()  # what update() does around its epochs
+        data = graphed._fixed_data(graphed.sequences(r))
+        torch.manual_seed(it)
+        torch.cuda.synchronize()
+        if it > 0:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            graphed._epochs(data)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        graphed.update_count += 1
+        assert graphed._update_graph is not None or it == 0
+        for p, q in zip(static.policy.parameters(), graphed.policy.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    graphed.update_count = graphed.cfg.num_updates  # annealed to 0
+    before = [p.detach().clone() for p in graphed.policy.parameters()]
+    graphed.update(static.collect())
+    assert all(torch.equal(a, b) for a, b in zip(before, graphed.policy.parameters()))
