@@ -584,14 +584,13 @@ def unroll_core(
 ) -> tuple[Tensor, Any, ChoiceOut | None]:
     """``core.unroll`` over ``[T, B, ...]``; for cores with discrete choices, ``unroll_with_choices`` (sampling
     when ``choices`` is None, or the argmax with ``greedy``; scoring the given ones otherwise) and the choices'
-    log-probabilities/entropies. ``sync_free``: cores whose unroll reads the host (``Core.unroll_reads_host``)
-    run their step loop (``Core.step_unroll``) instead."""
+    log-probabilities/entropies. ``sync_free``: ``core.unroll_sync_free`` (reads nothing back to the host)."""
     one = xs.shape[0] == 1  # a rollout step: the core's single-step call (no unroll bookkeeping, no host sync)
     if not core_has_choices(core):
         if one:
             y, state = core(xs[0], state, None if resets is None else resets[0])
             return y.unsqueeze(0), state, None
-        unroll = core.step_unroll if sync_free and core.unroll_reads_host else core.unroll
+        unroll = core.unroll_sync_free if sync_free else core.unroll
         ys, state = unroll(xs, state, resets)
         return ys, state, None
     if one:
@@ -974,8 +973,8 @@ class ActorCritic(nn.Module):
         core states and recomputed stretches of at most ``segment_steps`` steps; cores without discrete choices),
         with ``segmented`` over the episode segments, so that every recomputed stretch is reset-free; ``storage``:
         hidden states (BPTT-HSM), internal states (BPTT-ISM) or the mix (BPTT-MSM). ``sync_free``: nothing is read
-        back to the host (with ``segmented`` False: cores whose fused unroll reads the reset flags run their step
-        loop; a PPO update captured as a CUDA graph)."""
+        back to the host (with ``segmented`` False; the cores' ``unroll_sync_free``: a PPO update captured as a
+        CUDA graph)."""
         h, value, new_state, (_, c_lp, c_ent) = self._forward_seq(
             obs, state, resets, choices, segmented=segmented, resets_cpu=resets_cpu, memory_slots=memory_slots,
             segment_steps=segment_steps, storage=storage, sync_free=sync_free,

@@ -148,10 +148,6 @@ class Core(nn.Module):
         return select_rows(reset.to(torch.bool), init, state)
 
     compiled_step_mode: str | None = None  # see compile_step; None: eager (a class default, so old pickles load)
-    unroll_reads_host: bool = False
-    """True for cores whose :meth:`unroll` reads device values back to the host (lstm, gru and dnc look at the
-    reset flags once per unroll to pick their fused path): a caller that must not synchronise, such as a PPO
-    update captured as a CUDA graph, runs :meth:`step_unroll` instead."""
 
     def compile_step(self, mode: str | None = "default") -> "Core":
         """Opt-in: run :meth:`step` through ``torch.compile`` wherever :meth:`forward` runs it (the rollout's steps
@@ -199,10 +195,12 @@ class Core(nn.Module):
             ys.append(y)
         return torch.stack(ys), state
 
-    def step_unroll(self, xs: Tensor, state: State, resets: Tensor | None = None) -> tuple[Tensor, State]:
-        """The base class's step loop (what every :meth:`unroll` equals), whatever the core's own unroll does: no
-        fused path, no host read. Same arguments and returns as :meth:`unroll`."""
-        return Core.unroll(self, xs, state, resets)
+    def unroll_sync_free(self, xs: Tensor, state: State, resets: Tensor | None = None) -> tuple[Tensor, State]:
+        """:meth:`unroll` reading nothing back to the host, for callers that must not synchronise (a PPO update
+        captured as a CUDA graph). The same values; same arguments and returns. Default: :meth:`unroll` itself
+        (most cores never read the host); lstm and gru run the step loop (their fused cuDNN/MKL path is chosen by
+        reading the reset flags), the DNC its fused unroll with every step's reset mask applied."""
+        return self.unroll(xs, state, resets)
 
     # ------------------------------------------------------------------ packing (SB3 buffers)
     def _state_template(self) -> State:

@@ -870,15 +870,16 @@ class _FusedUnroll(torch.autograd.Function):
     at the end from all steps (``dW = sum_t g_t^T z_t`` as one ``[4H, T*B] x [T*B, K]`` matmul): no per-step graph
     and no per-step weight-gradient matmuls, which is what makes it cheaper than autograd over the step loop.
 
-    Inputs: ``meta = (R, W, erase_freed, compiled)``, ``xs`` ``[T, B, I]``, ``resets`` ``[T, B]`` bool or None,
-    the nine incoming state tensors (h, c, then :class:`DNCAccessState` order), the nine initial-state tensors (or
+    Inputs: ``meta = (R, W, erase_freed, compiled, every_step)`` (``every_step``: apply the reset masks at every
+    step instead of reading on the host which steps have one), ``xs`` ``[T, B, I]``, ``resets`` ``[T, B]`` bool or
+    None, the nine incoming state tensors (h, c, then :class:`DNCAccessState` order), the nine initial-state tensors (or
     Nones without resets), and ``w_ih, w_hh, b_ih, b_hh, w_xi, b_xi``. Outputs: ``h`` for all steps ``[T, B, H]``,
     the reads ``[T, B, R, W]``, and the nine final state tensors.
     """
 
     @staticmethod
     def forward(ctx, meta, xs, resets, *tensors):
-        R, W, erase_freed, compiled = meta
+        R, W, erase_freed, compiled, every_step = meta
         step_forward, _ = _step_functions(compiled)
         state, init, (w_ih, w_hh, b_ih, b_hh, w_xi, b_xi) = tensors[:9], tensors[9:18], tensors[18:]
         T, B, I = xs.shape
@@ -889,7 +890,10 @@ class _FusedUnroll(torch.autograd.Function):
         w_rh_t = torch.cat((w_ih[:, I:], w_hh), 1).t()  # [R*W + H, 4H]
         w_xi_t = w_xi.t()
         rh = xs.new_empty(T, B, RW + H)  # [r_{t-1}; h_{t-1}] of every step (kept for the weight gradients)
-        reset_steps = resets.any(1).tolist() if resets is not None else [False] * T
+        if resets is None:
+            reset_steps = [False] * T
+        else:  # the steps where a row restarts (a host read), or every step without reading (unroll_sync_free)
+            reset_steps = [True] * T if every_step else resets.any(1).tolist()
         h, c, *access = (t.contiguous() for t in state)  # (compiled steps are specialised to strides)
         steps, hs, reads_all = [], [], []
         for t in range(T):
@@ -1038,8 +1042,6 @@ class DNCCore(Core):
 
     ``output_size`` (attribute): ``H + R*W`` or the given ``output_size``.
     """
-
-    unroll_reads_host = True  # the fused unroll reads the reset flags once (resets.any(1).tolist())
 
     def __init__(
         self,
@@ -1215,6 +1217,12 @@ class DNCCore(Core):
         dtype = self._param_dtype()
         return dtype in (torch.float32, torch.float64) and all(t.dtype == dtype for t in (xs, *tree_leaves(state)))
 
+    def unroll_sync_free(self, xs: Tensor, state: DNCState, resets: Tensor | None = None
+                         ) -> tuple[Tensor, DNCState]:
+        """:meth:`unroll` without reading the reset flags on the host: the fused unroll applies every step's reset
+        mask (``torch.where``, an identity for rows that do not restart), so the values are :meth:`unroll`'s."""
+        return self._unroll(xs, state, resets, every_step=True)
+
     def unroll(self, xs: Tensor, state: DNCState, resets: Tensor | None = None) -> tuple[Tensor, DNCState]:
         """Time-major unroll, exactly the base class's step loop (``ys[t], state = self(xs[t], state, resets[t])``).
 
@@ -1223,6 +1231,10 @@ class DNCCore(Core):
         fused forward/backward per step, weight gradients once for all steps); the same values up to rounding
         (tests/test_dnc.py checks values and gradients against the step loop, with resets). Otherwise the loop.
         """
+        return self._unroll(xs, state, resets, every_step=False)
+
+    def _unroll(self, xs: Tensor, state: DNCState, resets: Tensor | None, every_step: bool
+                ) -> tuple[Tensor, DNCState]:
         if xs.dim() != 3 or xs.shape[2] != self.input_size:
             raise ValueError(f"xs must have shape [T, B, {self.input_size}], got {list(xs.shape)}")
         if resets is not None and resets.shape != xs.shape[:2]:
@@ -1240,7 +1252,7 @@ class DNCCore(Core):
             init = [None] * 9
         lstm, xi = self.controller, self.interface
         params = (lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh, xi.weight, xi.bias)
-        meta = (self.num_read_heads, self.slot_size, self.erase_freed, self.compile_steps)
+        meta = (self.num_read_heads, self.slot_size, self.erase_freed, self.compile_steps, every_step)
         hs, reads, *final = _FusedUnroll.apply(meta, xs, resets, *leaves, *init, *params)
         # y_t = [h_t; r_t] (or W_y [h_t; r_t])
         ys = torch.cat((hs, reads.reshape(T, B, -1)), dim=-1)

@@ -31,7 +31,6 @@ class _TorchRNNCore(Core):
     """Shared plumbing: state is batch first ``[B, L, H]``, torch wants ``[L, B, H]``."""
 
     rnn: nn.LSTM | nn.GRU
-    unroll_reads_host = True  # unroll() reads the reset flags once to choose the fused cuDNN/MKL path
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, learn_initial_state: bool) -> None:
         super().__init__(input_size)
@@ -56,6 +55,10 @@ class _TorchRNNCore(Core):
             if bool(resets[1:].any()):  # one host sync per unroll, not per step
                 return super().unroll(xs, state, torch.cat([torch.zeros_like(resets[:1]), resets[1:]]))
         return self._unroll_fused(xs, state)
+
+    def unroll_sync_free(self, xs: Tensor, state, resets: Tensor | None = None):
+        """The step loop: :meth:`unroll` reads the reset flags on the host to choose its fused path."""
+        return Core.unroll(self, xs, state, resets)
 
 
 class LSTMCore(_TorchRNNCore):

@@ -6,6 +6,7 @@
     python3 scripts/benchmark_training.py --threads 2 --json runs/bench_training.json
     python3 scripts/benchmark_training.py --no-sb3 --entries tmaze:lstm tmaze:ntm --autocast fp32 bf16   # + ratio
     python3 scripts/benchmark_training.py --no-sb3 --device cuda --capture-rollout off graph --num-envs 4096
+    python3 scripts/benchmark_training.py --no-sb3 --device cuda --capture-rollout graph --capture-update off graph
 
 Throughput is training steps per second: environment steps of complete PPO iterations (rollout + update, GAE
 included) divided by the time they took. Each entry first runs ``--warmup-updates`` iterations untimed, then
@@ -45,6 +46,8 @@ math, backward and optimiser step in fp32), and prints the bf16 / fp32 ratio of 
 ``--capture-rollout off graph`` (or ``static``) likewise times the plain rollout beside ``TrainConfig.
 capture_rollout`` (the rollout step in fixed buffers, replayed as one CUDA graph per step with ``graph``, CUDA
 only; the warm-up iteration includes the capture) and prints the ratios; the update is the same in both.
+``--capture-update off graph`` (or ``static``) does the same for ``TrainConfig.capture_update`` (each minibatch
+step of the update replayed as one CUDA graph). Both lists given: every combination is timed.
 """
 
 from __future__ import annotations
@@ -115,7 +118,8 @@ def _clock() -> tuple[float, float]:
 # ================================================================================================= our PPO
 AUTOCAST_MODES = ("fp32", "bf16")
 CAPTURE_MODES = ("off", "static", "graph")
-"""``--capture-rollout``: the plain rollout, or ``TrainConfig.capture_rollout`` = static / graph."""
+"""``--capture-rollout`` / ``--capture-update``: the plain rollout / update, or ``TrainConfig.capture_rollout`` /
+``capture_update`` = static / graph."""
 """``--autocast``: our PPO in float32, or with ``TrainConfig.autocast = "bf16"``."""
 COMPILE_MODES = ("none", "act", "update", "both")
 """``--compile``: which of our PPO's functions ``torch.compile`` wraps: the rollout step
@@ -124,10 +128,11 @@ COMPILE_MODES = ("none", "act", "update", "both")
 
 def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tuple[int, int, int], seconds: float,
                warmup: int, device: str, seed: int, compile_mode: str = "none", autocast: str = "fp32",
-               capture: str = "off") -> Result:
+               capture: str = "off", capture_update: str = "off") -> Result:
     """Our recurrent PPO (``agents.ppo.PPO``) on ``env_id``: whole collect + update iterations for ``seconds``
     (``autocast``: ``fp32`` or ``bf16``, :attr:`agents.ppo.TrainConfig.autocast`; ``capture``: ``off``,
-    ``static`` or ``graph``, :attr:`agents.ppo.TrainConfig.capture_rollout`)."""
+    ``static`` or ``graph``, :attr:`agents.ppo.TrainConfig.capture_rollout`; ``capture_update`` likewise,
+    :attr:`agents.ppo.TrainConfig.capture_update`)."""
     from agents.env_adapter import TorchVecEnv
     from agents.ppo import PPO, TrainConfig, resolve_device
     from agents.presets import env_kwargs_for
@@ -138,7 +143,8 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
                       total_steps=10**9, hidden_size=128, embed_size=128, seed=seed, progress=False,
                       tensorboard=False, torch_threads=torch.get_num_threads(),
                       autocast="" if autocast == "fp32" else autocast,
-                      capture_rollout="" if capture == "off" else capture)
+                      capture_rollout="" if capture == "off" else capture,
+                      capture_update="" if capture_update == "off" else capture_update)
     cfg = replace(cfg, env_kwargs=json.dumps(env_kwargs_for(env_id, env_kwargs)))
     cfg.validate()
     dev = resolve_device(device)
@@ -177,10 +183,13 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
     if capture != "off":
         tags.append(f"capture {capture}")
         res.note += f", rollout captured: {capture}"
+    if capture_update != "off":
+        tags.append(f"update {capture_update}")
+        res.note += f", update captured: {capture_update}"
     if tags:
         res.entry = f"{entry} ({', '.join(tags)})"
     res.extra["autocast"], res.extra["compile"], res.extra["base_entry"] = autocast, compile_mode, entry
-    res.extra["capture"] = capture
+    res.extra["capture"], res.extra["capture_update"] = capture, capture_update
     n_params = sum(p.numel() for p in policy.parameters())
     res.extra["params"] = n_params
     (w0, c0), steps0 = _clock(), ppo.global_step
@@ -331,7 +340,7 @@ def bench_env(entry: str, env_id: str, env_kwargs: dict, num_envs: int, seconds:
 
 # ======================================================================================================= driver
 def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none", autocast: str = "fp32",
-              capture: str = "off") -> Result:
+              capture: str = "off", capture_update: str = "off") -> Result:
     task, agent = entry.split(":")
     B, T, L = TASK_SHAPES[task]
     B = args.num_envs or B
@@ -339,6 +348,7 @@ def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none", 
     L = min(L, T)
     shape = (B, T, L)
     kw = dict(seconds=args.seconds, seed=args.seed)
+    ours = dict(capture=capture, capture_update=capture_update)
     sb3 = agent.startswith("sb3")
     if sb3:
         kw["defaults"] = agent == "sb3-defaults"
@@ -349,14 +359,14 @@ def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none", 
             return bench_sb3(entry, "MemoryCores/TMaze-v0", env_kwargs_for("MemoryCores/TMaze-v0", TMAZE_KWARGS),
                              shape, warmup=args.warmup_updates, **kw)
         return bench_ours(entry, agent, "MemoryCores/TMaze-v0", TMAZE_KWARGS, shape, warmup=args.warmup_updates,
-                          device=args.device, compile_mode=compile_mode, autocast=autocast, capture=capture, **kw)
+                          device=args.device, compile_mode=compile_mode, autocast=autocast, **ours, **kw)
     if task == "minigrid":
         if sb3:
             return bench_sb3(entry, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, shape,
                              warmup=args.warmup_updates, **kw)
         return bench_ours(entry, agent, "MemoryCores/MiniGridMemory-v0", {"size": 7, "view_size": 7}, shape,
                           warmup=args.warmup_updates, device=args.device, compile_mode=compile_mode,
-                          autocast=autocast, capture=capture, **kw)
+                          autocast=autocast, **ours, **kw)
     # minigrid-sync
     if agent == "env":
         return bench_env(entry, "MiniGrid-MemoryS7-v0", {}, 1, sync=False, **kw)
@@ -364,7 +374,7 @@ def run_entry(entry: str, args: argparse.Namespace, compile_mode: str = "none", 
         return bench_env(entry, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, B, sync=True, **kw)
     return bench_ours(entry, agent, "MemoryCores/MiniGridMemoryWrapped-v0", MINIGRID_WRAPPED, shape,
                       warmup=args.warmup_updates, device=args.device, compile_mode=compile_mode, autocast=autocast,
-                      capture=capture, **kw)
+                      **ours, **kw)
 
 
 def print_table(results: list[Result]) -> list[str]:
@@ -398,8 +408,9 @@ def print_table(results: list[Result]) -> list[str]:
     return lines
 
 
-MODE_FIELDS = ("compile", "autocast", "capture")
-"""The settings an entry of ours is timed under, side by side (``--compile``, ``--autocast``, ``--capture-rollout``)."""
+MODE_FIELDS = ("compile", "autocast", "capture", "capture_update")
+"""The settings an entry of ours is timed under, side by side (``--compile``, ``--autocast``, ``--capture-rollout``,
+``--capture-update``)."""
 
 
 def ratio_table(results: list[Result], field: str, base: str, title: str) -> list[str]:
@@ -455,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time our agents once per mode, side by side, and print the ratios to off: off (the "
                              "plain rollout), static (TrainConfig.capture_rollout: the rollout step in fixed "
                              "buffers), graph (the same step replayed as one CUDA graph; CUDA only) (default: off)")
+    parser.add_argument("--capture-update", nargs="+", default=["off"], choices=CAPTURE_MODES, metavar="MODE",
+                        help="likewise for the update's minibatch steps (TrainConfig.capture_update): off, static, "
+                             "graph (default: off)")
     args = parser.parse_args(argv)
 
     bad = [e for e in args.entries if e not in ENTRIES]
@@ -500,12 +514,13 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     results = []
     theirs = lambda e: is_sb3(e) or e.endswith(":env") or e.endswith(":env-sync")  # noqa: E731
-    runs = [(e, m, a, c) for e in entries for m in (["none"] if theirs(e) else args.compile)
+    runs = [(e, m, a, c, u) for e in entries for m in (["none"] if theirs(e) else args.compile)
             for a in (["fp32"] if theirs(e) else args.autocast)
-            for c in (["off"] if theirs(e) else args.capture_rollout)]
-    for e, m, a, c in runs:
+            for c in (["off"] if theirs(e) else args.capture_rollout)
+            for u in (["off"] if theirs(e) else args.capture_update)]
+    for e, m, a, c, u in runs:
         t0 = time.perf_counter()
-        r = run_entry(e, args, m, a, c)
+        r = run_entry(e, args, m, a, c, u)
         results.append(r)
         e = r.entry
         print(f"{e:>24}: {r.sps:10,.0f} steps/s wall, {r.sps_cpu:10,.0f} steps/s CPU time ({r.steps} steps, "
@@ -513,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     lines = print_table(results)
     for what, base, title in (("autocast", "fp32", "bf16 autocast against fp32"),
-                              ("capture", "off", "Captured rollout against the plain one")):
+                              ("capture", "off", "Captured rollout against the plain one"),
+                              ("capture_update", "off", "Captured update against the plain one")):
         extra = ratio_table(results, what, base, title)
         if extra:
             print("\n" + "\n".join(extra), flush=True)

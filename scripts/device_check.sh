@@ -15,9 +15,15 @@ files=$(grep -l "mark.cuda" tests/test_*.py | tr '\n' ' ')
 timeout "${T_TESTS:-240}" python3 -m pytest -m cuda -q -p no:cacheprovider -rs $files 2>&1 | tee "$OUT/pytest_cuda.log"
 # issue 12: PPO training with the rollout step replayed as one CUDA graph (--capture-rollout graph) beside the plain
 # rollout, at 4,096 envs (first: the figure the issue's 2M steps/s goal is about)
-timeout "${T_CAPTURE_PPO:-150}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \
-  --entries tmaze:lstm minigrid:lstm tmaze:ntm tmaze:dnc --capture-rollout off graph --seconds 6 --threads 1 \
+# rollout {plain, graph} x update {plain, graph} (64-step rollouts: a DNC iteration at 4,096 envs is then ~5 s eager)
+timeout "${T_CAPTURE_PPO:-240}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \
+  --num-steps 64 --entries tmaze:lstm tmaze:dnc minigrid:lstm tmaze:ntm --capture-rollout off graph \
+  --capture-update off graph --seconds 4 --threads 1 \
   --json "$OUT/bench_training_capture_cuda.json" 2>&1 | tee "$OUT/bench_training_capture_cuda.txt"
+# the presets' small batches (32 envs), where every launch counts
+timeout "${T_CAPTURE_SMALL:-120}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 32 \
+  --entries tmaze:lstm tmaze:ntm tmaze:dnc --capture-rollout off graph --capture-update off graph --seconds 4 \
+  --threads 1 --json "$OUT/bench_training_capture_32_cuda.json" 2>&1 | tee "$OUT/bench_training_capture_32_cuda.txt"
 timeout "${T_ENVS:-90}" python3 scripts/benchmark_envs.py --device cuda --num-envs 4096 65536 262144 --seconds 0.5 \
   --minigrid-sync-num-envs 2>&1 | tee "$OUT/bench_envs_cuda.txt"
 timeout "${T_CORES:-150}" python3 scripts/benchmark_cores.py --devices cuda --no-ixaxaar --slots-sweep --budget 4 \

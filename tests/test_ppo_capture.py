@@ -227,11 +227,11 @@ def test_cuda_graph_training_runs_and_draws_new_episodes(env, autocast):
 
 
 # ------------------------------------------------------------------------------------------------ captured update
-# cores whose unroll reads nothing back to the host give the plain update's values bit for bit; lstm, gru and dnc
-# run their step loop instead of their fused unroll (the same values up to rounding)
-EXACT_UPDATE = [c for c in ("ntm", "rl_access", "alstm", "gtrxl", "lru", "none")
+# the captured update gives the plain update's values bit for bit, except for lstm and gru, which run their step
+# loop instead of their fused cuDNN/MKL unroll (the same values up to rounding)
+EXACT_UPDATE = [c for c in ("ntm", "dnc", "rl_access", "alstm", "gtrxl", "lru", "none")
                 if c == "none" or c in memory_cores.CORES]
-CLOSE_UPDATE = ["lstm", "gru", "dnc"]
+CLOSE_UPDATE = ["lstm", "gru"]
 
 
 @pytest.mark.parametrize("core", EXACT_UPDATE + CLOSE_UPDATE)
@@ -296,20 +296,64 @@ def test_capture_update_refusals_are_one_line():
         make_ppo(cfg_for(capture_update="graph"))
 
 
-def test_step_unroll_is_the_step_loop_for_cores_that_read_the_host():
-    """Core.step_unroll (what a captured update runs for lstm, gru and dnc) equals their own unroll, resets inside."""
+@pytest.mark.parametrize("core", ["lstm", "dnc", "ntm", "rl_access", "alstm", "gtrxl"])
+def test_captured_steps_read_nothing_back_to_the_host(core, monkeypatch):
+    """What a CUDA graph records: the fixed-buffer rollout (policy, env, statistics) and the update's epochs run no
+    op that makes the host wait for the device (the CPU stand-in for the CUDA test's sync debug mode). Exempt, as
+    host work: Adam's step counter, a host tensor unless capturable (it is capturable under ``graph``)."""
+    from test_ppo import RecordHostReads, host_only, strict_epochs
+
+    tolist, lists = torch.Tensor.tolist, []
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: lists.append(1) or tolist(t))
+    ppo = make_ppo(cfg_for(COPY, core=core, normalize_obs=True, norm_reward=True, capture_rollout="static",
+                           capture_update="static"))
+    ppo.update(ppo.collect())  # buffers, copies and optimiser state allocated
+    lists.clear()
+    with RecordHostReads(ppo.device) as rec:
+        r = ppo.collect()
+    assert rec.bad == [] and lists == []
+    records = strict_epochs(ppo, lambda: RecordHostReads(ppo.device))
+    monkeypatch.setattr(ppo.optimizer, "step", host_only(ppo.optimizer.step, records))
+    ppo.update(r)
+    assert len(records) == 1 and records[0].bad == [] and lists == []
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "dnc", "ntm"])
+def test_unroll_sync_free_equals_unroll_and_reads_nothing_back(name, monkeypatch):
+    """Core.unroll_sync_free (what a captured update runs) gives unroll's values and gradients with resets inside
+    the sequence and runs no op that makes the host wait; lstm's, gru's and dnc's own unroll does read the flags."""
+    from test_ppo import RecordHostReads
+
+    tolist, lists = torch.Tensor.tolist, []
+
+    def recorded(t):  # .tolist() reads device values without an aten op the recorder sees
+        lists.append(1)
+        return tolist(t)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", recorded)
     torch.manual_seed(0)
-    for name in CLOSE_UPDATE:
-        core = memory_cores.make_core(name, 5, **({"hidden_size": 8} | MEM_KW.get(name, {})))
-        assert core.unroll_reads_host
-        xs, resets = torch.randn(7, 3, 5), torch.rand(7, 3) < 0.3
-        s0 = core.initial_state(3)
-        ya, sa = core.unroll(xs, s0, resets)
-        yb, sb = core.step_unroll(xs, s0, resets)
-        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
-        for u, v in zip(_tensors(sa), _tensors(sb)):
-            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
-    assert not memory_cores.make_core("ntm", 5, hidden_size=8, num_slots=4, slot_size=3).unroll_reads_host
+    core = memory_cores.make_core(name, 5, **({"hidden_size": 8} | MEM_KW.get(name, {})))
+    xs, resets = torch.randn(7, 3, 5, requires_grad=True), torch.rand(7, 3) < 0.3
+    resets[3, 1] = True
+    outs = {}
+    for how in ("unroll", "unroll_sync_free"):
+        s0 = core.initial_state(3)  # (a learned initial state: its own graph per unroll)
+        lists.clear()
+        with RecordHostReads(torch.device("cpu")) as rec:
+            ys, s1 = getattr(core, how)(xs, s0, resets)
+        rec.bad += ["tolist"] * len(lists)
+        loss = ys.square().sum() + sum(t.sum() for t in _tensors(s1) if t.is_floating_point())
+        grads = torch.autograd.grad(loss, [xs, *core.parameters()])
+        outs[how] = (rec.bad, [ys, *_tensors(s1)], grads)
+    assert outs["unroll_sync_free"][0] == []
+    assert (outs["unroll"][0] != []) == (name != "ntm")  # the recorder sees the fused paths' host reads
+    exact = name in ("dnc", "ntm")  # the same fused unroll / the same loop; lstm, gru: loop against cuDNN/MKL
+    for a, b in zip(outs["unroll"][1] + list(outs["unroll"][2]), outs["unroll_sync_free"][1] +
+                    list(outs["unroll_sync_free"][2])):
+        if exact:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.cuda

@@ -167,3 +167,22 @@ def test_benchmark_smoke(tmp_path, capsys):
         rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| ")}
         assert rows["tmaze:lstm"][2] == rows["tmaze:sb3-lstm"][2]  # same parameter count: the same network
         assert float(rows["tmaze:lstm"][8]) > 0  # ratio to sb3 with the same settings
+
+
+def test_benchmark_capture_modes_side_by_side(tmp_path, capsys):
+    """--capture-rollout / --capture-update: every combination timed, each tagged, the ratio tables printed."""
+    bench = _load_script("benchmark_training")
+    out = tmp_path / "bench.json"
+    argv = ["--seconds", "0.2", "--warmup-updates", "0", "--num-envs", "4", "--num-steps", "8", "--json", str(out),
+            "--entries", "tmaze:ntm", "--no-sb3", "--capture-rollout", "off", "static", "--capture-update", "off",
+            "static"]
+    try:
+        assert bench.main(argv) == 0
+    finally:
+        torch.set_num_threads(1)
+    text = capsys.readouterr().out
+    res = json.loads(out.read_text())["results"]
+    assert [r["entry"] for r in res] == ["tmaze:ntm", "tmaze:ntm (update static)", "tmaze:ntm (capture static)",
+                                         "tmaze:ntm (capture static, update static)"]
+    assert "Captured rollout against the plain one" in text and "Captured update against the plain one" in text
+    assert all(r["steps"] > 0 for r in res)
