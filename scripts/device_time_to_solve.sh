@@ -5,17 +5,18 @@
 # first reaches 0.95 come from metrics.jsonl. Logs to $OUT.
 #
 #   L=50 SEEDS="1 2 3" STEPS=6000000 bash scripts/device_time_to_solve.sh
+#   CAPTURE="--capture-rollout graph" L=50 bash scripts/device_time_to_solve.sh   # extra train.py options
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_tts}
 . scripts/device_env.sh
 L=${L:-50}; SEEDS=${SEEDS:-1 2 3}; STEPS=${STEPS:-6000000}; DEVICE=${DEVICE:-cuda}; ENVS=${ENVS:-512}
-MB=${MB:-$((ENVS / 8))}
+MB=${MB:-$((ENVS / 8))}; CAPTURE=${CAPTURE:-}
 for s in $SEEDS; do
   run="$OUT/tmaze_L${L}_s$s"
   timeout "${T_RUN:-150}" python3 scripts/train.py --env MemoryCores/TMaze-v0 --env-kwargs "{\"length\": $L}" --core lstm \
     --num-envs "$ENVS" --num-minibatches "$MB" --total-steps "$STEPS" --seed "$s" --device "$DEVICE" --run-dir "$run" \
-    --no-progress --no-tensorboard --checkpoint-every 1000 2>&1 | tail -2
+    --no-progress --no-tensorboard --checkpoint-every 1000 $CAPTURE 2>&1 | tail -2
   python3 scripts/evaluate.py "$run" --episodes 500 --device "$DEVICE" --json > "$run.eval.json" 2>&1
   python3 - "$run" <<'PY'
 import json, sys
