@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from agents import distributed
     from agents.checkpoint import CheckpointError, has_checkpoint, load_run_checkpoint
-    from agents.presets import env_kwargs_for, task_defaults
+    from agents.presets import env_kwargs_for, gpu_batch, task_defaults
     from agents.ppo import TrainConfig
     from agents.runner import PeerLost, TrainingInterrupted, TrainingStopped, check_run_dir, continue_command, \
         default_run_dir, train
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--resume", action="store_true")
     pre.add_argument("--env-kwargs", "--env_kwargs", default=None)
     pre.add_argument("--dist-timeout", "--dist_timeout", default=str(TrainConfig.dist_timeout))
+    pre.add_argument("--preset", default="")
     known, _ = pre.parse_known_args(argv)
     # the env's name: --env, else the factory (which then names the run), else TrainConfig's default env
     known.env = known.env or known.env_factory or TrainConfig.env
@@ -105,7 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             defaults.update(preset)
             defaults["env"] = known.env
             has_preset = bool(preset)
+            if known.preset == "gpu":  # the task's preset at GPU batch sizes (agents.presets.gpu_batch)
+                defaults.update(gpu_batch(defaults))
+            elif known.preset:
+                raise ValueError(f"--preset {known.preset!r} is not valid: expected gpu or '' (the task's preset)")
         description = f"{__doc__}\n{_defaults_line(known.env, has_preset, run_dir if known.resume else None)}"
+        if known.preset == "gpu" and not known.resume:
+            description += " With --preset gpu: num_envs and num_minibatches x16 (agents.presets.gpu_batch)."
         cfg = tyro.cli(TrainConfig, args=argv, default=TrainConfig(**defaults), description=description)
         if not known.resume or known.env_kwargs is not None:
             # env keywords of the task defaults that the command line did not set are kept (on --resume only when

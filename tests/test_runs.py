@@ -275,3 +275,23 @@ def test_signal_writes_checkpoint_and_resume_continues(tmp_path, capsys, sig):
         saved = load_checkpoint(run2)["update"]
         assert f"stopped at once (SIGINT) during update {saved + 1}: the last checkpoint {run2}/checkpoint.pt " \
                f"(update {saved}) is kept; continue with: python3 scripts/train.py --resume --run-dir {run2}" in err
+
+
+def test_preset_gpu_scales_envs_and_minibatches_and_is_recorded(tmp_path, capsys):
+    """--preset gpu: the task preset's num_envs and num_minibatches x16 (the same minibatch and gradient steps per
+    env step), shown by --help, given options still win, recorded in the config; a bad value in one line."""
+    main = script("train").main
+    with pytest.raises(SystemExit):
+        main(["--env", TMAZE, "--preset", "gpu", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 512)" in out.split("--num-envs INT")[1][:200]
+    assert "(default: 64)" in out.split("--num-minibatches INT")[1][:200]
+    run = tmp_path / "gpu"
+    assert main(["--env", TMAZE, "--preset", "gpu", "--num-envs", "64", "--num-steps", "8", "--seq-len", "8",
+                 "--total-steps", "512", "--hidden-size", "8", "--embed-size", "8", "--no-progress",
+                 "--no-tensorboard", "--device", "cpu", "--run-dir", str(run)]) == 0
+    cfg = load_checkpoint(run / "checkpoint.pt")["config"]
+    assert (cfg["preset"], cfg["num_envs"], cfg["num_minibatches"]) == ("gpu", 64, 64)
+    capsys.readouterr()
+    assert main(["--env", TMAZE, "--preset", "tpu", "--run-dir", str(tmp_path / "x")]) == 2
+    one_line_error(capsys, "--preset 'tpu' is not valid")
