@@ -10,6 +10,10 @@ side by side at the same sizes; otherwise it is skipped with a message.
 Example::
 
     python3 scripts/benchmark_cores.py --threads 1 --json docs/results/benchmark_cpu.json
+    python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm rl_access lstm --graph   # + CUDA graphs
+
+``--graph`` (CUDA) also replays each core's unroll as one CUDA graph (forward, and forward+backward with the
+gradients in the graph's pool: how ``--capture-update graph`` runs the update).
 """
 
 from __future__ import annotations
@@ -92,6 +96,43 @@ def bench_core(core: torch.nn.Module, args: argparse.Namespace, device: torch.de
     return out
 
 
+def bench_core_graph(core: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> dict:
+    """ms per step of the same unrolls replayed as CUDA graphs (CUDA only): the forward (no grad), and forward plus
+    backward in one graph, gradients written into the graph's pool, as ``--capture-update graph`` runs a
+    minibatch. The unroll is ``Core.unroll_sync_free`` (no host read, so it can be captured)."""
+    core.to(device).train()
+    T, B = args.steps, args.batch
+    xs = torch.randn(T, B, args.input, device=device)
+
+    def forward() -> None:
+        with torch.no_grad():
+            core.unroll_sync_free(xs, core.initial_state(B, device=device))
+
+    def forward_backward() -> None:
+        ys, _ = core.unroll_sync_free(xs, core.initial_state(B, device=device))
+        ys.pow(2).mean().backward()
+
+    def captured(fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        main = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
+            for _ in range(3):
+                core.zero_grad(set_to_none=True)
+                fn()
+        main.wait_stream(side)
+        core.zero_grad(set_to_none=True)  # backward allocates the gradients in the graph's pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph
+
+    out = {"fwd_bwd_ms": 1e3 * time_it(captured(forward_backward).replay, device, args.warmup, args.repeats) / T,
+           "fwd_ms": 1e3 * time_it(captured(forward).replay, device, args.warmup, args.repeats) / T}
+    core.zero_grad(set_to_none=True)
+    return out
+
+
 def make_ixaxaar_dnc(args: argparse.Namespace, num_slots: int, device: torch.device, controller_layers: int = 1):
     """ixaxaar's ``dnc.DNC`` at our sizes (LSTM controller with ``controller_layers`` layers: 1 is like for like
     with our DNC, 2 is the package's default ``num_hidden_layers``), or None when the package is missing."""
@@ -163,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-step", default="", choices=["", "default", "reduce-overhead", "max-autotune"],
                    help="also time every core with its step compiled (Core.compile_step(MODE)), in a row "
                         "'NAME+compiled' right after the eager one ('' : eager only); warm-up includes compiling")
+    p.add_argument("--graph", action="store_true",
+                   help="also time every core's unroll (Core.unroll_sync_free) replayed as one CUDA graph, forward "
+                        "and forward+backward, in a row 'NAME+graph' (with --compile-step, of the compiled step); "
+                        "CUDA only, skipped with a message on other devices")
     p.add_argument("--json", default="", help="write the results here as JSON")
     return p
 
@@ -193,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     for dev_name in devices:
         device = torch.device(dev_name)
         res: dict[str, dict] = {}
+        if args.graph and device.type != "cuda":
+            print(f"\n[{dev_name}] --graph skipped: CUDA graphs need a CUDA device")
         print(f"\n[{dev_name}] ms per step (median)")
         print(f"  {'core':<18}{'params':>9}{'forward':>10}{'fwd+bwd':>10}")
         for name in names:
@@ -209,6 +256,18 @@ def main(argv: list[str] | None = None) -> dict:
                 res[f"{name}+compiled"] = rc
                 print(f"  {name + '+compiled':<18}{rc['params']:>9d}{rc['fwd_ms']:>10.3f}{rc['fwd_bwd_ms']:>10.3f}"
                       f"  ({rc['speedup_fwd_bwd']:.2f}x)", flush=True)
+            if args.graph and device.type == "cuda":
+                key = f"{name}+compiled+graph" if args.compile_step else f"{name}+graph"
+                try:
+                    rg = bench_core_graph(core, args, device)
+                except RuntimeError as e:  # a core whose unroll cannot be captured: said, not fatal
+                    print(f"  {key:<18} failed to capture: {str(e).splitlines()[0][:200]}", flush=True)
+                    continue
+                rg["params"] = r["params"]
+                rg["speedup_fwd_bwd"] = r["fwd_bwd_ms"] / rg["fwd_bwd_ms"]
+                res[key] = rg
+                print(f"  {key:<18}{rg['params']:>9d}{rg['fwd_ms']:>10.3f}{rg['fwd_bwd_ms']:>10.3f}"
+                      f"  ({rg['speedup_fwd_bwd']:.2f}x against eager)", flush=True)
         ix_net = None
         if not args.no_ixaxaar:
             torch.manual_seed(0)

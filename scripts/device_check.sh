@@ -34,14 +34,13 @@ fi
 if part 2; then
 timeout "${T_ENVS:-60}" python3 scripts/benchmark_envs.py --device cuda --num-envs 4096 65536 262144 --seconds 0.5 \
   --minigrid-sync-num-envs 2>&1 | tee "$OUT/bench_envs_cuda.txt"
-timeout "${T_CORES:-120}" python3 scripts/benchmark_cores.py --devices cuda --no-ixaxaar --slots-sweep --budget 4 \
-  --json "$OUT/bench_cores_cuda.json" 2>&1 | tee "$OUT/bench_cores_cuda.txt"
-# issue 12: the memory cores' steps compiled (inductor kernels; reduce-overhead adds CUDA graphs), side by side
-for mode in default reduce-overhead; do
-  timeout "${T_COMPILE:-80}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm alstm rl_access dnc \
-    --compile-step $mode --no-ixaxaar --slots-sweep --budget 3 --json "$OUT/bench_cores_compile_${mode}_cuda.json" \
-    2>&1 | tee "$OUT/bench_cores_compile_${mode}_cuda.txt"
-done
+# every core eager and (issue 12) its unroll replayed as one CUDA graph, forward and forward+backward (--graph)
+timeout "${T_CORES:-120}" python3 scripts/benchmark_cores.py --devices cuda --no-ixaxaar --slots-sweep --budget 3 \
+  --graph --json "$OUT/bench_cores_cuda.json" 2>&1 | tee "$OUT/bench_cores_cuda.txt"
+# issue 12: the memory cores' steps compiled (inductor kernels), then that compiled unroll as one CUDA graph
+timeout "${T_COMPILE:-100}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm alstm rl_access dnc \
+  --compile-step default --graph --no-ixaxaar --slots-sweep --budget 3 \
+  --json "$OUT/bench_cores_compile_default_cuda.json" 2>&1 | tee "$OUT/bench_cores_compile_default_cuda.txt"
 # issue 15: peak CUDA memory of plain, strided and memory-efficient BPTT at T = 1000
 timeout "${T_BPTT:-60}" python3 scripts/benchmark_bptt.py --cores lstm ntm --lengths 1000 --slots 32 --segments 1 32 \
   --storage hidden mixed --device cuda --repeats 1 --json "$OUT/bench_bptt_cuda.json" 2>&1 | tee "$OUT/bench_bptt_cuda.txt"
@@ -53,10 +52,6 @@ timeout "${T_CAPTURE:-60}" python3 scripts/benchmark_envs.py --device cuda --num
 timeout "${T_AUTOCAST:-90}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \
   --entries tmaze:lstm tmaze:ntm tmaze:dnc --autocast fp32 bf16 --seconds 8 --threads 1 \
   --json "$OUT/bench_training_autocast_cuda.json" 2>&1 | tee "$OUT/bench_training_autocast_cuda.txt"
-if [ -f scripts/benchmark_scan.py ]; then
-  timeout "${T_SCAN:-40}" python3 scripts/benchmark_scan.py --help >/dev/null 2>&1 && \
-  timeout "${T_SCAN:-40}" python3 scripts/benchmark_scan.py --device cuda 2>&1 | tee "$OUT/bench_scan_cuda.txt"
-fi
 fi
 # one archive per part: the device tool brings back at most 8 files
 (cd "$OUT" && files=$(ls | grep -v '\.tgz$') && tar -czf "device_check_part${PART}.tgz" $files && rm -f $files)

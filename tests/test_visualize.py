@@ -186,3 +186,27 @@ def test_benchmark_capture_modes_side_by_side(tmp_path, capsys):
                                          "tmaze:ntm (capture static, update static)"]
     assert "Captured rollout against the plain one" in text and "Captured update against the plain one" in text
     assert all(r["steps"] > 0 for r in res)
+
+
+# ========================================================================================== benchmark_cores.py
+def test_benchmark_cores_graph_skips_without_cuda(capsys):
+    bench = _load_script("benchmark_cores")
+    try:
+        info = bench.main(["--devices", "cpu", "--cores", "lstm", "--graph", "--no-ixaxaar", "--slots-sweep",
+                           "--steps", "2", "--repeats", "1", "--warmup", "1", "--budget", "1"])
+    finally:
+        torch.set_num_threads(1)
+    assert "--graph skipped: CUDA graphs need a CUDA device" in capsys.readouterr().out
+    assert set(info["results"]["cpu"]) == {"lstm"}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_benchmark_cores_graph_times_captured_unrolls():
+    """--graph on CUDA: each core's unroll (forward, and forward+backward) replayed as one CUDA graph."""
+    bench = _load_script("benchmark_cores")
+    info = bench.main(["--devices", "cuda", "--cores", "lstm", "ntm", "dnc", "--graph", "--no-ixaxaar",
+                       "--slots-sweep", "--steps", "4", "--repeats", "2", "--budget", "2"])
+    res = info["results"]["cuda"]
+    for name in ("lstm", "ntm", "dnc"):
+        assert res[f"{name}+graph"]["fwd_bwd_ms"] > 0 and res[f"{name}+graph"]["fwd_ms"] > 0
