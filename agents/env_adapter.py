@@ -244,8 +244,7 @@ class TorchVecEnv:
     def use_static_step(self) -> None:
         """Step the env with its state in fixed buffers (:class:`envs.capture.StaticStep`), as a rollout step
         captured in a CUDA graph needs; call before the first :meth:`reset`. Batched tensor envs of this package
-        only (a step that changes a state's shape or a Python attribute, such as MemoryMaze's, is refused at
-        its first step)."""
+        only (a task whose step changes a state's shape or a Python attribute is refused at its first step)."""
         from envs.base import BatchedEnv
         from envs.capture import StaticStep
 

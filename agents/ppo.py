@@ -84,8 +84,8 @@ class TrainConfig:
     eager step costs 0.3 to 1 ms of launches whatever the batch (docs/gpu.md). 'static' runs the same fixed-buffer
     step eagerly on any device (what 'graph' records; for checking and debugging). '' (default): the plain step
     loop. Both give the plain rollout's values (bit for bit in fp32; with --autocast bf16 the core state is carried
-    in fp32 between steps). Needs a batched tensor env of this package (MemoryCores/...; not MemoryMaze, whose
-    step keeps host-side state) and one process (not under torchrun); the final-observation value of
+    in fp32 between steps). Needs a batched tensor env of this package (MemoryCores/...) and one process
+    (not under torchrun); the final-observation value of
     truncated episodes is computed every step, as on any accelerator. The first two steps of a run are eager
     (warm-up), the third is captured."""
     capture_update: str = ""

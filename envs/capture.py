@@ -15,8 +15,8 @@ launch, but it reads and writes fixed addresses, while a task's step rebinds its
 * **CUDA graph** (``graph=True``, CUDA only): the first step after construction warms up on a side stream (the
   state is saved before and restored after, so the episodes are the plain env's), then captures one in-place step
   into a ``torch.cuda.CUDAGraph``; every step copies the actions into a fixed input buffer and replays the graph.
-  Counter-based tasks (``counter_based = True``: MiniGridMemory; MemoryMaze is not replayable) draw their randomness
-  from state tensors, so replays equal the eager env bit for bit; tasks that draw from ``env.generator`` (the copy
+  Counter-based tasks (``counter_based = True``: MiniGridMemory, MemoryMaze, whose lockstep step count
+  ``prepare_static`` moves to the device) draw their randomness from state tensors, so replays equal the eager env bit for bit; tasks that draw from ``env.generator`` (the copy
   tasks' sequences, the T-maze's cue) have it registered with the graph (``CUDAGraph.register_generator_state``,
   :func:`register_env_generator`), so each replay draws new numbers from the generator's advancing offset.
 

@@ -296,10 +296,21 @@ class MemoryMaze(BatchedEnv):
         self._t = 0
 
     # ---- reset -----------------------------------------------------------------------------------------------------
+    def prepare_static(self) -> None:
+        """Make the step replayable in fixed buffers (a CUDA graph; :class:`envs.capture.StaticStep` calls this): the
+        step number becomes a ``[1]`` device tensor updated in place, and the episodes' end (every ``max_steps``-th
+        step, in lockstep) is applied at every step with ``torch.where`` on a device flag instead of a host branch.
+        The same episodes, observations and rewards as the plain env, bit for bit."""
+        if not isinstance(self._t, torch.Tensor):
+            self._t = torch.full((1,), self._host_steps, dtype=torch.long, device=self.device)  # steps done
+            self._end = torch.zeros(1, dtype=torch.bool, device=self.device)  # this step ends the episodes
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """As :meth:`BatchedEnv.reset` (all rows restart); a seeded (or first) reset draws new mazes (warm-up)."""
         self._regenerate = seed is not None or not self._seeded
         self._host_steps = 0
+        if isinstance(self._t, torch.Tensor):
+            self._t.zero_()
         try:
             return super().reset(seed=seed, options=options)
         finally:
@@ -315,6 +326,9 @@ class MemoryMaze(BatchedEnv):
 
     def _reset_rows(self, mask: torch.Tensor) -> None:
         # Lockstep: ``mask`` is all True whenever an episode ends (reset, or the max_steps-th step), else all False.
+        if self._in_step and isinstance(self._t, torch.Tensor):
+            self._end_episodes_where(self._end)  # fixed buffers: no host branch
+            return
         if self._in_step and not self._episodes_end:
             return
         if not self._in_step and mask is not self._all_rows:
@@ -351,14 +365,41 @@ class MemoryMaze(BatchedEnv):
         self.goals = torch.zeros_like(self.goals)
         self.ep_key = keys
 
+    def _end_episodes_where(self, e: torch.Tensor) -> None:
+        """The episodes' end of :meth:`_reset_rows` (the played maze's goal mark erased, the shuffled maze swapped in,
+        a new goal, start cell and direction from the next episode's key) where the ``[1]`` flag ``e`` is True, and
+        nothing where it is False, without a host branch (:meth:`prepare_static`)."""
+        keys = self.episode_keys()  # [N] (episode_id was advanced where the episodes ended)
+        n, gb = self.n, self.tables.grid_base
+        self.grid.view(-1).scatter_(0, gb + self.goal_pos, torch.where(e, self.tables.floor_value, self.goal_value))
+        e2 = e.view(1, 1)
+        self.grid, self.next_grid = (torch.where(e2, self.next_grid, self.grid),
+                                     torch.where(e2, self.grid, self.next_grid))
+        self.parent, self.next_parent = (torch.where(e2, self.next_parent, self.parent),
+                                         torch.where(e2, self.parent, self.next_parent))
+        self.origin, self.next_origin = (torch.where(e, self.next_origin, self.origin),
+                                         torch.where(e, self.origin, self.next_origin))
+        goal = (keys >> 2 & 0xFFFF) % n
+        self.goal_pos = torch.where(e, self.cpos.gather(0, goal), self.goal_pos)
+        self.teleport_base = torch.where(e, goal * (n - 1), self.teleport_base)
+        self.grid.view(-1).scatter_(0, gb + self.goal_pos, self.goal_value)  # (unchanged where e is False)
+        self.pos = torch.where(e, self.teleport.gather(0, self.teleport_base + hash32(keys + 0x2F) % (n - 1)), self.pos)
+        self.dir = torch.where(e, keys & 3, self.dir)
+        self.goals = torch.where(e, 0, self.goals)
+        self.ep_key = torch.where(e, keys, self.ep_key)
+        self._t.masked_fill_(e, 0)
+
     # ---- step ------------------------------------------------------------------------------------------------------
     def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        # host bookkeeping here, after the actions were checked (a rejected step must not advance the count)
-        self._host_steps += 1
-        self._t = self._host_steps  # this step's number in the episode, 1..max_steps
-        self._episodes_end = self._host_steps >= self.max_steps
-        if self._episodes_end:
-            self._host_steps = 0
+        if isinstance(self._t, torch.Tensor):  # fixed buffers (prepare_static): the count on the device
+            self._t.add_(1)  # this step's number in the episode, 1..max_steps
+            torch.ge(self._t, self.max_steps, out=self._end)
+        else:  # host bookkeeping here, after the actions were checked (a rejected step must not advance the count)
+            self._host_steps += 1
+            self._t = self._host_steps  # this step's number in the episode, 1..max_steps
+            self._episodes_end = self._host_steps >= self.max_steps
+            if self._episodes_end:
+                self._host_steps = 0
         gb = self.tables.grid_base
         h = hash32(self.ep_key + self._t * GOLDEN32)  # [N] this step's 32 random bits (t: step in the episode)
         self.dir = (self.dir + self.turn.gather(0, actions)) & 3
@@ -371,7 +412,10 @@ class MemoryMaze(BatchedEnv):
         self.pos = torch.where(reach, self.teleport.gather(0, self.teleport_base + other), pos)
         self.dir = torch.where(reach, (h >> 16) & 3, self.dir)
         self.goals = self.goals + reach
-        truncated = self._true if self._episodes_end else self._false  # lockstep: known on the host
+        if isinstance(self._t, torch.Tensor):
+            truncated = self._end.expand(self.num_envs).clone()
+        else:
+            truncated = self._true if self._episodes_end else self._false  # lockstep: known on the host
         for m in range(self.shuffle_moves):  # re-randomise the next mazes (bits 18.. of h: two per move)
             self.next_origin = origin_shift_(self.next_parent, self.next_origin, self.next_grid,
                                              (h >> (18 + 2 * m)) & 3, self.tables)

@@ -46,7 +46,7 @@ timeout "${T_BPTT:-60}" python3 scripts/benchmark_bptt.py --cores lstm ntm --len
   --storage hidden mixed --device cuda --repeats 1 --json "$OUT/bench_bptt_cuda.json" 2>&1 | tee "$OUT/bench_bptt_cuda.txt"
 # issue 12: env steps replayed as CUDA graphs (envs.capture.StaticStep) beside the eager step
 timeout "${T_CAPTURE:-60}" python3 scripts/benchmark_envs.py --device cuda --num-envs 4096 65536 --seconds 0.5 \
-  --capture --tasks Copy TMaze AssociativeRecall MiniGridMemory --minigrid-sync-num-envs 2>&1 \
+  --capture --tasks Copy TMaze AssociativeRecall MemoryMaze MiniGridMemory --minigrid-sync-num-envs 2>&1 \
   | tee "$OUT/bench_envs_capture_cuda.txt"
 # issue 12: PPO training (rollout + update) at 4,096 envs in fp32 and under bf16 autocast, side by side
 timeout "${T_AUTOCAST:-90}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \

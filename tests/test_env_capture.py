@@ -1,6 +1,7 @@
 """envs.capture.StaticStep: a batched env stepped with its state in fixed buffers (any device) equals the plain env
-step for step, keeps every state tensor at one address, and refuses steps that cannot be replayed; on CUDA the
-CUDA-graph replay equals the eager env (counter-based tasks) and reads nothing back to the host."""
+step for step (MemoryMaze too: its lockstep count moves to the device), keeps every state tensor at one address,
+and refuses steps that cannot be replayed; on CUDA the CUDA-graph replay equals the eager env (counter-based tasks)
+and reads nothing back to the host."""
 
 from __future__ import annotations
 
@@ -45,16 +46,24 @@ def flat(out) -> list[torch.Tensor]:
     return [obs, reward, terminated, truncated, info["_episode"], *[info["episode"][k] for k in sorted(info["episode"])]]
 
 
-REPLAYABLE = [e for e in TASKS if e != "MemoryCores/MemoryMaze-v0"]
+REPLAYABLE = list(TASKS)
 
 
-def test_memory_maze_is_refused_one_line():
-    """MemoryMaze runs its episodes in lockstep with host bookkeeping (a Python step counter picks each step's
-    random bits and the episode end): its step cannot be replayed, and the first step says so."""
+def test_memory_maze_static_step_keeps_its_count_on_the_device():
+    """MemoryMaze runs its episodes in lockstep; its plain step keeps a Python step counter (which picks each step's
+    random bits and the episodes' end). In fixed buffers the count is a device tensor and the end is applied with
+    torch.where: no Python attribute changes in a step (the plain env's would be refused) and episodes still end on
+    the max_steps-th step."""
     s = StaticStep(make("MemoryCores/MemoryMaze-v0"))
     s.reset(seed=0)
-    with pytest.raises(RuntimeError, match="MemoryMaze.step changed the Python attribute"):
-        s.step(actions_for(s.env, 1)[0])
+    assert isinstance(s.env._t, torch.Tensor) and int(s.env._t) == 0
+    ends = [bool(s.step(a)[3].all()) for a in actions_for(s.env, 80)]
+    assert [t + 1 for t, e in enumerate(ends) if e] == [40, 80] and int(s.env._t) == 0
+    plain = make("MemoryCores/MemoryMaze-v0")
+    plain.reset(seed=0)
+    before = plain._host_steps
+    plain.step(actions_for(plain, 1)[0])
+    assert plain._host_steps == before + 1  # what StaticStep would refuse, had prepare_static not moved it
 
 
 @pytest.mark.parametrize("env_id", REPLAYABLE)
