@@ -25,8 +25,9 @@ import copy
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -671,8 +672,13 @@ class PPO:
             if self._graph is not None:
                 self._graph.replay()
             elif self.capture == "graph" and self._eager_steps >= 2:
-                self._capture_step()
-                self._graph.replay()  # (a capture records the step without running it)
+                rec = self._capture("rollout", self._static_step, env=self.env.venv)
+                if rec is None:  # not capturable: this run goes on with the same step, eagerly
+                    self.capture = "static"
+                    self._static_step()
+                else:
+                    self._graph = rec[0]
+                    self._graph.replay()  # (a capture records the step without running it)
             else:
                 self._eager_static_step()
         self._buf.seq_states = self._seq_states  # leaves [T / L, B, ...]
@@ -698,16 +704,30 @@ class PPO:
         main.wait_stream(side)
         self._eager_steps += 1
 
-    def _capture_step(self) -> None:
-        """Record :meth:`_static_step` as a CUDA graph (its kernels, with the default generator's and, for tasks
-        that draw from it, the env's generator registered, so every replay draws new numbers)."""
+    def _capture(self, what: str, fn: Callable[[], Any], env: Any = None) -> tuple[Any, Any] | None:
+        """Record ``fn()`` as a CUDA graph (its kernels, with the default generator and, for tasks that draw from
+        it, the env's generator registered, so every replay draws new numbers; ``env``: the
+        :class:`envs.capture.StaticStep` the step runs). Returns (graph, what ``fn`` returned), or None when the
+        capture fails (an op that cannot be captured): a warning names the error and the caller goes on with the
+        fixed-buffer step, eagerly. A capture runs no kernel, so no tensor has changed; the env's state attributes
+        are bound back to their buffers."""
         from envs.capture import register_env_generator
 
         graph = torch.cuda.CUDAGraph()
-        register_env_generator(graph, self.env.venv.env)
-        with torch.cuda.graph(graph):
-            self._static_step()
-        self._graph = graph
+        try:
+            if env is not None:
+                register_env_generator(graph, env.env)
+            with torch.cuda.graph(graph):
+                out = fn()
+        except RuntimeError as e:
+            if env is not None:
+                env.bind_buffers()
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            warnings.warn(f"--capture-{what} graph: the step could not be captured as a CUDA graph ({first}); this "
+                          f"run goes on with the same fixed-buffer step run eagerly (--capture-{what} static)",
+                          RuntimeWarning, stacklevel=3)
+            return None
+        return graph, out
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def extra_state(self) -> dict[str, Any]:
@@ -1013,11 +1033,12 @@ class PPO:
         else:
             self._idx.copy_(idx)
         if self._update_graph is None and self.capture_update == "graph" and self._update_eager_steps >= 2:
-            graph = torch.cuda.CUDAGraph()
             self.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients in the graph's pool
-            with torch.cuda.graph(graph):
-                self._update_out = self._minibatch_step(data, self._idx)
-            self._update_graph = graph
+            rec = self._capture("update", lambda: self._minibatch_step(data, self._idx))
+            if rec is None:  # not capturable: this run goes on with the same step, eagerly
+                self.capture_update = "static"
+            else:
+                self._update_graph, self._update_out = rec
         if self._update_graph is not None:
             self._update_graph.replay()
             return dict(self._update_out)

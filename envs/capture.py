@@ -140,6 +140,13 @@ class StaticStep:
         for k, _ in changed:
             setattr(env, k, state[k])
 
+    def bind_buffers(self) -> None:
+        """Bind the env's state attributes back to the fixed buffers (after a step that failed half-way, e.g. a
+        CUDA-graph capture that raised: the buffers hold the state of before that step)."""
+        if self._state is not None:
+            for k, v in self._state.items():
+                setattr(self.env, k, v)
+
     def _step_in_place(self, actions: torch.Tensor) -> tuple:
         out = self.env.step(actions)
         self._write_back("step")

@@ -186,6 +186,10 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
     if capture_update != "off":
         tags.append(f"update {capture_update}")
         res.note += f", update captured: {capture_update}"
+    for what, asked, ran in (("rollout", capture, ppo.capture), ("update", capture_update, ppo.capture_update)):
+        if asked == "graph" and ran != "graph":  # the capture failed (warned): the fixed-buffer step ran eagerly
+            tags.append(f"{what} capture FAILED, ran {ran}")
+            res.note += f", {what} capture failed: ran {ran}"
     if tags:
         res.entry = f"{entry} ({', '.join(tags)})"
     res.extra["autocast"], res.extra["compile"], res.extra["base_entry"] = autocast, compile_mode, entry

@@ -9,6 +9,7 @@ nothing back to the host); on CUDA (``graph``) it is replayed as one CUDA graph,
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -157,6 +158,62 @@ def test_capture_refusals_are_one_line():
                                    vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}), 2)
     with pytest.raises(EnvError, match="needs a batched tensor env of this package"):
         env.use_static_step()
+
+
+def failing_cuda_graphs(monkeypatch) -> None:
+    """CPU stand-ins for torch.cuda's streams and graphs whose capture fails at once, as a capture does on a GPU
+    when the step holds an op that cannot be captured (no kernel of the step runs)."""
+    class Stream:
+        def wait_stream(self, other) -> None:
+            pass
+
+    class Graph:
+        def register_generator_state(self, generator) -> None:
+            pass
+
+    @contextlib.contextmanager
+    def graph(g, **kw):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\n(details)")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+
+
+@pytest.mark.parametrize("core", ["ntm", "dnc"])
+def test_a_failed_capture_warns_and_the_run_goes_on_with_the_fixed_buffer_step(core, monkeypatch):
+    """``graph`` whose capture fails (an op a CUDA graph cannot hold): one warning per capture naming the error,
+    and the run continues with the same fixed-buffer steps run eagerly: the plain trainer's rollouts and updates."""
+    cfg = cfg_for(TMAZE, core=core, normalize_obs=True, norm_reward=True)
+    plain = make_ppo(cfg)
+    plain._any_truncated = lambda truncated: True
+    graphed = make_ppo(replace(cfg, capture_rollout="static", capture_update="static"))
+    graphed.capture, graphed.capture_update = "graph", "graph"  # what a CUDA run asks for (refused on the CPU)
+    failing_cuda_graphs(monkeypatch)
+    with pytest.warns(RuntimeWarning) as caught:
+        for it in range(2):
+            torch.manual_seed(it)
+            rp = plain.collect()
+            torch.manual_seed(it)
+            rg = graphed.collect()
+            assert_rollouts_equal(rp, rg, f"rollout {it}")
+            torch.manual_seed(10 + it)
+            plain.update(rp)
+            torch.manual_seed(10 + it)
+            graphed.update(rg)
+            assert all(torch.equal(p, q) for p, q in zip(plain.policy.parameters(), graphed.policy.parameters()))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages  # one per capture tried, not one per step
+    for what in ("rollout", "update"):
+        assert any(m.startswith(f"--capture-{what} graph: the step could not be captured as a CUDA graph (CUDA "
+                                f"error: operation not permitted when stream is capturing); this run goes on")
+                   for m in messages)
+    assert (graphed.capture, graphed.capture_update) == ("static", "static")
+    static_env = graphed.env.venv
+    assert all(getattr(static_env.env, k) is v for k, v in static_env._state.items())  # bound to its buffers
 
 
 # ----------------------------------------------------------------------------------------------------- CUDA graph
