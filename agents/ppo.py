@@ -509,7 +509,7 @@ class PPO:
         self._data: dict[str, Any] | None = None  # fixed copies of the update's sequences
         self._idx: Tensor | None = None  # [M] the minibatch's sequences, on the device
         self._update_graph: Any = None
-        self._update_out: dict[str, Tensor] | None = None  # the captured step's metrics (overwritten by each replay)
+        self._update_out: dict[str, Tensor] | None = None  # buffers of the captured step's metrics (each replay writes)
         self._update_eager_steps = 0
         self._carry: tuple[Any, Tensor, AgentState] | None = None  # (obs, start, state): the step's fixed inputs
         self._t: Tensor | None = None  # [1] the step index inside the rollout, on the device
@@ -717,8 +717,7 @@ class PPO:
         try:
             if env is not None:
                 register_env_generator(graph, env.env)
-            with torch.cuda.graph(graph):
-                out = fn()
+            out = _record(graph, fn)
         except RuntimeError as e:
             if env is not None:
                 env.bind_buffers()
@@ -1034,11 +1033,16 @@ class PPO:
             self._idx.copy_(idx)
         if self._update_graph is None and self.capture_update == "graph" and self._update_eager_steps >= 2:
             self.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients in the graph's pool
-            rec = self._capture("update", lambda: self._minibatch_step(data, self._idx))
+
+            def step() -> None:  # the metrics into fixed buffers, which every replay overwrites
+                for k, v in self._minibatch_step(data, self._idx).items():
+                    self._update_out[k].copy_(v)
+
+            rec = self._capture("update", step)
             if rec is None:  # not capturable: this run goes on with the same step, eagerly
                 self.capture_update = "static"
             else:
-                self._update_graph, self._update_out = rec
+                self._update_graph = rec[0]
         if self._update_graph is not None:
             self._update_graph.replay()
             return dict(self._update_out)
@@ -1051,6 +1055,7 @@ class PPO:
             out = self._minibatch_step(data, self._idx)
         main.wait_stream(side)
         self._update_eager_steps += 1
+        self._update_out = {k: v.detach().clone() for k, v in out.items()}  # the captured step's output buffers
         return out
 
     def _distributed_step(self, loss: Tensor, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -1068,6 +1073,13 @@ class PPO:
         self.optimizer.step()
         metrics["grad_norm"] = grad_norm.detach()
         return metrics
+
+
+def _record(graph: Any, fn: Callable[[], Any]) -> Any:
+    """Record ``fn()`` into the ``torch.cuda.CUDAGraph`` ``graph`` (its kernels are recorded, not run; the Python
+    runs once) and return what it returned."""
+    with torch.cuda.graph(graph):
+        return fn()
 
 
 def _tensors(tree: Any) -> list[Tensor]:

@@ -6,18 +6,18 @@ launch, but it reads and writes fixed addresses, while a task's step rebinds its
 (``self.t = self.t + 1``). :class:`StaticStep` bridges the two without touching any task:
 
 * **Fixed buffers** (every device): the env's ``prepare_static()`` first moves host-side step state (the copy
-  tasks' Python step counter) into device tensors; after each ``step`` (and ``reset``) the tensors the step bound to the env's
-  state attributes are copied into the buffers those attributes held before, and the attributes are bound back to
-  them. The env's state therefore lives at the same addresses for its whole life; values are exactly the plain
+  tasks' Python step counter, MemoryMaze's lockstep count) into device tensors; after each ``step`` (and ``reset``)
+  the tensors the step bound to the env's state attributes are copied into the buffers those attributes held
+  before, and the attributes are bound back to them. The env's state therefore lives at the same addresses for its whole life; values are exactly the plain
   env's. A step that changes a state tensor's shape or dtype, creates a new state attribute or changes a Python
   attribute cannot be replayed and is refused with a one-line error (``reset`` runs eagerly and may change Python
   attributes such as the seed; a task's step must not read Python attributes that ``reset`` changes).
 * **CUDA graph** (``graph=True``, CUDA only): the first step after construction warms up on a side stream (the
   state is saved before and restored after, so the episodes are the plain env's), then captures one in-place step
   into a ``torch.cuda.CUDAGraph``; every step copies the actions into a fixed input buffer and replays the graph.
-  Counter-based tasks (``counter_based = True``: MiniGridMemory, MemoryMaze, whose lockstep step count
-  ``prepare_static`` moves to the device) draw their randomness from state tensors, so replays equal the eager env bit for bit; tasks that draw from ``env.generator`` (the copy
-  tasks' sequences, the T-maze's cue) have it registered with the graph (``CUDAGraph.register_generator_state``,
+  Counter-based tasks (``counter_based = True``: MiniGridMemory, MemoryMaze) draw their randomness from state
+  tensors, so replays equal the eager env bit for bit; tasks that draw from ``env.generator`` (the copy tasks'
+  sequences, the T-maze's cue) have it registered with the graph (``CUDAGraph.register_generator_state``,
   :func:`register_env_generator`), so each replay draws new numbers from the generator's advancing offset.
 
 Outputs of a replayed step (``obs``, ``reward``, ``terminated``, ``truncated``, ``info`` tensors) are the graph's

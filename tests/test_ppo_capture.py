@@ -17,6 +17,7 @@ import gymnasium as gym
 import pytest
 import torch
 
+import agents.ppo
 import memory_cores
 from agents.checkpoint import load_checkpoint
 from agents.env_adapter import EnvError, TorchVecEnv
@@ -181,6 +182,56 @@ def failing_cuda_graphs(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
     monkeypatch.setattr(torch.cuda, "graph", graph)
+
+
+def replaying_cuda_graphs(monkeypatch) -> None:
+    """CPU stand-ins for torch.cuda's streams and graphs that keep a graph's semantics: a capture records the step
+    without running it, each replay runs it; what the step returns at its capture is all the caller gets."""
+    failing_cuda_graphs(monkeypatch)
+
+    class Graph:
+        def register_generator_state(self, generator) -> None:
+            self.generators = [*getattr(self, "generators", []), generator]
+
+        def replay(self) -> None:
+            self.fn()
+
+    def record(graph, fn):
+        graph.fn = fn
+        return None
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(agents.ppo, "_record", record)
+
+
+@pytest.mark.parametrize("core", ["ntm", "dnc", "rl_access"])
+def test_the_graph_paths_give_the_plain_trainer_with_stand_in_graphs(core, monkeypatch):
+    """The ``graph`` orchestration (two eager warm-up steps on a side stream, one capture, replays whose outputs are
+    read from fixed buffers only: carried values, rollout rows at the device index, sequence-start states copied
+    between replays, the update's metric buffers, parameters updated in place) run on the CPU with graphs that
+    record without running and run on replay: three rollouts and updates equal the plain trainer's bit for bit."""
+    cfg = cfg_for(COPY, core=core, normalize_obs=True, norm_reward=True)
+    plain = make_ppo(cfg)
+    plain._any_truncated = lambda truncated: True
+    graphed = make_ppo(replace(cfg, capture_rollout="static", capture_update="static"))
+    graphed.capture, graphed.capture_update = "graph", "graph"  # what a CUDA run asks for (refused on the CPU)
+    replaying_cuda_graphs(monkeypatch)
+    for it in range(3):
+        torch.manual_seed(it)
+        rp = plain.collect()
+        torch.manual_seed(it)
+        rg = graphed.collect()
+        assert_rollouts_equal(rp, rg, f"rollout {it}")
+        assert plain.stats.pop() == graphed.stats.pop()
+        torch.manual_seed(10 + it)
+        mp = plain.update(rp)
+        torch.manual_seed(10 + it)
+        mg = graphed.update(rg)
+        assert all(torch.equal(mp[k], mg[k]) for k in mp)
+        assert all(torch.equal(p, q) for p, q in zip(plain.policy.parameters(), graphed.policy.parameters()))
+    assert graphed._graph is not None and graphed._update_graph is not None
+    assert (graphed._eager_steps, graphed._update_eager_steps) == (2, 2)
+    assert graphed._graph.generators == [graphed.env.venv.env.generator]  # the copy task draws from its generator
 
 
 @pytest.mark.parametrize("core", ["ntm", "dnc"])
