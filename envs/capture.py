@@ -9,9 +9,10 @@ launch, but it reads and writes fixed addresses, while a task's step rebinds its
   tasks' Python step counter, MemoryMaze's lockstep count) into device tensors; after each ``step`` (and ``reset``)
   the tensors the step bound to the env's state attributes are copied into the buffers those attributes held
   before, and the attributes are bound back to them. The env's state therefore lives at the same addresses for
-  its whole life; values are exactly the plain env's. A step that changes a state tensor's shape or dtype, creates a new state attribute or changes a Python
-  attribute cannot be replayed and is refused with a one-line error (``reset`` runs eagerly and may change Python
-  attributes such as the seed; a task's step must not read Python attributes that ``reset`` changes).
+  its whole life; values are exactly the plain env's. A step that changes a state tensor's shape or dtype,
+  creates a new state attribute or changes a Python attribute cannot be replayed and is refused with a one-line
+  error (``reset`` runs eagerly and may change Python attributes such as the seed; a task's step must not read
+  Python attributes that ``reset`` changes).
 * **CUDA graph** (``graph=True``, CUDA only): the first step after construction warms up on a side stream (the
   state is saved before and restored after, so the episodes are the plain env's), then captures one in-place step
   into a ``torch.cuda.CUDAGraph``; every step copies the actions into a fixed input buffer and replays the graph.
