@@ -711,13 +711,13 @@ class PPO:
         capture fails (an op that cannot be captured): a warning names the error and the caller goes on with the
         fixed-buffer step, eagerly. A capture runs no kernel, so no tensor has changed; the env's state attributes
         are bound back to their buffers."""
-        from envs.capture import register_env_generator
+        from envs.capture import record_graph, register_env_generator
 
         graph = torch.cuda.CUDAGraph()
         try:
             if env is not None:
                 register_env_generator(graph, env.env)
-            out = _record(graph, fn)
+            out = record_graph(graph, fn)
         except RuntimeError as e:
             if env is not None:
                 env.bind_buffers()
@@ -1073,13 +1073,6 @@ class PPO:
         self.optimizer.step()
         metrics["grad_norm"] = grad_norm.detach()
         return metrics
-
-
-def _record(graph: Any, fn: Callable[[], Any]) -> Any:
-    """Record ``fn()`` into the ``torch.cuda.CUDAGraph`` ``graph`` (its kernels are recorded, not run; the Python
-    runs once) and return what it returned."""
-    with torch.cuda.graph(graph):
-        return fn()
 
 
 def _tensors(tree: Any) -> list[Tensor]:

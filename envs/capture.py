@@ -35,13 +35,13 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from envs.base import BatchedEnv
 
-__all__ = ["StaticStep", "register_env_generator"]
+__all__ = ["StaticStep", "record_graph", "register_env_generator"]
 
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -57,6 +57,13 @@ def _leaves(v: Any) -> tuple[torch.Tensor, ...] | None:
 
 def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
+
+
+def record_graph(graph: torch.cuda.CUDAGraph, fn: Callable[[], Any]) -> Any:
+    """Record ``fn()`` into ``graph`` (``torch.cuda.graph``: its kernels are recorded, not run; its Python runs
+    once) and return what it returned. Every capture of this package goes through here."""
+    with torch.cuda.graph(graph):
+        return fn()
 
 
 def register_env_generator(graph: torch.cuda.CUDAGraph, env: BatchedEnv) -> None:
@@ -197,6 +204,6 @@ class StaticStep:
         env.generator.set_state(gen_state)
         g = torch.cuda.CUDAGraph()
         register_env_generator(g, env)
-        with torch.cuda.graph(g):  # records the kernels without running them: the state is as restored
-            out = self._step_in_place(self._actions)
+        # records the kernels without running them: the state is as restored
+        out = record_graph(g, lambda: self._step_in_place(self._actions))
         self._cuda_graph, self._out = g, out

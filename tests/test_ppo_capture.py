@@ -17,7 +17,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-import agents.ppo
+import envs.capture
 import memory_cores
 from agents.checkpoint import load_checkpoint
 from agents.env_adapter import EnvError, TorchVecEnv
@@ -63,6 +63,13 @@ def assert_rollouts_equal(a, b, what: str) -> None:
 
 CORES = [c for c in ("lstm", "gru", "alstm", "ntm", "dnc", "rl_access", "lru", "gtrxl", "none")
          if c == "none" or c in memory_cores.CORES]
+
+
+# the captured update gives the plain update's values bit for bit, except for lstm and gru, which run their step
+# loop instead of their fused cuDNN/MKL unroll (the same values up to rounding)
+EXACT_UPDATE = [c for c in ("ntm", "dnc", "rl_access", "alstm", "gtrxl", "lru", "none")
+                if c == "none" or c in memory_cores.CORES]
+CLOSE_UPDATE = ["lstm", "gru"]
 
 
 @pytest.mark.parametrize("env", [TMAZE, COPY, MAZE])
@@ -201,10 +208,10 @@ def replaying_cuda_graphs(monkeypatch) -> None:
         return None
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
-    monkeypatch.setattr(agents.ppo, "_record", record)
+    monkeypatch.setattr(envs.capture, "record_graph", record)
 
 
-@pytest.mark.parametrize("core", ["ntm", "dnc", "rl_access"])
+@pytest.mark.parametrize("core", EXACT_UPDATE)
 def test_the_graph_paths_give_the_plain_trainer_with_stand_in_graphs(core, monkeypatch):
     """The ``graph`` orchestration (two eager warm-up steps on a side stream, one capture, replays whose outputs are
     read from fixed buffers only: carried values, rollout rows at the device index, sequence-start states copied
@@ -332,11 +339,6 @@ def test_cuda_graph_training_runs_and_draws_new_episodes(env, autocast):
 
 
 # ------------------------------------------------------------------------------------------------ captured update
-# the captured update gives the plain update's values bit for bit, except for lstm and gru, which run their step
-# loop instead of their fused cuDNN/MKL unroll (the same values up to rounding)
-EXACT_UPDATE = [c for c in ("ntm", "dnc", "rl_access", "alstm", "gtrxl", "lru", "none")
-                if c == "none" or c in memory_cores.CORES]
-CLOSE_UPDATE = ["lstm", "gru"]
 
 
 @pytest.mark.parametrize("core", EXACT_UPDATE + CLOSE_UPDATE)
