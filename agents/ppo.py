@@ -541,8 +541,9 @@ class PPO:
         ``--autocast bf16``, else a no-op. Backward, optimiser step and GAE run outside it."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        # a CUDA graph must not replay autocast's cache of cast weights (torch.cuda.graph's documented rule)
-        cache = False if "graph" in (self.capture, self.capture_update) else None
+        # a CUDA graph must not replay autocast's cache of cast weights (torch.cuda.graph's documented rule); the
+        # fixed-buffer steps run without it too, so that they compute what a graph records
+        cache = False if (self.capture or self.capture_update) else None
         return torch.autocast(device_type=self.policy.device.type, dtype=self.autocast_dtype, cache_enabled=cache)
 
     def _full(self, tree: Any) -> Any:

@@ -241,6 +241,29 @@ def test_the_graph_paths_give_the_plain_trainer_with_stand_in_graphs(core, monke
     assert graphed._graph.generators == [graphed.env.venv.env.generator]  # the copy task draws from its generator
 
 
+@pytest.mark.parametrize("core,autocast", [("lstm", ""), ("gru", ""), ("lstm", "bf16"), ("ntm", "bf16")])
+def test_stand_in_graphs_equal_the_static_steps(core, autocast, monkeypatch):
+    """lstm and gru (whose captured update runs their step loop) and bf16 autocast (its weight cache off under
+    graphs): the graph orchestration with stand-in graphs gives the fixed-buffer (static) trainer's values bit for
+    bit."""
+    cfg = cfg_for(TMAZE, core=core, autocast=autocast, capture_rollout="static", capture_update="static")
+    static, graphed = make_ppo(cfg), make_ppo(cfg)
+    graphed.capture, graphed.capture_update = "graph", "graph"
+    replaying_cuda_graphs(monkeypatch)
+    for it in range(2):
+        torch.manual_seed(it)
+        rs = static.collect()
+        torch.manual_seed(it)
+        rg = graphed.collect()
+        assert_rollouts_equal(rs, rg, f"rollout {it}")
+        torch.manual_seed(10 + it)
+        static.update(rs)
+        torch.manual_seed(10 + it)
+        graphed.update(rg)
+        assert all(torch.equal(p, q) for p, q in zip(static.policy.parameters(), graphed.policy.parameters()))
+    assert graphed._graph is not None and graphed._update_graph is not None
+
+
 @pytest.mark.parametrize("core", ["ntm", "dnc"])
 def test_a_failed_capture_warns_and_the_run_goes_on_with_the_fixed_buffer_step(core, monkeypatch):
     """``graph`` whose capture fails (an op a CUDA graph cannot hold): one warning per capture naming the error,
