@@ -577,6 +577,7 @@ class PPO:
         T, L, B = cfg.num_steps, cfg.seq_len, self.env.num_envs
         if self.capture:
             self._collect_static()
+            state = self.next_state
         else:
             seq_states = []
             obs, start, state = self.next_obs, self.next_start, self.next_state
@@ -588,8 +589,8 @@ class PPO:
             self._buf.seq_states = stack_states(seq_states)  # leaves [T / L, B, ...]
         buf = self._buf
         self.global_step += T * B * self.dist.world_size  # every rank's steps
-        with self.autocast():
-            buf.last_value = self.policy.get_value(self.next_obs, self.next_state, self.next_start).to(buf.values.dtype)
+        with self.autocast():  # (from the state as the last step left it: bf16 leaves under autocast)
+            buf.last_value = self.policy.get_value(self.next_obs, state, self.next_start).to(buf.values.dtype)
         buf.advantages, buf.returns = compute_gae(
             buf.rewards, buf.values, buf.terminated, buf.truncated, buf.final_values, buf.last_value,
             cfg.gamma, cfg.gae_lambda,
