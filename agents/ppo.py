@@ -85,19 +85,20 @@ class TrainConfig:
     eager step costs 0.3 to 1 ms of launches whatever the batch (docs/gpu.md). 'static' runs the same fixed-buffer
     step eagerly on any device (what 'graph' records; for checking and debugging). '' (default): the plain step
     loop. Both give the plain rollout's values (bit for bit in fp32; with --autocast bf16 the core state is carried
-    in fp32 between steps). Needs a batched tensor env of this package (MemoryCores/...) and one process
-    (not under torchrun); the final-observation value of
-    truncated episodes is computed every step, as on any accelerator. The first two steps of a run are eager
-    (warm-up), the third is captured."""
+    in fp32 between steps). Needs a batched tensor env of this package (MemoryCores/...) and one process (not
+    under torchrun); the final-observation value of truncated episodes is computed every step, as on any
+    accelerator. The first two steps of a run are eager (warm-up), the third is captured; a capture that fails
+    warns and the run goes on with the 'static' step."""
     capture_update: str = ""
     """'graph' replays each minibatch step of the update (the loss over the minibatch's sequences, backward,
     gradient clipping, the Adam step) as one CUDA graph, for GPUs, where the memory cores' update is hundreds of
     launch-bound kernels per sequence step; Adam then runs with capturable=True and its learning rate in a device
     tensor. 'static' runs the same fixed-buffer step eagerly on any device. '' (default): the plain update. The
-    minibatch is gathered by a device index from fixed copies of the rollout's sequences; lstm, gru and dnc run
-    their step loop in the update instead of their fused unroll, which reads the reset flags on the host (same
-    values up to rounding; the other cores give the plain update's values bit for bit). The first two minibatch
-    steps of a run are eager (warm-up), the third is captured. One process only; not with memory-efficient BPTT."""
+    minibatch is gathered by a device index from fixed copies of the rollout's sequences, and the cores run
+    Core.unroll_sync_free (no host read): lstm and gru their step loop instead of their fused cuDNN/MKL unroll
+    (same values up to rounding; on this CPU 0.35x), the others the plain update's values bit for bit. The first
+    two minibatch steps of a run are eager (warm-up), the third is captured; a capture that fails warns and the run
+    goes on with the 'static' step. One process only; not with memory-efficient BPTT."""
     embed_size: int = 128
     """Width of the observation encoder's output (the core's input)."""
     shared_core: bool = True
