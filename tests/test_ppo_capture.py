@@ -61,14 +61,12 @@ def assert_rollouts_equal(a, b, what: str) -> None:
             assert torch.equal(u, v), f"{what}: {f} differs"
 
 
-CORES = [c for c in ("lstm", "gru", "alstm", "ntm", "dnc", "rl_access", "lru", "gtrxl", "none")
-         if c == "none" or c in memory_cores.CORES]
+CORES = sorted(memory_cores.CORES) + ["none"]  # every core, and the feed-forward agent
 
 
 # the captured update gives the plain update's values bit for bit, except for lstm and gru, which run their step
 # loop instead of their fused cuDNN/MKL unroll (the same values up to rounding)
-EXACT_UPDATE = [c for c in ("ntm", "dnc", "rl_access", "alstm", "gtrxl", "lru", "none")
-                if c == "none" or c in memory_cores.CORES]
+EXACT_UPDATE = [c for c in sorted(memory_cores.CORES) if c not in ("lstm", "gru")] + ["none"]
 CLOSE_UPDATE = ["lstm", "gru"]
 
 
@@ -426,10 +424,10 @@ def test_capture_update_refusals_are_one_line():
         make_ppo(cfg_for(capture_update="graph"))
 
 
-@pytest.mark.parametrize("core", ["lstm", "dnc", "ntm", "rl_access", "alstm", "gtrxl"])
+@pytest.mark.parametrize("core", sorted(memory_cores.CORES))
 def test_captured_steps_read_nothing_back_to_the_host(core, monkeypatch):
-    """What a CUDA graph records: the fixed-buffer rollout (policy, env, statistics) and the update's epochs run no
-    op that makes the host wait for the device (the CPU stand-in for the CUDA test's sync debug mode). Exempt, as
+    """What a CUDA graph records, for every core: the fixed-buffer rollout (policy, env, statistics) and the update's
+    epochs run no op that makes the host wait for the device (the CPU stand-in for the CUDA test's sync debug mode). Exempt, as
     host work: Adam's step counter, a host tensor unless capturable (it is capturable under ``graph``)."""
     from test_ppo import RecordHostReads, host_only, strict_epochs
 
