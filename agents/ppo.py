@@ -490,23 +490,17 @@ class PPO:
                              f"{self.dist.world_size}")
         self.policy, self.env, self.cfg = policy, env, cfg
         self.device = env.device
-        # --capture-rollout: the rollout step in fixed buffers ('static'), replayed as a CUDA graph ('graph')
-        self.capture = cfg.capture_rollout
+        # --capture-rollout / --capture-update: the rollout step / each minibatch step in fixed buffers ('static'),
+        # replayed as a CUDA graph ('graph')
+        self.capture, self.capture_update = cfg.capture_rollout, cfg.capture_update
+        for flag, mode in (("--capture-rollout", self.capture), ("--capture-update", self.capture_update)):
+            if mode and self.dist.enabled:
+                raise ValueError(f"{flag} runs in one process only; drop it under torchrun")
+            if mode == "graph" and self.device.type != "cuda":
+                raise ValueError(f"{flag} graph needs a CUDA device (this run is on {self.device}); use {flag} "
+                                 "static to run its fixed-buffer step eagerly")
         if self.capture:
-            if self.dist.enabled:
-                raise ValueError("--capture-rollout runs in one process only; drop it under torchrun")
-            if self.capture == "graph" and self.device.type != "cuda":
-                raise ValueError(f"--capture-rollout graph needs a CUDA device (this run is on {self.device}); use "
-                                 "--capture-rollout static to run its fixed-buffer step eagerly")
             env.use_static_step()  # the env's state in fixed buffers (envs.capture.StaticStep)
-        # --capture-update: each minibatch step on fixed buffers ('static'), replayed as a CUDA graph ('graph')
-        self.capture_update = cfg.capture_update
-        if self.capture_update:
-            if self.dist.enabled:
-                raise ValueError("--capture-update runs in one process only; drop it under torchrun")
-            if self.capture_update == "graph" and self.device.type != "cuda":
-                raise ValueError(f"--capture-update graph needs a CUDA device (this run is on {self.device}); use "
-                                 "--capture-update static to run its fixed-buffer step eagerly")
         self._data: dict[str, Any] | None = None  # fixed copies of the update's sequences
         self._idx: Tensor | None = None  # [M] the minibatch's sequences, on the device
         self._update_graph: Any = None

@@ -139,16 +139,24 @@ def test_static_rollout_under_bf16_autocast_carries_fp32():
     assert torch.isfinite(r.values).all() and torch.isfinite(r.log_probs).all()
 
 
+def assert_resumed_runs_end_equal(tmp_path: Path, base: TrainConfig, captured: dict, plain: dict) -> None:
+    """train() for half of ``base``'s steps then resumed, three ways: plain throughout, ``captured`` throughout, and
+    ``captured`` resumed ``plain``; the three final checkpoints hold the same weights."""
+    half = base.total_steps // 2
+    for name, first, then in (("plain", plain, plain), ("captured", captured, captured), ("mixed", captured, plain)):
+        train(replace(base, run_dir=str(tmp_path / name), total_steps=half, **first))
+        train(replace(base, run_dir=str(tmp_path / name), resume=True, **then))
+    a, b, c = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("plain", "captured", "mixed"))
+    for k, v in a["policy"].items():
+        assert torch.equal(v, b["policy"][k]) and torch.equal(v, c["policy"][k]), k
+
+
 def test_a_run_with_static_capture_equals_the_plain_run_and_resumes(tmp_path: Path):
     """scripts/train.py's loop (checkpoints, logs, resume) with --capture-rollout static ends with the plain run's
     weights (LSTM: its final values need no sampling, so the plain CPU path's skipped ones change nothing)."""
     base = cfg_for(TMAZE, core="lstm", total_steps=4 * 16 * 4, checkpoint_every=1, seed=3)
-    for name, first, then in (("plain", "", ""), ("static", "static", "static"), ("mixed", "static", "")):
-        train(replace(base, run_dir=str(tmp_path / name), capture_rollout=first, total_steps=4 * 16 * 2))
-        train(replace(base, run_dir=str(tmp_path / name), capture_rollout=then, resume=True))
-    a, b, c = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("plain", "static", "mixed"))
-    for k, v in a["policy"].items():
-        assert torch.equal(v, b["policy"][k]) and torch.equal(v, c["policy"][k]), k
+    static = dict(capture_rollout="static")
+    assert_resumed_runs_end_equal(tmp_path, base, static, dict(capture_rollout=""))
 
 
 def test_capture_refusals_are_one_line():
@@ -405,12 +413,7 @@ def test_a_run_with_both_captures_static_trains_and_resumes(tmp_path: Path):
     ends with the plain run's weights (its update is exact), and the optimiser state loads either way."""
     base = cfg_for(TMAZE, core="ntm", total_steps=4 * 16 * 4, checkpoint_every=1, seed=5)
     both = dict(capture_rollout="static", capture_update="static")
-    for name, first, then in (("plain", {}, {}), ("both", both, both), ("mixed", both, {})):
-        train(replace(base, run_dir=str(tmp_path / name), total_steps=4 * 16 * 2, **first))
-        train(replace(base, run_dir=str(tmp_path / name), resume=True, **then))
-    a, b, c = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("plain", "both", "mixed"))
-    for k, v in a["policy"].items():
-        assert torch.equal(v, b["policy"][k]) and torch.equal(v, c["policy"][k]), k
+    assert_resumed_runs_end_equal(tmp_path, base, both, dict(capture_rollout="", capture_update=""))
 
 
 def test_capture_update_refusals_are_one_line():
