@@ -27,7 +27,9 @@ the shift, and content addressing takes over once slots differ. The initial weig
 
 Speed: one matmul for the controller (LSTM gates from ``[x_t, r_{t-1}, h_{t-1}]``), one for all head parameters,
 activations applied per contiguous group, and no Python loop over the batch or the heads; the cosine similarity and
-the one-head erase/add in :mod:`memory_cores.addressing` have hand-written backwards.
+the one-head erase/add in :mod:`memory_cores.addressing` have hand-written backwards. ``kernel="triton"`` runs the
+whole memory access (activations, both addressings, erase/add, reads) as one Triton kernel forward and one backward
+(:mod:`memory_cores.ntm_triton`), tested equal to this plain step.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .addressing import circular_shift, content_weighting, erase_and_add, interpolate, read_memory, sharpen
+from .addressing import EPS, circular_shift, content_weighting, erase_and_add, interpolate, read_memory, sharpen
 from .base import Core, LearnedInit
 
 CONTROLLERS = ("lstm", "feedforward")
+KERNELS = ("plain", "auto", "triton")
 
 
 class LSTMControllerState(NamedTuple):
@@ -106,6 +109,13 @@ class NTMCore(Core):
             shift and sharpening keep a uniform weighting uniform, a uniform write keeps the rows equal, and the
             gradient with respect to the w_0 logits is zero, so the slots would never differ. The peak breaks that
             symmetry (and starts the heads like a tape head on slot 0); the values remain learned.
+        kernel: ``"plain"`` (default): the memory access as the torch ops below, the readable reference.
+            ``"triton"``: the same access from the raw head projection to the new memory, weightings and reads as
+            one Triton kernel forward and one backward (:mod:`memory_cores.ntm_triton`; one write head; float32 or
+            float64 memory; CUDA tensors, or the CPU under ``TRITON_INTERPRET=1`` for tests; elsewhere a one-line
+            error). Same values up to rounding; once-differentiable. ``"auto"``: the Triton kernels where they can
+            run (one write head, Triton importable, CUDA inputs) and the plain step elsewhere, so that a checkpoint
+            trained on a GPU evaluates on a CPU.
 
     Output: ``y_t = [h_t, r_t^1, ..., r_t^R]``, ``[B, hidden_size + R * slot_size]``: the controller output
     concatenated with the read vectors of this step, so a readout layer on ``y`` sees both, as in the paper's
@@ -128,6 +138,7 @@ class NTMCore(Core):
         learn_memory_init: bool = True,
         clip_value: float | None = 20.0,
         initial_weight_peak: float = 0.9,
+        kernel: str = "plain",
     ) -> None:
         super().__init__(input_size)
         _check_int("hidden_size", hidden_size, 1)
@@ -143,6 +154,12 @@ class NTMCore(Core):
             )
         if controller not in CONTROLLERS:
             raise ValueError(f"controller must be one of {CONTROLLERS}, got {controller!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel == "triton" and num_write_heads != 1:  # "auto" takes the plain step instead
+            raise ValueError(
+                f"kernel='triton' supports one write head, got num_write_heads={num_write_heads}; use kernel='plain'"
+            )
         if not isinstance(memory_init, (int, float)) or not torch.isfinite(torch.tensor(float(memory_init))):
             raise ValueError(f"memory_init must be a finite float (e.g. 1e-6), got {memory_init!r}")
         if not isinstance(initial_weight_peak, (int, float)) or (
@@ -162,6 +179,7 @@ class NTMCore(Core):
         self.num_write_heads = Hw = num_write_heads
         self.max_shift = max_shift
         self.controller_type = controller
+        self.kernel = kernel
         self.clip_value = None if clip_value is None else float(clip_value)
         self.output_size = hidden_size + R * W
 
@@ -268,6 +286,8 @@ class NTMCore(Core):
         )
         with guard:
             params = params.to(mem_dtype)
+            if self.kernel == "triton" or (self.kernel == "auto" and self._triton_runs_on(x.device)):
+                return self._step_triton(h, ctrl, params, state, mem_dtype)
             if self.clip_value is not None:
                 params = params.clamp(-self.clip_value, self.clip_value)
             sz = self._sizes
@@ -308,9 +328,45 @@ class NTMCore(Core):
         )
         return y, new_state
 
+    def _triton_runs_on(self, device: torch.device) -> bool:
+        """``kernel="auto"``: whether the Triton kernels can run here (one write head, Triton importable, CUDA)."""
+        if self.num_write_heads != 1 or device.type != "cuda":
+            return False
+        try:
+            from .ntm_triton import available
+        except ImportError:  # pragma: no cover - a broken Triton install
+            return False
+        return available(device) is None
+
+    def _step_triton(self, h: Tensor, ctrl, params: Tensor, state: NTMState, mem_dtype: torch.dtype):
+        """The memory access of :meth:`step` through :func:`memory_cores.ntm_triton.ntm_access` (same equations)."""
+        from .ntm_triton import ntm_access  # imports Triton only where the kernel is asked for
+
+        B, R, W = h.shape[0], self.num_read_heads, self.slot_size
+        memory, w_read, w_write, reads = ntm_access(
+            params,
+            state.memory.to(mem_dtype),
+            state.read_weights.to(mem_dtype),
+            state.write_weights.to(mem_dtype),
+            clip=self.clip_value,
+            eps=EPS,
+            num_read_heads=R,
+            num_shifts=2 * self.max_shift + 1,
+        )
+        y = torch.cat([h, reads.reshape(B, R * W).to(h.dtype)], dim=1)
+        new_state = NTMState(
+            controller=ctrl,
+            memory=memory.to(state.memory.dtype),
+            read_weights=w_read.to(state.read_weights.dtype),
+            write_weights=w_write.to(state.write_weights.dtype),
+            reads=reads.to(state.reads.dtype),
+        )
+        return y, new_state
+
     def extra_repr(self) -> str:
         return (
             f"input_size={self.input_size}, controller={self.controller_type!r}, hidden_size={self.hidden_size}, "
             f"num_slots={self.num_slots}, slot_size={self.slot_size}, num_read_heads={self.num_read_heads}, "
             f"num_write_heads={self.num_write_heads}, max_shift={self.max_shift}, output_size={self.output_size}"
+            + (f", kernel={self.kernel!r}" if self.kernel != "plain" else "")
         )

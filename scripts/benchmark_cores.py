@@ -11,6 +11,7 @@ Example::
 
     python3 scripts/benchmark_cores.py --threads 1 --json docs/results/benchmark_cpu.json
     python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm rl_access lstm --graph   # + CUDA graphs
+    python3 scripts/benchmark_cores.py --devices cuda --cores ntm --triton --graph   # + the NTM's Triton kernels
 
 ``--graph`` (CUDA) also replays each core's unroll as one CUDA graph (forward, and forward+backward with the
 gradients in the graph's pool: how ``--capture-update graph`` runs the update).
@@ -33,6 +34,18 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from memory_cores import CORES, make_core  # noqa: E402
+
+
+TRITON_CORES = ("ntm",)  # cores whose constructor takes kernel="triton"
+
+
+def triton_unavailable(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on ``device`` (None if they can)."""
+    try:
+        from memory_cores.ntm_triton import available
+    except ImportError as e:  # pragma: no cover
+        return str(e)
+    return available(device)
 
 
 def core_kwargs(name: str, args: argparse.Namespace, num_slots: int) -> dict:
@@ -208,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time every core's unroll (Core.unroll_sync_free) replayed as one CUDA graph, forward "
                         "and forward+backward, in a row 'NAME+graph' (with --compile-step, of the compiled step); "
                         "CUDA only, skipped with a message on other devices")
+    p.add_argument("--triton", action="store_true",
+                   help=f"also time the cores that have a Triton kernel ({', '.join(TRITON_CORES)}: "
+                        "kernel='triton') in a row 'NAME+triton' (and 'NAME+triton+graph' with --graph); CUDA, or "
+                        "the CPU under TRITON_INTERPRET=1 (the interpreter: correctness, not speed)")
     p.add_argument("--json", default="", help="write the results here as JSON")
     return p
 
@@ -242,32 +259,43 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"\n[{dev_name}] --graph skipped: CUDA graphs need a CUDA device")
         print(f"\n[{dev_name}] ms per step (median)")
         print(f"  {'core':<18}{'params':>9}{'forward':>10}{'fwd+bwd':>10}")
+        def row(key: str, r: dict, params: int, base: dict | None = None, against: str = "") -> None:
+            r["params"] = params
+            res[key] = r
+            tail = ""
+            if base is not None:
+                r["speedup_fwd_bwd"] = base["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+                tail = f"  ({r['speedup_fwd_bwd']:.2f}x{against})"
+            print(f"  {key:<18}{params:>9d}{r['fwd_ms']:>10.3f}{r['fwd_bwd_ms']:>10.3f}{tail}", flush=True)
+
+        def graph_row(key: str, core: torch.nn.Module, params: int, base: dict) -> None:
+            try:
+                rg = bench_core_graph(core, args, device)
+            except RuntimeError as e:  # a core whose unroll cannot be captured: said, not fatal
+                print(f"  {key:<18} failed to capture: {str(e).splitlines()[0][:200]}", flush=True)
+                return
+            row(key, rg, params, base, " against eager")
+
         for name in names:
             torch.manual_seed(0)
             core = make_core(name, args.input, **core_kwargs(name, args, args.slots))
+            params = sum(p.numel() for p in core.parameters())
             r = bench_core(core, args, device)
-            r["params"] = sum(p.numel() for p in core.parameters())
-            res[name] = r
-            print(f"  {name:<18}{r['params']:>9d}{r['fwd_ms']:>10.3f}{r['fwd_bwd_ms']:>10.3f}", flush=True)
+            row(name, r, params)
             if args.compile_step:
-                rc = bench_core(core.compile_step(args.compile_step), args, device)
-                rc["params"] = r["params"]
-                rc["speedup_fwd_bwd"] = r["fwd_bwd_ms"] / rc["fwd_bwd_ms"]
-                res[f"{name}+compiled"] = rc
-                print(f"  {name + '+compiled':<18}{rc['params']:>9d}{rc['fwd_ms']:>10.3f}{rc['fwd_bwd_ms']:>10.3f}"
-                      f"  ({rc['speedup_fwd_bwd']:.2f}x)", flush=True)
+                row(f"{name}+compiled", bench_core(core.compile_step(args.compile_step), args, device), params, r)
             if args.graph and device.type == "cuda":
-                key = f"{name}+compiled+graph" if args.compile_step else f"{name}+graph"
-                try:
-                    rg = bench_core_graph(core, args, device)
-                except RuntimeError as e:  # a core whose unroll cannot be captured: said, not fatal
-                    print(f"  {key:<18} failed to capture: {str(e).splitlines()[0][:200]}", flush=True)
+                graph_row(f"{name}+compiled+graph" if args.compile_step else f"{name}+graph", core, params, r)
+            if args.triton and name in TRITON_CORES:
+                torch.manual_seed(0)
+                fast = make_core(name, args.input, kernel="triton", **core_kwargs(name, args, args.slots))
+                why = triton_unavailable(device)
+                if why:
+                    print(f"  {name + '+triton':<18} skipped: {why}", flush=True)
                     continue
-                rg["params"] = r["params"]
-                rg["speedup_fwd_bwd"] = r["fwd_bwd_ms"] / rg["fwd_bwd_ms"]
-                res[key] = rg
-                print(f"  {key:<18}{rg['params']:>9d}{rg['fwd_ms']:>10.3f}{rg['fwd_bwd_ms']:>10.3f}"
-                      f"  ({rg['speedup_fwd_bwd']:.2f}x against eager)", flush=True)
+                row(f"{name}+triton", bench_core(fast, args, device), params, r)
+                if args.graph and device.type == "cuda":
+                    graph_row(f"{name}+triton+graph", fast, params, r)
         ix_net = None
         if not args.no_ixaxaar:
             torch.manual_seed(0)

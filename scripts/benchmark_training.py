@@ -27,7 +27,8 @@ Entries (``task:agent``):
   stepped through Gymnasium's ``SyncVectorEnv`` with random actions; ``lstm`` our PPO training through that
   ``SyncVectorEnv`` (``agents.env_adapter.TorchVecEnv``, numpy converted to torch once per step).
 
-Agents: ``lstm``, ``ntm``, ``dnc`` (ours: ``agents.policy.ActorCritic`` trained by ``agents.ppo.PPO``, exactly
+Agents: ``lstm``, ``ntm``, ``ntm-triton`` (the NTM with ``kernel="triton"``: its memory access as one Triton kernel
+forward and one backward; CUDA only, skipped with a message elsewhere), ``dnc`` (ours: ``agents.policy.ActorCritic`` trained by ``agents.ppo.PPO``, exactly
 the loop of ``agents.runner.train`` without its logging and checkpoints), ``sb3-lstm`` and ``sb3-defaults``
 (sb3-contrib ``RecurrentPPO``). Same network for ``lstm`` and ``sb3-lstm``: Linear(obs, 128) + ReLU encoder, one
 LSTM of 128 units shared by actor and critic (SB3: ``shared_lstm=True, enable_critic_lstm=False``), linear policy
@@ -80,8 +81,9 @@ TASK_SHAPES: dict[str, tuple[int, int, int]] = {
 }
 
 ENTRIES: tuple[str, ...] = (
-    "tmaze:lstm", "tmaze:sb3-lstm", "tmaze:sb3-defaults", "tmaze:ntm", "tmaze:dnc",
-    "minigrid:lstm", "minigrid:sb3-lstm", "minigrid:sb3-defaults", "minigrid:ntm", "minigrid:dnc",
+    "tmaze:lstm", "tmaze:sb3-lstm", "tmaze:sb3-defaults", "tmaze:ntm", "tmaze:ntm-triton", "tmaze:dnc",
+    "minigrid:lstm", "minigrid:sb3-lstm", "minigrid:sb3-defaults", "minigrid:ntm", "minigrid:ntm-triton",
+    "minigrid:dnc",
     "minigrid-sync:env", "minigrid-sync:env-sync", "minigrid-sync:lstm",
 )
 
@@ -139,8 +141,11 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
     from agents.runner import build_policy
 
     B, T, L = shape
-    cfg = TrainConfig(env=env_id, core=core, num_envs=B, num_steps=T, seq_len=L, num_minibatches=4, update_epochs=4,
-                      total_steps=10**9, hidden_size=128, embed_size=128, seed=seed, progress=False,
+    core_kwargs = {}
+    if core.endswith("-triton"):  # e.g. ntm-triton: the core with its Triton kernels
+        core, core_kwargs = core.removesuffix("-triton"), {"kernel": "triton"}
+    cfg = TrainConfig(env=env_id, core=core, core_kwargs=json.dumps(core_kwargs), num_envs=B, num_steps=T,
+                      seq_len=L, num_minibatches=4, update_epochs=4, total_steps=10**9, hidden_size=128, embed_size=128, seed=seed, progress=False,
                       tensorboard=False, torch_threads=torch.get_num_threads(),
                       autocast="" if autocast == "fp32" else autocast,
                       capture_rollout="" if capture == "off" else capture,
@@ -502,6 +507,16 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("minigrid is not installed: skipping the entries that need it (pip install minigrid)")
             entries = [e for e in entries if not needs_minigrid(e)]
+    if any(e.endswith("-triton") for e in entries):
+        try:
+            from memory_cores.ntm_triton import available
+
+            why = available(args.device)
+        except ImportError as e:  # pragma: no cover
+            why = str(e)
+        if why:
+            print(f"skipping the *-triton entries: {why}")
+            entries = [e for e in entries if not e.endswith("-triton")]
 
     versions = f"torch {torch.__version__}"
     try:
