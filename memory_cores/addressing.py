@@ -155,7 +155,8 @@ def sharpen(w: Tensor, gamma: Tensor, eps: float = EPS) -> Tensor:
 
 
 def allocation_weighting(usage: Tensor, eps: float = EPS) -> Tensor:
-    """DNC allocation: sort usage ascending (free list phi), a[phi_j] = (1 - u[phi_j]) prod_{i<j} u[phi_i].
+    """DNC allocation: sort usage ascending (free list phi, ties by slot index), a[phi_j] = (1 - u[phi_j])
+    prod_{i<j} u[phi_i].
 
     Usage is first mapped to ``eps + (1 - eps) u`` so that the product never collapses to exactly zero. Gradients
     flow through the sorted values, not through the permutation.
@@ -166,7 +167,9 @@ def allocation_weighting(usage: Tensor, eps: float = EPS) -> Tensor:
         ``[B, N]`` allocation weighting, summing to at most one.
     """
     u = eps + (1.0 - eps) * usage
-    sorted_u, phi = torch.sort(u, dim=-1)  # ascending: the least used slot first
+    # ascending: the least used slot first; stable, so that equal usages (every slot at the start) are taken in slot
+    # order on every device (torch's default sort leaves ties in an order that differs by size and device)
+    sorted_u, phi = torch.sort(u, dim=-1, stable=True)
     # exclusive cumulative product prod_{i<j} u[phi_i]
     excl = torch.cumprod(F.pad(sorted_u[..., :-1], (1, 0), value=1.0), dim=-1)
     sorted_a = (1.0 - sorted_u) * excl

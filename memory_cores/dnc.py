@@ -50,6 +50,7 @@ and 5.50 with one, i.e. 2.5x / 2.2x faster eager and 3.5x / 3.0x with ``compile=
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -60,6 +61,8 @@ from .addressing import EPS, allocation_weighting, content_weighting, oneplus, s
 from .base import Core, LearnedInit, tree_leaves
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+KERNELS = ("plain", "auto", "triton")
+TRITON_MAX_SLOTS = 128  # memory_cores.dnc_triton.MAX_SLOTS (not imported here: that module imports Triton)
 
 
 class DNCControllerState(NamedTuple):
@@ -613,7 +616,7 @@ def _access_forward(raw, memory, usage, link, precedence, read_w, write_w, erase
     u_pre = usage + ww0 - usage * ww0
     u1 = u_pre * psi
     # ---- allocation: sort eps + (1 - eps) u ascending; a[phi_j] = (1 - u[phi_j]) prod_{i<j} u[phi_i]
-    s, phi = torch.sort(EPS + (1.0 - EPS) * u1, dim=-1)
+    s, phi = torch.sort(EPS + (1.0 - EPS) * u1, dim=-1, stable=True)  # ties in slot order (allocation_weighting)
     excl = torch.cumprod(F.pad(s[:, :-1], (1, 0), value=1.0), dim=-1)  # exclusive cumulative product
     a_sorted = (1.0 - s) * excl
     alloc = torch.empty_like(a_sorted).scatter_(-1, phi, a_sorted)  # [B, N]
@@ -793,13 +796,15 @@ def fused_access_step(raw_interface: Tensor, state: DNCAccessState, read_heads: 
 # ---------------------------------------------------------------------------------------------- fused unroll
 
 
-def _lstm_access_forward(xg, rh, w_rh_t, c, w_xi_t, b_xi, access, erase_freed: bool, R: int, W: int):
+def _lstm_access_forward(xg, rh, w_rh_t, c, w_xi_t, b_xi, access, erase_freed: bool, R: int, W: int,
+                         access_forward=None):
     """One step of :class:`_FusedUnroll`'s forward (no autograd): LSTM controller, interface, access step.
 
     Args:
         xg: ``[B, 4H]`` W_x x_t + b_ih + b_hh; rh: ``[B, R*W + H]`` [r_{t-1}; h_{t-1}]; w_rh_t: ``[R*W + H, 4H]``;
         c: ``[B, H]`` c_{t-1}; w_xi_t: ``[H, I_xi]``; b_xi: ``[I_xi]``; access: the six access tensors M, u, L, p,
-        w^r, w^w at t-1.
+        w^r, w^w at t-1. access_forward: the access step's forward (default :func:`_access_forward`; the Triton
+        kernels' :func:`memory_cores.dnc_triton.access_forward` with ``kernel="triton"``).
     Returns:
         ``h_t, c_t``, the seven access tensors at t, and what :func:`_lstm_access_backward` needs.
     """
@@ -811,12 +816,13 @@ def _lstm_access_forward(xg, rh, w_rh_t, c, w_xi_t, b_xi, access, erase_freed: b
     tc = torch.tanh(c1)
     h = sig[:, 3 * H :] * tc  # h_t = o tanh(c_t)
     raw = torch.addmm(b_xi, h, w_xi_t)  # xi_t
-    outputs, saved = _access_forward(raw, *access, erase_freed, R, W)
+    outputs, saved = (access_forward or _access_forward)(raw, *access, erase_freed, R, W)
     return h, c1, outputs, (sig, g, tc, c, saved)
 
 
 def _lstm_access_backward(
-    saved, w_rh, w_xi, erase_freed: bool, R: int, W: int, g_h, g_c, g_access, g_reads, scratch=None
+    saved, w_rh, w_xi, erase_freed: bool, R: int, W: int, g_h, g_c, g_access, g_reads, scratch=None,
+    access_backward=None,
 ):
     """One step of :class:`_FusedUnroll`'s backward: gradients w.r.t. ``h_t``, ``c_t`` (``g_h`` includes the
     output's), the six access tensors at t (None for none) and the reads r_t -> the gate gradient ``[B, 4H]``, the
@@ -825,7 +831,8 @@ def _lstm_access_backward(
     sig, g, tc, c_prev, saved_access = saved
     H = c_prev.shape[1]
     B = c_prev.shape[0]
-    g_raw, *g_prev = _access_backward(saved_access, erase_freed, R, W, *g_access, g_reads, scratch)
+    g_raw, *g_prev = (access_backward or _access_backward)(saved_access, erase_freed, R, W, *g_access, g_reads,
+                                                           scratch)
     g_h = torch.addmm(g_h, g_raw, w_xi)  # xi = W_xi h + b:  dh += W_xi^T g_xi
     # LSTM cell: h = o tanh(c), c = f c_prev + i g
     i, f, o = sig[:, :H], sig[:, H : 2 * H], sig[:, 3 * H :]
@@ -842,11 +849,20 @@ def _lstm_access_backward(
 _COMPILED: dict[str, object] = {}
 
 
-def _step_functions(compiled: bool):
-    """``(forward, backward)`` step functions of :class:`_FusedUnroll`; with ``compiled`` the ``torch.compile``d
-    versions (made on first use, static shapes: one compilation per new set of sizes and dtype)."""
-    if not compiled:
+STEP_KINDS = ("eager", "compiled", "triton")
+
+
+def _step_functions(kind: str):
+    """``(forward, backward)`` step functions of :class:`_FusedUnroll`: ``"eager"`` the torch functions,
+    ``"compiled"`` their ``torch.compile``d versions (made on first use, static shapes: one compilation per new set of
+    sizes and dtype), ``"triton"`` with the access step through the Triton kernels (:mod:`memory_cores.dnc_triton`)."""
+    if kind == "eager":
         return _lstm_access_forward, _lstm_access_backward
+    if kind == "triton":
+        from . import dnc_triton
+
+        return (functools.partial(_lstm_access_forward, access_forward=dnc_triton.access_forward),
+                functools.partial(_lstm_access_backward, access_backward=dnc_triton.access_backward))
     if not _COMPILED:
         _COMPILED["fwd"] = torch.compile(_lstm_access_forward, dynamic=False)
         _COMPILED["bwd"] = torch.compile(_lstm_access_backward, dynamic=False)
@@ -870,7 +886,8 @@ class _FusedUnroll(torch.autograd.Function):
     at the end from all steps (``dW = sum_t g_t^T z_t`` as one ``[4H, T*B] x [T*B, K]`` matmul): no per-step graph
     and no per-step weight-gradient matmuls, which is what makes it cheaper than autograd over the step loop.
 
-    Inputs: ``meta = (R, W, erase_freed, compiled, every_step)`` (``every_step``: apply the reset masks at every
+    Inputs: ``meta = (R, W, erase_freed, steps, every_step)`` (``steps``: a kind of :func:`_step_functions`;
+    ``every_step``: apply the reset masks at every
     step instead of reading on the host which steps have one), ``xs`` ``[T, B, I]``, ``resets`` ``[T, B]`` bool or
     None, the nine incoming state tensors (h, c, then :class:`DNCAccessState` order), the nine initial-state tensors (or
     Nones without resets), and ``w_ih, w_hh, b_ih, b_hh, w_xi, b_xi``. Outputs: ``h`` for all steps ``[T, B, H]``,
@@ -879,8 +896,8 @@ class _FusedUnroll(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, meta, xs, resets, *tensors):
-        R, W, erase_freed, compiled, every_step = meta
-        step_forward, _ = _step_functions(compiled)
+        R, W, erase_freed, steps_kind, every_step = meta
+        step_forward, _ = _step_functions(steps_kind)
         state, init, (w_ih, w_hh, b_ih, b_hh, w_xi, b_xi) = tensors[:9], tensors[9:18], tensors[18:]
         T, B, I = xs.shape
         H = w_hh.shape[1]
@@ -911,7 +928,7 @@ class _FusedUnroll(torch.autograd.Function):
         hs = torch.stack(hs)  # [T, B, H]
         reads_all = torch.stack(reads_all)  # [T, B, R, W]
         ctx.set_materialize_grads(False)
-        ctx.meta = (R, W, I, H, erase_freed, compiled, reset_steps)
+        ctx.meta = (R, W, I, H, erase_freed, steps_kind, reset_steps)
         ctx.steps = steps
         ctx.state_shapes = [x.shape for x in state]
         ctx.save_for_backward(xs, resets, rh, hs, w_ih, w_hh, w_xi)
@@ -923,8 +940,8 @@ class _FusedUnroll(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_hs, g_reads_all, g_h, g_c, *g_access):
-        R, W, I, H, erase_freed, compiled, reset_steps = ctx.meta
-        _, step_backward = _step_functions(compiled)
+        R, W, I, H, erase_freed, steps_kind, reset_steps = ctx.meta
+        _, step_backward = _step_functions(steps_kind)
         xs, resets, rh, hs, w_ih, w_hh, w_xi = ctx.saved_tensors
         T, B, _ = xs.shape
         RW = R * W
@@ -937,7 +954,7 @@ class _FusedUnroll(torch.autograd.Function):
         # gradients w.r.t. the state after step t (h, c, M, u, L, p, w^r, w^w, r); None is zero
         g_state = [g_h, g_c, *g_access]
         scratch = None
-        if not compiled:  # the memory and link gradients are carried back in one buffer each, updated in place
+        if steps_kind == "eager":  # the memory and link gradients are carried back in one buffer each, in place
             for k in (2, 4):
                 gk = g_state[k]
                 if gk is None:
@@ -946,7 +963,7 @@ class _FusedUnroll(torch.autograd.Function):
                     g_state[k] = gk.clone(memory_format=torch.contiguous_format)
             scratch = (torch.empty_like(g_state[4]), torch.empty_like(g_state[2]))  # (see _access_backward)
         zero_ww = None
-        if compiled:  # one compiled graph for every step: no Nones, contiguous
+        if steps_kind != "eager":  # one compiled graph (or kernel) for every step: no Nones, contiguous
             g_state = [xs.new_zeros(shape) if gx is None else gx.contiguous()
                        for gx, shape in zip(g_state, ctx.state_shapes)]  # fmt: skip
             zero_ww = xs.new_zeros(ctx.state_shapes[7])
@@ -1039,6 +1056,13 @@ class DNCCore(Core):
             fused unroll applies (``fused=True``, LSTM controller, no masked content or link sharpness,
             float32/float64, no autocast); single steps (``forward``) stay eager. Needs a C++ compiler on a CPU
             (Triton on CUDA).
+        kernel: ``"plain"`` (default): the torch functions above (fused or not, as ``fused`` says). ``"triton"``: the
+            access step (single steps and each step of the fused unroll) as one Triton kernel forward and one
+            backward (:mod:`memory_cores.dnc_triton`), same values up to rounding; needs ``fused=True``, no masked
+            content or link sharpness, ``num_slots <= 128``, not ``compile``; CUDA tensors (or the CPU under
+            ``TRITON_INTERPRET=1``, for tests). ``"auto"``: the Triton kernels where they apply and can run (those
+            conditions, Triton importable, CUDA inputs) and the plain path elsewhere, so that a checkpoint trained on
+            a GPU evaluates on a CPU.
 
     ``output_size`` (attribute): ``H + R*W`` or the given ``output_size``.
     """
@@ -1058,6 +1082,7 @@ class DNCCore(Core):
         learn_initial_state: bool = False,
         fused: bool = True,
         compile: bool = False,
+        kernel: str = "plain",
     ) -> None:
         super().__init__(input_size)
         for name, value, low in (
@@ -1083,6 +1108,16 @@ class DNCCore(Core):
         self.learn_initial_state = bool(learn_initial_state)
         self.fused = bool(fused)
         self.compile_steps = bool(compile)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+        self._triton_applies = self.fused and not (masked_content or link_sharpness) and N <= TRITON_MAX_SLOTS
+        if kernel == "triton" and (not self._triton_applies or compile):
+            raise ValueError(
+                f"kernel='triton' needs fused=True, no masked_content or link_sharpness, num_slots <= "
+                f"{TRITON_MAX_SLOTS} and compile=False (got fused={fused}, masked_content={masked_content}, "
+                f"link_sharpness={link_sharpness}, num_slots={N}, compile={compile}); use kernel='plain' or 'auto'"
+            )
 
         # controller input [x_t; r_{t-1}]
         ctrl_in = input_size + R * W
@@ -1172,7 +1207,23 @@ class DNCCore(Core):
         )
         return xi
 
+    def _use_triton(self, device: torch.device) -> bool:
+        """Whether the access step runs through the Triton kernels on ``device`` (see ``kernel``)."""
+        if self.kernel == "triton":
+            return True
+        if self.kernel == "plain" or not self._triton_applies or device.type != "cuda":
+            return False
+        try:
+            from .triton_common import available
+        except ImportError:  # pragma: no cover - a broken Triton install
+            return False
+        return available(device) is None
+
     def _access(self, interface: Tensor, access: DNCAccessState) -> DNCAccessState:
+        if self._use_triton(interface.device):
+            from . import dnc_triton
+
+            return dnc_triton.access_step(interface, access, self.num_read_heads, self.erase_freed)
         if self.fused and not (self.masked_content or self.link_sharpness):
             return fused_access_step(interface, access, self.num_read_heads, self.erase_freed)
         return access_step(access, self.split_interface(interface), self.erase_freed, self.fused)
@@ -1252,7 +1303,8 @@ class DNCCore(Core):
             init = [None] * 9
         lstm, xi = self.controller, self.interface
         params = (lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh, xi.weight, xi.bias)
-        meta = (self.num_read_heads, self.slot_size, self.erase_freed, self.compile_steps, every_step)
+        steps = "triton" if self._use_triton(xs.device) else "compiled" if self.compile_steps else "eager"
+        meta = (self.num_read_heads, self.slot_size, self.erase_freed, steps, every_step)
         hs, reads, *final = _FusedUnroll.apply(meta, xs, resets, *leaves, *init, *params)
         # y_t = [h_t; r_t] (or W_y [h_t; r_t])
         ys = torch.cat((hs, reads.reshape(T, B, -1)), dim=-1)
@@ -1271,4 +1323,6 @@ class DNCCore(Core):
             f"output_size={self.output_size}",
         ]
         opts += [n for n in ("erase_freed", "masked_content", "link_sharpness") if getattr(self, n)]
+        if self.kernel != "plain":
+            opts.append(f"kernel={self.kernel!r}")
         return ", ".join(opts)

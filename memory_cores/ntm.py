@@ -333,7 +333,7 @@ class NTMCore(Core):
         if self.num_write_heads != 1 or device.type != "cuda":
             return False
         try:
-            from .ntm_triton import available
+            from .triton_common import available
         except ImportError:  # pragma: no cover - a broken Triton install
             return False
         return available(device) is None

@@ -31,31 +31,15 @@ once-differentiable. float32 and float64.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
-try:  # Triton ships with torch's CUDA wheels; on a CPU-only install it is optional (tests use its interpreter)
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
+from .triton_common import available, check_inputs, triton, tl
 
+if triton is not None:
+    from .triton_common import content_bwd, content_fwd, row_inv_norms, sigmoid, softplus, softplus_grad
 
-def available(device: torch.device | str) -> str | None:
-    """``None`` if the kernels can run on ``device``, else the reason in one line."""
-    if triton is None:
-        return "Triton is not installed (pip install triton; it comes with torch's CUDA wheels)"
-    device = torch.device(device)
-    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if device.type == "cuda" or (device.type == "cpu" and interpret):
-        return None
-    return (
-        f"the Triton NTM kernels run on CUDA tensors (or on the CPU under TRITON_INTERPRET=1, for tests), "
-        f"got device {device.type!r}"
-    )
+__all__ = ["available", "ntm_access", "NTMAccess"]
 
 
 if triton is not None:
@@ -70,29 +54,15 @@ if triton is not None:
         return (x >= -clip) & (x <= clip)
 
     @triton.jit
-    def _softplus(x):
-        # F.softplus(x) (beta 1, threshold 20): x above 20, else log(1 + e^x) in its stable form
-        sp = tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
-        return tl.where(x > 20.0, x, sp)
-
-    @triton.jit
-    def _softplus_grad(x):
-        return tl.where(x > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-x)))
-
-    @triton.jit
-    def _sigmoid(x):
-        return 1.0 / (1.0 + tl.exp(-x))
-
-    @triton.jit
     def _head_params(p_row, h, clip, H, W: tl.constexpr, S: tl.constexpr, cols, cmask, sidx, smask):
         """Head ``h``'s activated parameters from the raw projection row (layout of NTMCore._sizes with H_w = 1)."""
         o_sp = H * W + W  # after [k (H W) | a (W)]
         o_sg = o_sp + 2 * H  # after [beta (H), gamma (H)]
         o_sh = o_sg + H + W  # after [g (H) | e (W)]
         k = _clamp(tl.load(p_row + h * W + cols, mask=cmask, other=0.0), clip)
-        beta = _softplus(_clamp(tl.load(p_row + o_sp + h), clip))
-        gamma = 1.0 + _softplus(_clamp(tl.load(p_row + o_sp + H + h), clip))
-        g = _sigmoid(_clamp(tl.load(p_row + o_sg + h), clip))
+        beta = softplus(_clamp(tl.load(p_row + o_sp + h), clip))
+        gamma = 1.0 + softplus(_clamp(tl.load(p_row + o_sp + H + h), clip))
+        g = sigmoid(_clamp(tl.load(p_row + o_sg + h), clip))
         s_x = _clamp(tl.load(p_row + o_sh + h * S + sidx, mask=smask, other=0.0), clip)
         s_x = tl.where(smask, s_x, float("-inf"))
         s_e = tl.exp(s_x - tl.max(s_x, 0))
@@ -108,11 +78,7 @@ if triton is not None:
         """Eqs. 5-9 for head ``h`` on the row's memory tile ``M`` ``[BN, BW]``; keeps sim, w^c, w^g, w~ in
         ``work_row`` ``[4, N]`` and returns w ``[BN]`` (0 on padding)."""
         k, beta, gamma, g, s = _head_params(p_row, h, clip, H, W, S, cols, cmask, sidx, smask)
-        k_inv = 1.0 / tl.sqrt(tl.sum(k * k, 0) + eps)  # 1/|k|
-        sim = tl.sum(M * k[None, :], 1) * k_inv * m_inv  # K[k, M(i)]: [BN]
-        z = tl.where(rmask, beta * sim, float("-inf"))
-        e = tl.exp(z - tl.max(z, 0))
-        wc = e / tl.sum(e, 0)  # eq. 5
+        wc, sim = content_fwd(M, m_inv, k, beta, rmask, eps)  # eq. 5, and K[k, M(i)]
         wprev = tl.load(wprev_row + rows, mask=rmask, other=0.0)
         wg = wprev + g * (wc - wprev)  # eq. 7
         tl.store(work_row + 2 * N + rows, wg, mask=rmask)
@@ -152,7 +118,7 @@ if triton is not None:
         tmask = rmask[:, None] & cmask[None, :]
         p_row = p_ptr + b * P
         M = tl.load(mem_ptr + b * N * W + tile, mask=tmask, other=0.0)  # M_{t-1}
-        m_inv = 1.0 / tl.sqrt(tl.sum(M * M, 1) + eps)
+        m_inv = row_inv_norms(M, eps)
         # ---- the write head (head 0) addresses M_{t-1}
         ww = _address_fwd(
             M, m_inv, p_row, 0, ww_prev_ptr + b * N, work_ptr + b * H * 4 * N, clip, eps, H, N, W, S,
@@ -160,10 +126,10 @@ if triton is not None:
         )
         tl.store(ww_ptr + b * N + rows, ww, mask=rmask)
         a = _clamp(tl.load(p_row + H * W + cols, mask=cmask, other=0.0), clip)
-        e = _sigmoid(_clamp(tl.load(p_row + H * W + W + 3 * H + cols, mask=cmask, other=0.0), clip))
+        e = sigmoid(_clamp(tl.load(p_row + H * W + W + 3 * H + cols, mask=cmask, other=0.0), clip))
         M2 = M + ww[:, None] * (a[None, :] - M * e[None, :])  # eqs. 3-4: M_t
         tl.store(mem_out_ptr + b * N * W + tile, M2, mask=tmask)
-        m2_inv = 1.0 / tl.sqrt(tl.sum(M2 * M2, 1) + eps)
+        m2_inv = row_inv_norms(M2, eps)
         # ---- the read heads address M_t and read it
         for r in tl.static_range(R):
             wr = _address_fwd(
@@ -216,21 +182,14 @@ if triton is not None:
         g_g = tl.sum(gwg * (wc - wprev), 0)
         tl.store(gwprev_row + rows, (1.0 - g) * gwg, mask=rmask)
         gwc = g * gwg
-        # eq. 5: w^c = softmax(beta sim)
-        gz = wc * (gwc - tl.sum(gwc * wc, 0))
-        g_beta = tl.sum(gz * sim, 0)
-        gsim = beta * gz
-        # cosine: sim = (k . M(i)) / (|k| |M(i)|), |x| = sqrt(x.x + eps)
-        k_inv = 1.0 / tl.sqrt(tl.sum(k * k, 0) + eps)
-        gdot = gsim * k_inv * m_inv  # [BN]
-        gk = tl.sum(gdot[:, None] * M, 0) - tl.sum(gsim * sim, 0) * k_inv * k_inv * k
-        gM = gdot[:, None] * k[None, :] - (gsim * sim * m_inv * m_inv)[:, None] * M
+        # eq. 5: w^c = softmax(beta K[k, M(i)])
+        gk, g_beta, gM = content_bwd(gwc, wc, sim, M, m_inv, k, beta, eps)
         # activations and the clamp, back to the raw projection
         tl.store(gp_row + h * W + cols, tl.where(_in_clip(k_x, clip), gk, 0.0), mask=cmask)
         beta_c = _clamp(beta_x, clip)
-        tl.store(gp_row + o_sp + h, tl.where(_in_clip(beta_x, clip), g_beta * _softplus_grad(beta_c), 0.0))
+        tl.store(gp_row + o_sp + h, tl.where(_in_clip(beta_x, clip), g_beta * softplus_grad(beta_c), 0.0))
         gamma_c = _clamp(gamma_x, clip)
-        tl.store(gp_row + o_sp + H + h, tl.where(_in_clip(gamma_x, clip), g_gamma * _softplus_grad(gamma_c), 0.0))
+        tl.store(gp_row + o_sp + H + h, tl.where(_in_clip(gamma_x, clip), g_gamma * softplus_grad(gamma_c), 0.0))
         tl.store(gp_row + o_sg + h, tl.where(_in_clip(g_x, clip), g_g * g * (1.0 - g), 0.0))
         gs_x = s * (gs - tl.sum(gs * s, 0))
         tl.store(gp_row + o_sh + h * S + sidx, tl.where(_in_clip(s_x, clip), gs_x, 0.0), mask=smask)
@@ -259,7 +218,7 @@ if triton is not None:
         gp_row = g_p_ptr + b * P
         M2 = tl.load(mem_out_ptr + b * N * W + tile, mask=tmask, other=0.0)  # M_t
         gM2 = tl.load(g_mem_out_ptr + b * N * W + tile, mask=tmask, other=0.0)
-        m2_inv = 1.0 / tl.sqrt(tl.sum(M2 * M2, 1) + eps)
+        m2_inv = row_inv_norms(M2, eps)
         # ---- read heads: r = w M_t, then their addressing of M_t
         for r in tl.static_range(R):
             wr = tl.load(wr_ptr + (b * R + r) * N + rows, mask=rmask, other=0.0)
@@ -278,7 +237,7 @@ if triton is not None:
         a_x = tl.load(p_row + H * W + cols, mask=cmask, other=0.0)
         e_x = tl.load(p_row + H * W + W + 3 * H + cols, mask=cmask, other=0.0)
         a = _clamp(a_x, clip)
-        e = _sigmoid(_clamp(e_x, clip))
+        e = sigmoid(_clamp(e_x, clip))
         gww = tl.load(g_ww_ptr + b * N + rows, mask=rmask, other=0.0) + tl.sum(gM2 * (a[None, :] - M * e[None, :]), 1)
         g_e = -tl.sum(gM2 * ww[:, None] * M, 0)
         g_a = tl.sum(gM2 * ww[:, None], 0)
@@ -286,7 +245,7 @@ if triton is not None:
         tl.store(gp_row + H * W + cols, tl.where(_in_clip(a_x, clip), g_a, 0.0), mask=cmask)
         tl.store(gp_row + H * W + W + 3 * H + cols, tl.where(_in_clip(e_x, clip), g_e * e * (1.0 - e), 0.0), mask=cmask)
         # ---- the write head's addressing of M_{t-1}
-        m_inv = 1.0 / tl.sqrt(tl.sum(M * M, 1) + eps)
+        m_inv = row_inv_norms(M, eps)
         gM += _address_bwd(
             M, m_inv, gww, ww, p_row, gp_row, 0, ww_prev_ptr + b * N, g_ww_prev_ptr + b * N,
             work_ptr + b * H * 4 * N, scratch_ptr + b * N, clip, eps, H, N, W, S,
@@ -368,11 +327,7 @@ def ntm_access(
     Returns:
         ``(M_t [B, N, W], w^read [B, R, N], w^write [B, 1, N], reads [B, R, W])``.
     """
-    reason = available(memory.device)
-    if reason is not None:
-        raise RuntimeError(reason)
-    if params.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"the Triton NTM kernels take float32 or float64, got {params.dtype}")
+    check_inputs(memory.device, params.dtype)
     clip_value = float("inf") if clip is None else float(clip)
     return NTMAccess.apply(params, memory, read_weights, write_weights, clip_value, float(eps), num_read_heads,
                            num_shifts)

@@ -11,7 +11,7 @@ Example::
 
     python3 scripts/benchmark_cores.py --threads 1 --json docs/results/benchmark_cpu.json
     python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm rl_access lstm --graph   # + CUDA graphs
-    python3 scripts/benchmark_cores.py --devices cuda --cores ntm --triton --graph   # + the NTM's Triton kernels
+    python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc --triton --graph   # + their Triton kernels
 
 ``--graph`` (CUDA) also replays each core's unroll as one CUDA graph (forward, and forward+backward with the
 gradients in the graph's pool: how ``--capture-update graph`` runs the update).
@@ -36,13 +36,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from memory_cores import CORES, make_core  # noqa: E402
 
 
-TRITON_CORES = ("ntm",)  # cores whose constructor takes kernel="triton"
+TRITON_CORES = ("ntm", "dnc")  # cores whose constructor takes kernel="triton"
 
 
 def triton_unavailable(device: torch.device) -> str | None:
     """Why the Triton kernels cannot run on ``device`` (None if they can)."""
     try:
-        from memory_cores.ntm_triton import available
+        from memory_cores.triton_common import available
     except ImportError as e:  # pragma: no cover
         return str(e)
     return available(device)

@@ -27,8 +27,9 @@ Entries (``task:agent``):
   stepped through Gymnasium's ``SyncVectorEnv`` with random actions; ``lstm`` our PPO training through that
   ``SyncVectorEnv`` (``agents.env_adapter.TorchVecEnv``, numpy converted to torch once per step).
 
-Agents: ``lstm``, ``ntm``, ``ntm-triton`` (the NTM with ``kernel="triton"``: its memory access as one Triton kernel
-forward and one backward; CUDA only, skipped with a message elsewhere), ``dnc`` (ours: ``agents.policy.ActorCritic`` trained by ``agents.ppo.PPO``, exactly
+Agents: ``lstm``, ``ntm``, ``dnc``, ``ntm-triton`` and ``dnc-triton`` (the core with ``kernel="triton"``: its memory
+access as one Triton kernel forward and one backward; CUDA only, skipped with a message elsewhere) (ours:
+``agents.policy.ActorCritic`` trained by ``agents.ppo.PPO``, exactly
 the loop of ``agents.runner.train`` without its logging and checkpoints), ``sb3-lstm`` and ``sb3-defaults``
 (sb3-contrib ``RecurrentPPO``). Same network for ``lstm`` and ``sb3-lstm``: Linear(obs, 128) + ReLU encoder, one
 LSTM of 128 units shared by actor and critic (SB3: ``shared_lstm=True, enable_critic_lstm=False``), linear policy
@@ -82,8 +83,8 @@ TASK_SHAPES: dict[str, tuple[int, int, int]] = {
 
 ENTRIES: tuple[str, ...] = (
     "tmaze:lstm", "tmaze:sb3-lstm", "tmaze:sb3-defaults", "tmaze:ntm", "tmaze:ntm-triton", "tmaze:dnc",
-    "minigrid:lstm", "minigrid:sb3-lstm", "minigrid:sb3-defaults", "minigrid:ntm", "minigrid:ntm-triton",
-    "minigrid:dnc",
+    "tmaze:dnc-triton", "minigrid:lstm", "minigrid:sb3-lstm", "minigrid:sb3-defaults", "minigrid:ntm",
+    "minigrid:ntm-triton", "minigrid:dnc", "minigrid:dnc-triton",
     "minigrid-sync:env", "minigrid-sync:env-sync", "minigrid-sync:lstm",
 )
 
@@ -142,7 +143,7 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
 
     B, T, L = shape
     core_kwargs = {}
-    if core.endswith("-triton"):  # e.g. ntm-triton: the core with its Triton kernels
+    if core.endswith("-triton"):  # ntm-triton, dnc-triton: the core with its Triton kernels
         core, core_kwargs = core.removesuffix("-triton"), {"kernel": "triton"}
     cfg = TrainConfig(env=env_id, core=core, core_kwargs=json.dumps(core_kwargs), num_envs=B, num_steps=T,
                       seq_len=L, num_minibatches=4, update_epochs=4, total_steps=10**9, hidden_size=128, embed_size=128, seed=seed, progress=False,
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             entries = [e for e in entries if not needs_minigrid(e)]
     if any(e.endswith("-triton") for e in entries):
         try:
-            from memory_cores.ntm_triton import available
+            from memory_cores.triton_common import available
 
             why = available(args.device)
         except ImportError as e:  # pragma: no cover

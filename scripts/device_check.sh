@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks of one device session, as prepared scripts (the device tool's `run`), in two parts that each fit
+# The GPU checks of one device session, as prepared scripts (the device tool's `run`), in three parts that each fit
 # one call (at most 10 minutes): part 1, the CUDA tests and PPO training with and without the captured rollout and
-# update; part 2, the speed of the envs and cores, compiled cores, BPTT memory, captured env steps, bf16 autocast.
+# update; part 3, the NTM's and DNC's Triton kernels (their tests compiled on CUDA, per-step timings eager and in a
+# CUDA graph, PPO training with them); part 2, the speed of the envs and cores, compiled cores, BPTT memory, captured
+# env steps, bf16 autocast. Run them in the order 1, 3, 2 (what a 15-minute device session should measure first).
 # Logs go to $OUT, packed at the end into one archive per part (at most 8 files come back from a call).
 #
 #   bash scripts/device_wheels.sh                         # here, once: the wheels the device lacks, into .whl/
-#   PART=1 bash scripts/device_check.sh                   # there (carry .whl); then PART=2; PART=all runs both
+#   PART=1 bash scripts/device_check.sh                   # there (carry .whl); then PART=3, PART=2; PART=all: every part
 #
 # Each step has its own timeout (T_* seconds) so that one slow step cannot eat the session's device minutes.
 set -uo pipefail
@@ -30,6 +32,26 @@ timeout "${T_CAPTURE_PPO:-200}" python3 scripts/benchmark_training.py --device c
 timeout "${T_CAPTURE_SMALL:-100}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 32 \
   --entries tmaze:lstm tmaze:ntm tmaze:dnc --capture-rollout off graph --capture-update off graph --seconds 4 \
   --threads 1 --json "$OUT/bench_training_capture_32_cuda.json" 2>&1 | tee "$OUT/bench_training_capture_32_cuda.txt"
+fi
+if part 3; then
+# the Triton kernels' tests, compiled (every comparison with the plain path, not only the cuda-marked tests)
+timeout "${T_TRITON_TESTS:-150}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_ntm_triton.py \
+  tests/test_dnc_triton.py 2>&1 | tee "$OUT/pytest_triton.log"
+# per-step forward and forward+backward: plain, Triton, and each in one CUDA graph (batch 32, then 4,096)
+timeout "${T_TRITON_CORES:-90}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc lstm --triton --graph \
+  --no-ixaxaar --slots-sweep --budget 3 --json "$OUT/bench_cores_triton_cuda.json" 2>&1 | tee "$OUT/bench_cores_triton_cuda.txt"
+timeout "${T_TRITON_CORES_BIG:-60}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc --triton --graph \
+  --batch 4096 --no-ixaxaar --slots-sweep --budget 3 --repeats 3 \
+  --json "$OUT/bench_cores_triton_4096_cuda.json" 2>&1 | tee "$OUT/bench_cores_triton_4096_cuda.txt"
+# PPO training with the kernels, both captures on and off, at 4,096 envs (the issue's 500k steps/s goal) and at 32
+timeout "${T_TRITON_PPO:-150}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \
+  --num-steps 64 --entries tmaze:ntm tmaze:ntm-triton tmaze:dnc tmaze:dnc-triton --capture-rollout off graph \
+  --capture-update graph --seconds 4 --threads 1 \
+  --json "$OUT/bench_training_triton_cuda.json" 2>&1 | tee "$OUT/bench_training_triton_cuda.txt"
+timeout "${T_TRITON_PPO_SMALL:-100}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 32 \
+  --entries tmaze:ntm tmaze:ntm-triton tmaze:dnc tmaze:dnc-triton --capture-rollout off graph --capture-update graph \
+  --seconds 4 --threads 1 --json "$OUT/bench_training_triton_32_cuda.json" 2>&1 \
+  | tee "$OUT/bench_training_triton_32_cuda.txt"
 fi
 if part 2; then
 timeout "${T_ENVS:-60}" python3 scripts/benchmark_envs.py --device cuda --num-envs 4096 65536 262144 --seconds 0.5 \

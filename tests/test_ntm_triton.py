@@ -172,7 +172,7 @@ def test_bad_kernel_options_raise_one_line_errors(monkeypatch):
         NTMCore(5, kernel="triton", num_write_heads=2)
     core = NTMCore(5, hidden_size=8, num_slots=6, slot_size=4, kernel="triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="run on CUDA tensors"):
+    with pytest.raises(RuntimeError, match="Triton kernels run on CUDA tensors"):
         core.step(torch.randn(2, 5), core.initial_state(2, "cpu"))
     with pytest.raises(TypeError, match="float32 or float64"):
         from memory_cores.ntm_triton import ntm_access
