@@ -37,6 +37,10 @@ random, from a private generator seeded by ``seed_permutations``, distinct acros
 of the linear layer). The permutations are a persistent buffer: they are saved in the ``state_dict``, restored by
 ``load_state_dict`` (a reload into a module built with another seed gives identical outputs) and follow the
 module through ``.to()``.
+
+Fast path: ``kernel="triton"`` (or ``"auto"`` on CUDA) runs the cell below, from the pre-activations to ``h_t`` and the
+new copies, as one Triton kernel forward and one backward (:mod:`memory_cores.alstm_triton`), tested equal to the
+plain cell in float64 (tests/test_alstm_triton.py).
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Core, LearnedInit
+
+KERNELS = ("plain", "auto", "triton")
 
 
 # ---------------------------------------------------------------------------------------------- complex helpers
@@ -244,6 +250,11 @@ class AssociativeLSTMCore(Core):
             with the same seed agree regardless of the global RNG); ``None`` draws from torch's global RNG.
         learn_initial_state: learn ``h_0`` and the copies ``c_0`` (default: zeros).
         forget_bias: added to the forget gate's bias at initialisation (1.0, the usual LSTM practice).
+        kernel: ``"plain"`` (default): the cell as the torch ops of :meth:`_cell`, the readable reference.
+            ``"triton"``: the same cell, from the pre-activations to ``h_t`` and the new copies, as one Triton kernel
+            forward and one backward (:mod:`memory_cores.alstm_triton`; float32 or float64 math; CUDA, or the CPU
+            under ``TRITON_INTERPRET=1``, else a one-line error). Same values up to rounding; once-differentiable.
+            ``"auto"``: the Triton kernels on CUDA when Triton imports, else the plain cell.
 
     State: :class:`ALSTMState` with ``h`` ``[B, N_h]`` and ``c`` ``[B, N_copies, N_h]``.
 
@@ -260,8 +271,11 @@ class AssociativeLSTMCore(Core):
         seed_permutations: int | None = 0,
         learn_initial_state: bool = False,
         forget_bias: float = 1.0,
+        kernel: str = "plain",
     ) -> None:
         super().__init__(input_size)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if not isinstance(hidden_size, int) or hidden_size < 2 or hidden_size % 2:
             raise ValueError(
                 f"hidden_size (N_h) must be an even int >= 2 (N_h/2 complex units), got {hidden_size!r}"
@@ -277,6 +291,7 @@ class AssociativeLSTMCore(Core):
         self.num_copies = num_copies
         self.learn_initial_state = learn_initial_state
         self.output_size = hidden_size
+        self.kernel = kernel
 
         K = self.num_units
         self.proj = nn.Linear(input_size + hidden_size, 3 * K + 3 * hidden_size)
@@ -310,6 +325,7 @@ class AssociativeLSTMCore(Core):
         return (
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, num_copies={self.num_copies}, "
             f"learn_initial_state={self.learn_initial_state}"
+            + (f", kernel={self.kernel!r}" if self.kernel != "plain" else "")
         )
 
     # ------------------------------------------------------------------ state
@@ -353,7 +369,7 @@ class AssociativeLSTMCore(Core):
 
     def _cell(self, pre: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """The holographic cell from the pre-activations (callers disable autocast and pass ``pre`` and ``c`` in
-        the same real dtype).
+        the same real dtype); through :func:`memory_cores.alstm_triton.alstm_cell` where ``kernel`` says so.
 
         Args:
             pre: ``[B, 4.5 N_h]`` pre-activations.
@@ -361,6 +377,10 @@ class AssociativeLSTMCore(Core):
         Returns:
             ``h_t`` ``[B, N_h]`` and ``c_{s,t}`` ``[B, N_copies, N_h]``.
         """
+        if self._use_triton(pre.device):
+            from .alstm_triton import alstm_cell  # imports Triton only where the kernel is asked for
+
+            return alstm_cell(pre, c, self.permutations)
         B, K, N = pre.shape[0], self.num_units, self.num_copies
         g, k = self._activate(pre)  # [B, 3, K], [B, 3, 2, K]
         g_f, g_i, g_o = g.unsqueeze(2).unbind(1)  # [B, 1, K] each: one gate per complex unit, on both halves
@@ -373,6 +393,18 @@ class AssociativeLSTMCore(Core):
         # h_t = g_o * bound(mean_s (P_s r_o) (*) c_{s,t})
         h = g_o * _bound_planar(_cmul_planar(r_out, c).mean(dim=1))
         return h.flatten(-2), c.flatten(-2)
+
+    def _use_triton(self, device: torch.device) -> bool:
+        """Whether :meth:`_cell` runs through the Triton kernels on ``device`` (see ``kernel``)."""
+        if self.kernel == "triton":
+            return True
+        if self.kernel == "plain" or device.type != "cuda":
+            return False
+        try:
+            from .triton_common import available
+        except ImportError:  # pragma: no cover - a broken Triton install
+            return False
+        return available(device) is None
 
     # ------------------------------------------------------------------ contract
     def step(self, x: Tensor, state: ALSTMState) -> tuple[Tensor, ALSTMState]:

@@ -60,7 +60,9 @@ if triton is not None:
 
     @triton.jit
     def sigmoid(x):
-        return 1.0 / (1.0 + tl.exp(-x))
+        """1 / (1 + e^-x) without overflow: e^-|x| is at most 1."""
+        e = tl.exp(-tl.abs(x))
+        return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
     @triton.jit
     def row_inv_norms(M, eps):

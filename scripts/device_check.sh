@@ -36,12 +36,12 @@ fi
 if part 3; then
 # the Triton kernels' tests, compiled (every comparison with the plain path, not only the cuda-marked tests)
 timeout "${T_TRITON_TESTS:-150}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_ntm_triton.py \
-  tests/test_dnc_triton.py 2>&1 | tee "$OUT/pytest_triton.log"
+  tests/test_dnc_triton.py tests/test_alstm_triton.py 2>&1 | tee "$OUT/pytest_triton.log"
 # per-step forward and forward+backward: plain, Triton, and each in one CUDA graph (batch 32, then 4,096)
-timeout "${T_TRITON_CORES:-90}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc lstm --triton --graph \
-  --no-ixaxaar --slots-sweep --budget 3 --json "$OUT/bench_cores_triton_cuda.json" 2>&1 | tee "$OUT/bench_cores_triton_cuda.txt"
-timeout "${T_TRITON_CORES_BIG:-60}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc --triton --graph \
-  --batch 4096 --no-ixaxaar --slots-sweep --budget 3 --repeats 3 \
+timeout "${T_TRITON_CORES:-90}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm lstm --triton \
+  --graph --no-ixaxaar --slots-sweep --budget 3 --json "$OUT/bench_cores_triton_cuda.json" 2>&1 | tee "$OUT/bench_cores_triton_cuda.txt"
+timeout "${T_TRITON_CORES_BIG:-60}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm --triton \
+  --graph --batch 4096 --no-ixaxaar --slots-sweep --budget 3 --repeats 3 \
   --json "$OUT/bench_cores_triton_4096_cuda.json" 2>&1 | tee "$OUT/bench_cores_triton_4096_cuda.txt"
 # PPO training with the kernels, both captures on and off, at 4,096 envs (the issue's 500k steps/s goal) and at 32
 timeout "${T_TRITON_PPO:-150}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \
