@@ -303,7 +303,7 @@ class NTMAccess(torch.autograd.Function):
         g_ww_prev = torch.empty_like(write_weights)
         if B:
             meta = _launch_meta(N, W, S)
-            meta["num_warps"] = max(meta["num_warps"], 8 if meta["BN"] * meta["BW"] > 2048 else 4)
+            meta["num_warps"] = max(meta["num_warps"], 8 if meta["BN"] * meta["BW"] >= 2048 else 4)  # 4 warps spill at 64 x 32 (scripts/triton_compile_check.py)
             _ntm_access_bwd[(B,)](
                 params, memory, read_weights, write_weights, mem_out, wr, ww, work, *grads,
                 g_params, g_memory, g_wr_prev, g_ww_prev, memory.new_empty(B, N), ctx.clip, ctx.eps,
