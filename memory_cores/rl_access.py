@@ -83,6 +83,9 @@ Design notes:
   initial values: controller ``h_0``, ``c_0``, memory ``M_0`` (a small constant 1e-6 at init, Collier and Beel
   2018) and the read ``r_0``; the head starts at slot 0, usage at zero, the previous choice at zero.
 * Memory math runs in fp32 with autocast disabled (fp64 when the module is double).
+* ``kernel="triton"`` runs everything after the choice (content read, moves, least-used write, erase/add, usage)
+  as one Triton kernel forward and one backward (:mod:`memory_cores.rl_access_triton`), tested equal to the plain
+  step below, which stays the readable reference; ``kernel="auto"`` takes it on CUDA when Triton imports.
 
 A learner's rollout and update (CleanRL style; see :mod:`memory_cores.reinforce` for the loss)::
 
@@ -102,7 +105,7 @@ from typing import NamedTuple, Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .addressing import content_weighting, erase_and_add, oneplus, read_memory
+from .addressing import EPS, content_weighting, erase_and_add, oneplus, read_memory
 from .base import Core, LearnedInit, stack_states
 
 DEFAULT_PROCESSES: tuple[str, ...] = (
@@ -124,6 +127,8 @@ ACCESS_PROCESSES: tuple[str, ...] = DEFAULT_PROCESSES + (
     "read_move_left",
 )
 """Every access process this core knows (the default ones first); ``processes=`` picks a subset in any order."""
+
+KERNELS = ("plain", "auto", "triton")
 
 
 class RLAccessState(NamedTuple):
@@ -220,6 +225,14 @@ class RLAccessCore(Core):
             defines the choice index. Default: :data:`DEFAULT_PROCESSES` (the seven original ones; the processes
             that move and act in one step, ``write_move_*`` and ``read_move_*``, are chosen explicitly).
         usage_decay: lambda in (0, 1), the per-step decay of the usage of slots not written.
+        kernel: ``"plain"`` (default): the memory access as the torch ops of :meth:`_step`, the readable reference.
+            ``"triton"``: everything after the choice (content read, head moves, least-used write, erase/add,
+            usage) as one Triton kernel forward and one backward (:mod:`memory_cores.rl_access_triton`; float32 or
+            float64 memory; CUDA tensors, or the CPU under ``TRITON_INTERPRET=1`` for tests; elsewhere a one-line
+            error). The choice, its log-probability and the entropy stay in torch, so sampling draws the same
+            random numbers and stored choices replay exactly. Same values up to rounding; once-differentiable.
+            ``"auto"``: the Triton kernels where they can run (Triton importable, CUDA inputs) and the plain step
+            elsewhere, so that a checkpoint trained on a GPU evaluates on a CPU.
 
     ``output_size == hidden_size + slot_size`` (``y = [h, r]``). ``num_choices == len(processes)`` (P).
     ``pre_choice_size == hidden_size``: ``y[..., :pre_choice_size]`` (= h_t) is computed before the choice a_t,
@@ -236,6 +249,7 @@ class RLAccessCore(Core):
         slot_size: int = 16,
         processes: Sequence[str] = DEFAULT_PROCESSES,
         usage_decay: float = 0.99,
+        kernel: str = "plain",
     ) -> None:
         super().__init__(input_size)
         for name, value in (("hidden_size", hidden_size), ("num_slots", num_slots), ("slot_size", slot_size)):
@@ -252,6 +266,8 @@ class RLAccessCore(Core):
             )
         if not 0.0 < float(usage_decay) < 1.0:
             raise ValueError(f"usage_decay must lie in (0, 1), got {usage_decay!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.hidden_size = hidden_size
         self.num_slots = num_slots
         self.slot_size = slot_size
@@ -259,6 +275,7 @@ class RLAccessCore(Core):
         self.choice_names = processes
         self.num_choices = len(processes)
         self.usage_decay = float(usage_decay)
+        self.kernel = kernel
         self.output_size = hidden_size + slot_size
         self.pre_choice_size = hidden_size
 
@@ -276,6 +293,7 @@ class RLAccessCore(Core):
         return (
             f"{super().extra_repr()}, hidden_size={self.hidden_size}, num_slots={self.num_slots}, "
             f"slot_size={self.slot_size}, processes={list(self.processes)}, usage_decay={self.usage_decay}"
+            + (f", kernel={self.kernel!r}" if self.kernel != "plain" else "")
         )
 
     # ------------------------------------------------------------------ contract
@@ -406,6 +424,9 @@ class RLAccessCore(Core):
                     choice = (log_pi.detach() - torch.log(-torch.log(u))).argmax(dim=-1)
             log_prob = log_pi.gather(-1, choice.unsqueeze(-1)).squeeze(-1)  # log pi(a_t) [B]
             entropy = -(log_pi.exp() * log_pi).sum(-1)  # H(pi) [B]
+            if self.kernel == "triton" or (self.kernel == "auto" and self._triton_runs_on(x.device)):
+                info = ChoiceInfo(choice=choice, log_prob=log_prob, entropy=entropy, logits=z)
+                return self._step_triton(h, c, xi, state, info, mdtype)
 
             # Differentiable portion
             beta = oneplus(beta_hat)  # [B, 1] beta_t >= 1
@@ -486,3 +507,43 @@ class RLAccessCore(Core):
             prev_choice=prev_choice,
         )
         return y, new_state, ChoiceInfo(choice=choice, log_prob=log_prob, entropy=entropy, logits=z)
+
+    def _triton_runs_on(self, device: torch.device) -> bool:
+        """``kernel="auto"``: whether the Triton kernels can run here (Triton importable, CUDA inputs)."""
+        if device.type != "cuda":
+            return False
+        try:
+            from .triton_common import available
+        except ImportError:  # pragma: no cover - a broken Triton install
+            return False
+        return available(device) is None
+
+    def _step_triton(
+        self, h: Tensor, c: Tensor, xi: Tensor, state: RLAccessState, info: ChoiceInfo, mdtype: torch.dtype
+    ) -> tuple[Tensor, RLAccessState, ChoiceInfo]:
+        """The access of :meth:`_step` after the choice through :func:`memory_cores.rl_access_triton.rl_access`
+        (same equations). ``xi``: ``[B, P + 3W + 1]`` in ``mdtype``; ``info``: the step's :class:`ChoiceInfo`."""
+        from .rl_access_triton import rl_access  # imports Triton only where the kernel is asked for
+
+        M_new, p_new, u_new, r_new = rl_access(
+            xi,
+            info.choice,
+            state.memory.to(mdtype),
+            state.head.to(mdtype),
+            state.usage.to(mdtype),
+            state.read.to(mdtype),
+            processes=self.processes,
+            usage_decay=self.usage_decay,
+            eps=EPS,
+        )
+        y = torch.cat([h.to(mdtype), r_new], dim=-1)  # [B, H + W]
+        new_state = RLAccessState(
+            h=h.to(state.h.dtype),
+            c=c.to(state.c.dtype),
+            memory=M_new.to(state.memory.dtype),
+            head=p_new.to(state.head.dtype),
+            usage=u_new.to(state.usage.dtype),
+            read=r_new.to(state.read.dtype),
+            prev_choice=_one_hot(info.choice, self.num_choices, state.prev_choice.dtype),
+        )
+        return y, new_state, info

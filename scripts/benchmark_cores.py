@@ -11,7 +11,7 @@ Example::
 
     python3 scripts/benchmark_cores.py --threads 1 --json docs/results/benchmark_cpu.json
     python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm rl_access lstm --graph   # + CUDA graphs
-    python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm --triton --graph   # + their Triton kernels
+    python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm rl_access --triton --graph   # + Triton kernels
 
 ``--graph`` (CUDA) also replays each core's unroll as one CUDA graph (forward, and forward+backward with the
 gradients in the graph's pool: how ``--capture-update graph`` runs the update).
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from memory_cores import CORES, make_core  # noqa: E402
 
 
-TRITON_CORES = ("ntm", "dnc", "alstm")  # cores whose constructor takes kernel="triton"
+TRITON_CORES = ("ntm", "dnc", "alstm", "rl_access")  # cores whose constructor takes kernel="triton"
 
 
 def triton_unavailable(device: torch.device) -> str | None:

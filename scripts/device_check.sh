@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks of one device session, as prepared scripts (the device tool's `run`), in three parts that each fit
 # one call (at most 10 minutes): part 1, the CUDA tests and PPO training with and without the captured rollout and
-# update; part 3, the NTM's and DNC's Triton kernels (their tests compiled on CUDA, per-step timings eager and in a
-# CUDA graph, PPO training with them); part 2, the speed of the envs and cores, compiled cores, BPTT memory, captured
-# env steps, bf16 autocast. Run them in the order 1, 3, 2 (what a 15-minute device session should measure first).
+# update; part 3, the memory cores' Triton kernels (ntm, dnc, alstm, rl_access: their tests compiled on CUDA,
+# per-step timings eager and in a CUDA graph); part 4, PPO training with the NTM's and DNC's kernels; part 2, the
+# speed of the envs and cores, compiled cores, BPTT memory, captured env steps, bf16 autocast. Run them in the order
+# 1, 3, 4, 2 (what a 15-minute device session should measure first).
 # Logs go to $OUT, packed at the end into one archive per part (at most 8 files come back from a call).
 #
 #   bash scripts/device_wheels.sh                         # here, once: the wheels the device lacks, into .whl/
-#   PART=1 bash scripts/device_check.sh                   # there (carry .whl); then PART=3, PART=2; PART=all: every part
+#   PART=1 bash scripts/device_check.sh                   # there (carry .whl); then PART=3, 4, 2; PART=all: every part
 #
 # Each step has its own timeout (T_* seconds) so that one slow step cannot eat the session's device minutes.
 set -uo pipefail
@@ -35,14 +36,16 @@ timeout "${T_CAPTURE_SMALL:-100}" python3 scripts/benchmark_training.py --device
 fi
 if part 3; then
 # the Triton kernels' tests, compiled (every comparison with the plain path, not only the cuda-marked tests)
-timeout "${T_TRITON_TESTS:-150}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_ntm_triton.py \
-  tests/test_dnc_triton.py tests/test_alstm_triton.py 2>&1 | tee "$OUT/pytest_triton.log"
+timeout "${T_TRITON_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_ntm_triton.py \
+  tests/test_dnc_triton.py tests/test_alstm_triton.py tests/test_rl_access_triton.py 2>&1 | tee "$OUT/pytest_triton.log"
 # per-step forward and forward+backward: plain, Triton, and each in one CUDA graph (batch 32, then 4,096)
-timeout "${T_TRITON_CORES:-90}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm lstm --triton \
+timeout "${T_TRITON_CORES:-160}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm rl_access lstm --triton \
   --graph --no-ixaxaar --slots-sweep --budget 3 --json "$OUT/bench_cores_triton_cuda.json" 2>&1 | tee "$OUT/bench_cores_triton_cuda.txt"
-timeout "${T_TRITON_CORES_BIG:-60}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm --triton \
+timeout "${T_TRITON_CORES_BIG:-120}" python3 scripts/benchmark_cores.py --devices cuda --cores ntm dnc alstm rl_access --triton \
   --graph --batch 4096 --no-ixaxaar --slots-sweep --budget 3 --repeats 3 \
   --json "$OUT/bench_cores_triton_4096_cuda.json" 2>&1 | tee "$OUT/bench_cores_triton_4096_cuda.txt"
+fi
+if part 4; then
 # PPO training with the kernels, both captures on and off, at 4,096 envs (the issue's 500k steps/s goal) and at 32
 timeout "${T_TRITON_PPO:-150}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \
   --num-steps 64 --entries tmaze:ntm tmaze:ntm-triton tmaze:dnc tmaze:dnc-triton --capture-rollout off graph \

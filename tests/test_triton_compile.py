@@ -31,7 +31,8 @@ def test_every_kernel_compiles_for_sm90_without_a_gpu(tmp_path):
     assert not [line for line in lines if "FAILED" in line]
     for core, kernels in (("ntm", ("_ntm_access_fwd", "_ntm_access_bwd")),
                           ("dnc", ("_dnc_access_fwd", "_dnc_access_bwd")),
-                          ("alstm", ("_alstm_cell_fwd", "_alstm_cell_bwd"))):
+                          ("alstm", ("_alstm_cell_fwd", "_alstm_cell_bwd")),
+                          ("rl_access", ("_rl_access_fwd", "_rl_access_bwd"))):
         for dtype in ("float32", "float64"):
             rows = [line.split() for line in lines if line.startswith(core + " ") and f" {dtype} " in line]
             assert {r[2] for r in rows} >= set(kernels), (core, dtype, out.stdout)
