@@ -44,6 +44,12 @@ CORES: dict[str, type[Core]] = {
     "perceiver_ar": PerceiverARCore,
 }
 
+KERNEL_CORES: tuple[str, ...] = tuple(
+    name for name, cls in CORES.items() if "kernel" in inspect.signature(cls.__init__).parameters
+)
+"""Cores whose constructor takes ``kernel="plain"|"auto"|"triton"``: their memory access has a Triton fast path
+(:mod:`memory_cores.ntm_triton`, ``dnc_triton``, ``alstm_triton``, ``rl_access_triton``)."""
+
 
 def make_core(name: str, input_size: int, **kwargs) -> Core:
     """Build the core registered as ``name`` (a key of :data:`CORES`) for inputs of width ``input_size``.
@@ -64,6 +70,7 @@ def make_core(name: str, input_size: int, **kwargs) -> Core:
 __all__ = [
     "CORES",
     "Core",
+    "KERNEL_CORES",
     "STORAGES",
     "bptt_policy",
     "internal_state_cost",

@@ -33,10 +33,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from memory_cores import CORES, make_core  # noqa: E402
+from memory_cores import CORES, KERNEL_CORES, make_core  # noqa: E402
 
 
-TRITON_CORES = ("ntm", "dnc", "alstm", "rl_access")  # cores whose constructor takes kernel="triton"
+TRITON_CORES = KERNEL_CORES  # cores whose constructor takes kernel="triton"
 
 
 def triton_unavailable(device: torch.device) -> str | None:

@@ -28,7 +28,9 @@ Entries (``task:agent``):
   ``SyncVectorEnv`` (``agents.env_adapter.TorchVecEnv``, numpy converted to torch once per step).
 
 Agents: ``lstm``, ``ntm``, ``dnc``, ``ntm-triton`` and ``dnc-triton`` (the core with ``kernel="triton"``: its memory
-access as one Triton kernel forward and one backward; CUDA only, skipped with a message elsewhere) (ours:
+access as one Triton kernel forward and one backward; CUDA only, skipped with a message elsewhere); on ``tmaze`` and
+``minigrid`` also any other core of ``memory_cores.CORES`` by name (``tmaze:alstm``, ``tmaze:rl_access-triton``: the
+``-triton`` suffix for the cores of ``memory_cores.KERNEL_CORES``) (ours:
 ``agents.policy.ActorCritic`` trained by ``agents.ppo.PPO``, exactly
 the loop of ``agents.runner.train`` without its logging and checkpoints), ``sb3-lstm`` and ``sb3-defaults``
 (sb3-contrib ``RecurrentPPO``). Same network for ``lstm`` and ``sb3-lstm``: Linear(obs, 128) + ReLU encoder, one
@@ -143,7 +145,7 @@ def bench_ours(entry: str, core: str, env_id: str, env_kwargs: dict, shape: tupl
 
     B, T, L = shape
     core_kwargs = {}
-    if core.endswith("-triton"):  # ntm-triton, dnc-triton: the core with its Triton kernels
+    if core.endswith("-triton"):  # ntm-triton, dnc-triton, ...: the core with its Triton kernels
         core, core_kwargs = core.removesuffix("-triton"), {"kernel": "triton"}
     cfg = TrainConfig(env=env_id, core=core, core_kwargs=json.dumps(core_kwargs), num_envs=B, num_steps=T,
                       seq_len=L, num_minibatches=4, update_epochs=4, total_steps=10**9, hidden_size=128, embed_size=128, seed=seed, progress=False,
@@ -450,10 +452,23 @@ def ratio_table(results: list[Result], field: str, base: str, title: str) -> lis
     return lines if n else []
 
 
+def valid_entry(entry: str) -> bool:
+    """An entry of :data:`ENTRIES`, or ``tmaze:CORE`` / ``minigrid:CORE`` for any core of ``memory_cores.CORES``
+    (``CORE-triton`` for those of ``memory_cores.KERNEL_CORES``)."""
+    if entry in ENTRIES:
+        return True
+    from memory_cores import CORES, KERNEL_CORES
+
+    task, _, agent = entry.partition(":")
+    core = agent.removesuffix("-triton")
+    return task in ("tmaze", "minigrid") and (core in KERNEL_CORES if agent.endswith("-triton") else core in CORES)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", nargs="+", default=list(ENTRIES), metavar="TASK:AGENT",
-                        help=f"entries to time, in order (default: all): {' '.join(ENTRIES)}")
+                        help=f"entries to time, in order (default: all): {' '.join(ENTRIES)}; on tmaze and minigrid "
+                             "also any core by name (tmaze:gru, tmaze:alstm-triton, ...)")
     parser.add_argument("--seconds", type=float, default=30.0,
                         help="timed seconds per entry after the warm-up; whole iterations, at least one (default 30)")
     parser.add_argument("--warmup-updates", type=int, default=1,
@@ -481,9 +496,10 @@ def main(argv: list[str] | None = None) -> int:
                              "graph (default: off)")
     args = parser.parse_args(argv)
 
-    bad = [e for e in args.entries if e not in ENTRIES]
+    bad = [e for e in args.entries if not valid_entry(e)]
     if bad:
-        parser.error(f"--entries {' '.join(bad)} not valid: expected some of {' '.join(ENTRIES)}")
+        parser.error(f"--entries {' '.join(bad)} not valid: expected some of {' '.join(ENTRIES)}, or tmaze:CORE / "
+                     "minigrid:CORE for a core of memory_cores.CORES (CORE-triton for memory_cores.KERNEL_CORES)")
     for name in ("threads", "warmup_updates"):
         if getattr(args, name) < (1 if name == "threads" else 0):
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is not valid: expected >= "

@@ -51,8 +51,9 @@ timeout "${T_TRITON_PPO:-150}" python3 scripts/benchmark_training.py --device cu
   --num-steps 64 --entries tmaze:ntm tmaze:ntm-triton tmaze:dnc tmaze:dnc-triton --capture-rollout off graph \
   --capture-update graph --seconds 4 --threads 1 \
   --json "$OUT/bench_training_triton_cuda.json" 2>&1 | tee "$OUT/bench_training_triton_cuda.txt"
-timeout "${T_TRITON_PPO_SMALL:-100}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 32 \
-  --entries tmaze:ntm tmaze:ntm-triton tmaze:dnc tmaze:dnc-triton --capture-rollout off graph --capture-update graph \
+timeout "${T_TRITON_PPO_SMALL:-160}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 32 \
+  --entries tmaze:ntm tmaze:ntm-triton tmaze:dnc tmaze:dnc-triton tmaze:alstm tmaze:alstm-triton tmaze:rl_access \
+  tmaze:rl_access-triton --capture-rollout off graph --capture-update graph \
   --seconds 4 --threads 1 --json "$OUT/bench_training_triton_32_cuda.json" 2>&1 \
   | tee "$OUT/bench_training_triton_32_cuda.txt"
 fi
