@@ -34,7 +34,7 @@ from .addressing import EPS
 from .triton_common import available, check_inputs, tl, triton
 
 if triton is not None:
-    from .triton_common import content_bwd, content_fwd, row_inv_norms, sigmoid, softplus, softplus_grad
+    from .triton_common import content_bwd, content_fwd, memory_tile, row_inv_norms, sigmoid, softplus, softplus_grad
 
 __all__ = ["MAX_SLOTS", "available", "access_forward", "access_backward", "TritonAccess"]
 
@@ -67,12 +67,7 @@ if triton is not None:
         BN: tl.constexpr, BW: tl.constexpr,
     ):
         b = tl.program_id(0).to(tl.int64)
-        rows = tl.arange(0, BN)
-        cols = tl.arange(0, BW)
-        rmask = rows < N
-        cmask = cols < W
-        tile = rows[:, None] * W + cols[None, :]
-        tmask = rmask[:, None] & cmask[None, :]
+        rows, cols, rmask, cmask, tile, tmask = memory_tile(N, W, BN, BW)
         ltile = rows[:, None] * N + rows[None, :]
         lmask = rmask[:, None] & rmask[None, :]
         # interface offsets: [k^r (R W) | k^w (W) | v (W) | beta^r (R), beta^w | e (W), f (R), g^a, g^w | pi (3R)]
@@ -159,12 +154,7 @@ if triton is not None:
         BN: tl.constexpr, BW: tl.constexpr,
     ):
         b = tl.program_id(0).to(tl.int64)
-        rows = tl.arange(0, BN)
-        cols = tl.arange(0, BW)
-        rmask = rows < N
-        cmask = cols < W
-        tile = rows[:, None] * W + cols[None, :]
-        tmask = rmask[:, None] & cmask[None, :]
+        rows, cols, rmask, cmask, tile, tmask = memory_tile(N, W, BN, BW)
         ltile = rows[:, None] * N + rows[None, :]
         lmask = rmask[:, None] & rmask[None, :]
         o_plus = R * W + 2 * W

@@ -37,7 +37,7 @@ from torch import Tensor
 from .triton_common import available, check_inputs, triton, tl
 
 if triton is not None:
-    from .triton_common import content_bwd, content_fwd, row_inv_norms, sigmoid, softplus, softplus_grad
+    from .triton_common import content_bwd, content_fwd, memory_tile, row_inv_norms, sigmoid, softplus, softplus_grad
 
 __all__ = ["available", "ntm_access", "NTMAccess"]
 
@@ -108,14 +108,9 @@ if triton is not None:
     ):
         b = tl.program_id(0).to(tl.int64)
         H = R + 1
-        rows = tl.arange(0, BN)
-        cols = tl.arange(0, BW)
+        rows, cols, rmask, cmask, tile, tmask = memory_tile(N, W, BN, BW)
         sidx = tl.arange(0, BS)
-        rmask = rows < N
-        cmask = cols < W
         smask = sidx < S
-        tile = rows[:, None] * W + cols[None, :]
-        tmask = rmask[:, None] & cmask[None, :]
         p_row = p_ptr + b * P
         M = tl.load(mem_ptr + b * N * W + tile, mask=tmask, other=0.0)  # M_{t-1}
         m_inv = row_inv_norms(M, eps)
@@ -206,14 +201,9 @@ if triton is not None:
     ):
         b = tl.program_id(0).to(tl.int64)
         H = R + 1
-        rows = tl.arange(0, BN)
-        cols = tl.arange(0, BW)
+        rows, cols, rmask, cmask, tile, tmask = memory_tile(N, W, BN, BW)
         sidx = tl.arange(0, BS)
-        rmask = rows < N
-        cmask = cols < W
         smask = sidx < S
-        tile = rows[:, None] * W + cols[None, :]
-        tmask = rmask[:, None] & cmask[None, :]
         p_row = p_ptr + b * P
         gp_row = g_p_ptr + b * P
         M2 = tl.load(mem_out_ptr + b * N * W + tile, mask=tmask, other=0.0)  # M_t

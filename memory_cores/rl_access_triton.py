@@ -47,28 +47,23 @@ import torch
 from torch import Tensor
 
 from .addressing import EPS
+from .rl_access import ACCESS_PROCESSES
 from .triton_common import available, check_inputs, tl, triton
 
 if triton is not None:
-    from .triton_common import content_bwd, content_fwd, row_inv_norms, sigmoid, softplus, softplus_grad
+    from .triton_common import content_bwd, content_fwd, memory_tile, row_inv_norms, sigmoid, softplus, softplus_grad
 
 __all__ = ["available", "process_codes", "rl_access", "RLAccess"]
 
-# Names in the order of memory_cores.rl_access.ACCESS_PROCESSES; code = position + 1 (0: no process).
-_PROCESS_NAMES = (
-    "no_op",
-    "read_head",
-    "write_head",
-    "move_left",
-    "move_right",
-    "content_read",
-    "write_least_used",
-    "write_move_right",
-    "write_move_left",
-    "read_move_right",
-    "read_move_left",
-)
+_PROCESS_NAMES = ACCESS_PROCESSES  # process code = position + 1 (0: no process)
+
+
 _CODE_BITS = 4
+
+
+def _code(name: str) -> int:
+    """The kernels' code of an access process."""
+    return _PROCESS_NAMES.index(name) + 1
 
 
 def process_codes(processes: Sequence[str]) -> int:
@@ -77,21 +72,21 @@ def process_codes(processes: Sequence[str]) -> int:
     for j, name in enumerate(processes):
         if name not in _PROCESS_NAMES:
             raise ValueError(f"unknown access process {name!r}; valid: {list(_PROCESS_NAMES)}")
-        packed |= (_PROCESS_NAMES.index(name) + 1) << (_CODE_BITS * j)
+        packed |= _code(name) << (_CODE_BITS * j)
     return packed
 
 
 if triton is not None:
-    _READ_HEAD = tl.constexpr(2)
-    _WRITE_HEAD = tl.constexpr(3)
-    _MOVE_LEFT = tl.constexpr(4)
-    _MOVE_RIGHT = tl.constexpr(5)
-    _CONTENT_READ = tl.constexpr(6)
-    _WRITE_LEAST_USED = tl.constexpr(7)
-    _WRITE_MOVE_RIGHT = tl.constexpr(8)
-    _WRITE_MOVE_LEFT = tl.constexpr(9)
-    _READ_MOVE_RIGHT = tl.constexpr(10)
-    _READ_MOVE_LEFT = tl.constexpr(11)
+    _READ_HEAD = tl.constexpr(_code("read_head"))
+    _WRITE_HEAD = tl.constexpr(_code("write_head"))
+    _MOVE_LEFT = tl.constexpr(_code("move_left"))
+    _MOVE_RIGHT = tl.constexpr(_code("move_right"))
+    _CONTENT_READ = tl.constexpr(_code("content_read"))
+    _WRITE_LEAST_USED = tl.constexpr(_code("write_least_used"))
+    _WRITE_MOVE_RIGHT = tl.constexpr(_code("write_move_right"))
+    _WRITE_MOVE_LEFT = tl.constexpr(_code("write_move_left"))
+    _READ_MOVE_RIGHT = tl.constexpr(_code("read_move_right"))
+    _READ_MOVE_LEFT = tl.constexpr(_code("read_move_left"))
 
     @triton.jit
     def _process(choice_ptr, CODES: tl.constexpr, NP: tl.constexpr):
@@ -128,12 +123,7 @@ if triton is not None:
         N: tl.constexpr, W: tl.constexpr, I: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr,
     ):
         b = tl.program_id(0).to(tl.int64)
-        rows = tl.arange(0, BN)
-        cols = tl.arange(0, BW)
-        rmask = rows < N
-        cmask = cols < W
-        tile = rows[:, None] * W + cols[None, :]
-        tmask = rmask[:, None] & cmask[None, :]
+        rows, cols, rmask, cmask, tile, tmask = memory_tile(N, W, BN, BW)
         x = xi_ptr + b * I + NP  # the differentiable portion [k (W) | beta^ (1) | e^ (W) | v (W)]
         d, reads_at_head, reads_moved, content, writes_at_head, writes_least_used = _process(choice_ptr + b, CODES, NP)
         M = tl.load(mem_ptr + b * N * W + tile, mask=tmask, other=0.0)  # M_{t-1}
@@ -170,13 +160,8 @@ if triton is not None:
         N: tl.constexpr, W: tl.constexpr, I: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr,
     ):
         b = tl.program_id(0).to(tl.int64)
-        rows = tl.arange(0, BN)
-        cols = tl.arange(0, BW)
+        rows, cols, rmask, cmask, tile, tmask = memory_tile(N, W, BN, BW)
         pidx = tl.arange(0, BP)
-        rmask = rows < N
-        cmask = cols < W
-        tile = rows[:, None] * W + cols[None, :]
-        tmask = rmask[:, None] & cmask[None, :]
         x = xi_ptr + b * I + NP
         gx = g_xi_ptr + b * I
         tl.store(gx + pidx, tl.zeros([BP], dtype=g_xi_ptr.dtype.element_ty), mask=pidx < NP)  # z: torch's part
@@ -298,7 +283,7 @@ class RLAccess(torch.autograd.Function):
 
 
 def _has_content(codes: int, NP: int) -> bool:
-    content = _PROCESS_NAMES.index("content_read") + 1
+    content = _code("content_read")
     return any((codes >> (_CODE_BITS * j)) & 15 == content for j in range(NP))
 
 

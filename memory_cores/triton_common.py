@@ -65,6 +65,16 @@ if triton is not None:
         return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
     @triton.jit
+    def memory_tile(N: tl.constexpr, W: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr):
+        """Indices of one row's ``[N, W]`` memory held in a ``[BN, BW]`` block (powers of two): ``(rows [BN], cols [BW],
+        rmask, cmask, tile, tmask)`` with ``tile`` the offsets ``i W + j`` and ``tmask`` the entries inside ``[N, W]``."""
+        rows = tl.arange(0, BN)
+        cols = tl.arange(0, BW)
+        rmask = rows < N
+        cmask = cols < W
+        return rows, cols, rmask, cmask, rows[:, None] * W + cols[None, :], rmask[:, None] & cmask[None, :]
+
+    @triton.jit
     def row_inv_norms(M, eps):
         """``1 / |M(i)|`` with ``|x| = sqrt(x.x + eps)`` for a tile ``[BN, BW]`` -> ``[BN]``."""
         return 1.0 / tl.sqrt(tl.sum(M * M, 1) + eps)

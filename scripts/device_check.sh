@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The GPU checks of one device session, as prepared scripts (the device tool's `run`), in three parts that each fit
+# The GPU checks of one device session, as prepared scripts (the device tool's `run`), in five parts that each fit
 # one call (at most 10 minutes): part 1, the CUDA tests and PPO training with and without the captured rollout and
 # update; part 3, the memory cores' Triton kernels (ntm, dnc, alstm, rl_access: their tests compiled on CUDA,
-# per-step timings eager and in a CUDA graph); part 4, PPO training with the NTM's and DNC's kernels; part 2, the
-# speed of the envs and cores, compiled cores, BPTT memory, captured env steps, bf16 autocast. Run them in the order
-# 1, 3, 4, 2 (what a 15-minute device session should measure first).
+# per-step timings eager and in a CUDA graph); part 4, PPO training with the kernels (4,096 and 32 envs); part 2, the
+# speed of the envs and cores, compiled cores, BPTT memory, captured env steps, bf16 autocast; part 5, every core's
+# PPO training at the presets' batch, eager and captured. Run them in the order 1, 3, 4, 2, 5 (what a 15-minute device
+# session should measure first).
 # Logs go to $OUT, packed at the end into one archive per part (at most 8 files come back from a call).
 #
 #   bash scripts/device_wheels.sh                         # here, once: the wheels the device lacks, into .whl/
-#   PART=1 bash scripts/device_check.sh                   # there (carry .whl); then PART=3, 4, 2; PART=all: every part
+#   PART=1 bash scripts/device_check.sh                   # there (carry .whl); then PART=3, 4, 2, 5; PART=all: every part
 #
 # Each step has its own timeout (T_* seconds) so that one slow step cannot eat the session's device minutes.
 set -uo pipefail
@@ -78,6 +79,18 @@ timeout "${T_CAPTURE:-60}" python3 scripts/benchmark_envs.py --device cuda --num
 timeout "${T_AUTOCAST:-90}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 4096 \
   --entries tmaze:lstm tmaze:ntm tmaze:dnc --autocast fp32 bf16 --seconds 8 --threads 1 \
   --json "$OUT/bench_training_autocast_cuda.json" 2>&1 | tee "$OUT/bench_training_autocast_cuda.txt"
+fi
+if part 5; then
+# issue 12: "at the presets' batch every core trains at least as fast as on the CPU": every core on the T-maze at 32
+# envs x 64 steps, eager and with both captures (and the Triton kernels), beside the same command on the CPU
+# (docs/results/benchmark_training_every_core_32_cpu.txt)
+E=$(python3 -c "import memory_cores as m; print(' '.join(['tmaze:' + c for c in m.CORES] + ['tmaze:' + c + '-triton' for c in m.KERNEL_CORES]))")
+timeout "${T_EVERY_CORE:-170}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 32 --num-steps 64 \
+  --entries $E --seconds 4 --threads 1 --json "$OUT/bench_training_every_core_32_cuda.json" 2>&1 \
+  | tee "$OUT/bench_training_every_core_32_cuda.txt"
+timeout "${T_EVERY_CORE_GRAPH:-200}" python3 scripts/benchmark_training.py --device cuda --no-sb3 --num-envs 32 \
+  --num-steps 64 --entries $E --capture-rollout graph --capture-update graph --seconds 4 --threads 1 \
+  --json "$OUT/bench_training_every_core_32_graph_cuda.json" 2>&1 | tee "$OUT/bench_training_every_core_32_graph_cuda.txt"
 fi
 # one archive per part: the device tool brings back at most 8 files
 (cd "$OUT" && files=$(ls | grep -v '\.tgz$') && tar -czf "device_check_part${PART}.tgz" $files && rm -f $files)

@@ -9,13 +9,10 @@ the sequence, every output, the final state and the gradients of every parameter
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # before memory_cores.dnc_triton is imported: its kernels become interpreted
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import triton_helpers  # noqa: E402,F401  (before the kernel modules: TRITON_INTERPRET=1 without CUDA)
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (pip install triton)")
 
@@ -24,7 +21,7 @@ from memory_cores.base import tree_leaves  # noqa: E402
 from memory_cores.dnc import DNCAccessState, DNCCore  # noqa: E402
 
 torch.set_num_threads(1)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = triton_helpers.DEVICE
 TOL64 = 1e-11 if DEVICE == "cpu" else 1e-8  # compiled kernels take eps as a float32 scalar
 
 CONFIGS = {
@@ -190,16 +187,4 @@ def test_triton_unroll_in_a_cuda_graph_equals_eager():
         ys, _ = fast.unroll_sync_free(xs, state, resets)
         return torch.autograd.grad(ys.square().sum(), params)
 
-    eager = fwd_bwd()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fwd_bwd()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = fwd_bwd()
-    graph.replay()
-    torch.cuda.synchronize()
-    for a, b in zip(eager, captured):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    triton_helpers.assert_graph_replay_equals_eager(fwd_bwd)

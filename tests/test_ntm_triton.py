@@ -9,22 +9,18 @@ shift and wide shifts, one and several read heads, both controllers, an active c
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # before memory_cores.ntm_triton is imported: its kernels become interpreted
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import triton_helpers  # noqa: E402,F401  (before the kernel modules: TRITON_INTERPRET=1 without CUDA)
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (pip install triton)")
 
-import test_core_contract as contract  # noqa: E402
 from memory_cores.base import tree_leaves  # noqa: E402
-from memory_cores.ntm import NTMCore, NTMState  # noqa: E402
+from memory_cores.ntm import NTMCore  # noqa: E402
 
 torch.set_num_threads(1)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = triton_helpers.DEVICE
 # float64 agreement: the interpreter computes in float64 throughout; compiled kernels take float scalars (eps) as
 # float32, which moves log(w~ + eps) by ~1e-9 relative at empty slots
 TOL64 = 1e-11 if DEVICE == "cpu" else 1e-8
@@ -150,19 +146,7 @@ def test_auto_takes_the_kernel_on_cuda_and_the_plain_step_elsewhere():
     assert torch.isfinite(ys).all()
 
 
-@pytest.mark.parametrize(
-    "check",
-    [contract.test_reset_equals_fresh_start_and_leaves_other_rows, contract.test_numerically_safe],
-    ids=lambda f: f.__name__.removeprefix("test_"),
-)
-def test_contract_with_the_triton_kernel(monkeypatch, check):
-    if DEVICE != "cpu":
-        pytest.skip("the contract checks build their cores on the CPU")
-    import memory_cores
-
-    monkeypatch.setitem(memory_cores.CORES, "ntm_triton", NTMCore)
-    monkeypatch.setitem(contract.SMALL, "ntm_triton", {**contract.SMALL["ntm"], "kernel": "triton"})
-    check("ntm_triton")
+test_contract_with_the_triton_kernel = triton_helpers.contract_test("ntm", NTMCore)
 
 
 def test_bad_kernel_options_raise_one_line_errors(monkeypatch):
@@ -196,16 +180,4 @@ def test_triton_step_in_a_cuda_graph_equals_eager():
         ys, _ = fast.unroll(xs, state)
         return torch.autograd.grad(ys.square().sum(), params)
 
-    eager = fwd_bwd()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fwd_bwd()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = fwd_bwd()
-    graph.replay()
-    torch.cuda.synchronize()
-    for a, b in zip(eager, captured):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    triton_helpers.assert_graph_replay_equals_eager(fwd_bwd)

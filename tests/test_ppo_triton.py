@@ -10,14 +10,12 @@ float32 rounding.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # before the kernel modules are imported: their kernels become interpreted
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import triton_helpers  # noqa: E402,F401  (before the kernel modules: TRITON_INTERPRET=1 without CUDA)
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install triton)")
 
