@@ -21,7 +21,7 @@ from memory_cores.alstm import AssociativeLSTMCore, complex_conj  # noqa: E402
 
 torch.set_num_threads(1)
 DEVICE = triton_helpers.DEVICE
-TOL64 = 1e-11
+TOL64 = 1e-11 if DEVICE == "cpu" else 1e-9  # compiled kernels may fuse multiply-adds (other rounding)
 
 CONFIGS = {
     "default": dict(hidden_size=10, num_copies=3),  # K = 5, 3 copies: both padded
