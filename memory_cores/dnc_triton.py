@@ -293,7 +293,10 @@ if triton is not None:
 
 def _meta(N: int, W: int) -> dict:
     BN, BW = triton.next_power_of_2(N), triton.next_power_of_2(W)
-    return dict(BN=BN, BW=BW, num_warps=4 if BN * max(BN, BW) <= 4096 else 8)
+    # warps by the elements a program holds (the [N, N] link tile and the [N, W] memory), chosen so that the float32
+    # kernels spill least when compiled for sm_90 (scripts/triton_compile_check.py, docs/gpu.md)
+    held = BN * max(BN, BW) + BN * BW
+    return dict(BN=BN, BW=BW, num_warps=4 if held <= 6144 else 8 if held <= 12288 else 16)
 
 
 def access_forward(raw, memory, usage, link, precedence, read_w, write_w, erase_freed: bool, R: int, W: int):
@@ -339,7 +342,8 @@ def access_backward(saved, erase_freed: bool, R: int, W: int, g_mem1, g_u1, g_li
     g_p, g_rw = torch.empty_like(precedence), torch.empty_like(read_w)
     if B:
         meta = _meta(N, W)
-        meta["num_warps"] = 8 if meta["BN"] * max(meta["BN"], meta["BW"]) > 1024 else 4
+        held = meta["BN"] * max(meta["BN"], meta["BW"]) + meta["BN"] * meta["BW"]
+        meta["num_warps"] = 4 if held <= 1536 else 8 if held <= 6144 else 16
         _dnc_access_bwd[(B,)](
             raw, memory, usage, link, precedence, read_w, write_w, mem1, link1, wr1, ww1, work, *grads,
             g_raw, g_mem, g_u, g_link, g_p, g_rw, EPS,

@@ -273,7 +273,8 @@ class RLAccess(torch.autograd.Function):
         g_read_prev = memory.new_empty(B, W)
         if B:
             meta = _meta(N, W)
-            meta["num_warps"] = 8 if meta["BN"] * meta["BW"] >= 2048 else 4  # the backward holds about 4 tiles
+            tile = meta["BN"] * meta["BW"]  # the backward holds about 4 tiles: fewest spills on sm_90 with
+            meta["num_warps"] = 4 if tile < 2048 else 8 if tile < 8192 else 16  # (scripts/triton_compile_check.py)
             _rl_access_bwd[(B,)](
                 xi, choice, memory, head, usage, *grads, g_xi, g_memory, g_head_prev, g_usage_prev, g_read_prev,
                 usage_decay, eps, CODES=codes, NP=NP, HAS_CONTENT=_has_content(codes, NP), N=N, W=W, I=xi.shape[1],
