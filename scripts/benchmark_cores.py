@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if why:
                     print(f"  {name + '+triton':<18} skipped: {why}", flush=True)
                     continue
-                row(f"{name}+triton", bench_core(fast, args, device), params, r)
+                row(f"{name}+triton", bench_core(fast, args, device), params, r,
+                    against="; Triton's interpreter: correctness, not speed" if device.type == "cpu" else "")
                 if args.graph and device.type == "cuda":
                     graph_row(f"{name}+triton+graph", fast, params, r)
         ix_net = None
