@@ -317,8 +317,12 @@ class NTMCore(Core):
             w_prev = state.read_weights.to(mem_dtype)
             w_read = self._address(memory, w_prev, k_r, beta_r, gate_r, shift_r, gamma_r)  # [B, R, N]
             reads = read_memory(memory, w_read)  # r_t = sum_i w_t(i) M_t(i), [B, R, W]
+        return self._output(h, ctrl, memory, w_read, w_write, reads, state)
 
-        y = torch.cat([h, reads.reshape(B, R * W).to(h.dtype)], dim=1)  # [B, hidden + R W]
+    @staticmethod
+    def _output(h: Tensor, ctrl, memory: Tensor, w_read: Tensor, w_write: Tensor, reads: Tensor, state: NTMState):
+        """``y_t = [h_t, r_t]`` ``[B, hidden + R W]`` and the new state in the dtypes of ``state``."""
+        y = torch.cat([h, reads.flatten(1).to(h.dtype)], dim=1)  # [B, hidden + R W]
         new_state = NTMState(
             controller=ctrl,
             memory=memory.to(state.memory.dtype),
@@ -342,7 +346,7 @@ class NTMCore(Core):
         """The memory access of :meth:`step` through :func:`memory_cores.ntm_triton.ntm_access` (same equations)."""
         from .ntm_triton import ntm_access  # imports Triton only where the kernel is asked for
 
-        B, R, W = h.shape[0], self.num_read_heads, self.slot_size
+        R = self.num_read_heads
         memory, w_read, w_write, reads = ntm_access(
             params,
             state.memory.to(mem_dtype),
@@ -353,15 +357,7 @@ class NTMCore(Core):
             num_read_heads=R,
             num_shifts=2 * self.max_shift + 1,
         )
-        y = torch.cat([h, reads.reshape(B, R * W).to(h.dtype)], dim=1)
-        new_state = NTMState(
-            controller=ctrl,
-            memory=memory.to(state.memory.dtype),
-            read_weights=w_read.to(state.read_weights.dtype),
-            write_weights=w_write.to(state.write_weights.dtype),
-            reads=reads.to(state.reads.dtype),
-        )
-        return y, new_state
+        return self._output(h, ctrl, memory, w_read, w_write, reads, state)
 
     def extra_repr(self) -> str:
         return (

@@ -493,10 +493,12 @@ class RLAccessCore(Core):
             M_new = erase_and_add(M, w_write.unsqueeze(1), e.unsqueeze(1), v.unsqueeze(1))
             # Usage: written slot -> 1, the others decay by lambda
             u_new = self.usage_decay * u * (1.0 - w_write) + w_write
-            prev_choice = _one_hot(choice, P, state.prev_choice.dtype)
+            y, new_state = self._output(state, h, c, M_new, p_new, u_new, r_new, choice, mdtype)
+        return y, new_state, ChoiceInfo(choice=choice, log_prob=log_prob, entropy=entropy, logits=z)
 
-            y = torch.cat([h.to(mdtype), r_new], dim=-1)  # [B, H + W]
-
+    def _output(self, state: RLAccessState, h, c, M_new, p_new, u_new, r_new, choice: Tensor, mdtype: torch.dtype):
+        """``y_t = [h_t, r_t]`` ``[B, H + W]`` (in ``mdtype``) and the new state in the dtypes of ``state``."""
+        y = torch.cat([h.to(mdtype), r_new], dim=-1)  # [B, H + W]
         new_state = RLAccessState(
             h=h.to(state.h.dtype),
             c=c.to(state.c.dtype),
@@ -504,9 +506,9 @@ class RLAccessCore(Core):
             head=p_new.to(state.head.dtype),
             usage=u_new.to(state.usage.dtype),
             read=r_new.to(state.read.dtype),
-            prev_choice=prev_choice,
+            prev_choice=_one_hot(choice, self.num_choices, state.prev_choice.dtype),
         )
-        return y, new_state, ChoiceInfo(choice=choice, log_prob=log_prob, entropy=entropy, logits=z)
+        return y, new_state
 
     def _triton_runs_on(self, device: torch.device) -> bool:
         """``kernel="auto"``: whether the Triton kernels can run here (Triton importable, CUDA inputs)."""
@@ -536,14 +538,5 @@ class RLAccessCore(Core):
             usage_decay=self.usage_decay,
             eps=EPS,
         )
-        y = torch.cat([h.to(mdtype), r_new], dim=-1)  # [B, H + W]
-        new_state = RLAccessState(
-            h=h.to(state.h.dtype),
-            c=c.to(state.c.dtype),
-            memory=M_new.to(state.memory.dtype),
-            head=p_new.to(state.head.dtype),
-            usage=u_new.to(state.usage.dtype),
-            read=r_new.to(state.read.dtype),
-            prev_choice=_one_hot(info.choice, self.num_choices, state.prev_choice.dtype),
-        )
+        y, new_state = self._output(state, h, c, M_new, p_new, u_new, r_new, info.choice, mdtype)
         return y, new_state, info
