@@ -52,9 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Core, LearnedInit
-
-KERNELS = ("plain", "auto", "triton")
+from .base import Core, LearnedInit, check_kernel, use_triton
 
 
 # ---------------------------------------------------------------------------------------------- complex helpers
@@ -274,8 +272,6 @@ class AssociativeLSTMCore(Core):
         kernel: str = "plain",
     ) -> None:
         super().__init__(input_size)
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if not isinstance(hidden_size, int) or hidden_size < 2 or hidden_size % 2:
             raise ValueError(
                 f"hidden_size (N_h) must be an even int >= 2 (N_h/2 complex units), got {hidden_size!r}"
@@ -291,7 +287,7 @@ class AssociativeLSTMCore(Core):
         self.num_copies = num_copies
         self.learn_initial_state = learn_initial_state
         self.output_size = hidden_size
-        self.kernel = kernel
+        self.kernel = check_kernel(kernel)
 
         K = self.num_units
         self.proj = nn.Linear(input_size + hidden_size, 3 * K + 3 * hidden_size)
@@ -377,7 +373,7 @@ class AssociativeLSTMCore(Core):
         Returns:
             ``h_t`` ``[B, N_h]`` and ``c_{s,t}`` ``[B, N_copies, N_h]``.
         """
-        if self._use_triton(pre.device):
+        if use_triton(self.kernel, pre.device):
             from .alstm_triton import alstm_cell  # imports Triton only where the kernel is asked for
 
             return alstm_cell(pre, c, self.permutations)
@@ -393,18 +389,6 @@ class AssociativeLSTMCore(Core):
         # h_t = g_o * bound(mean_s (P_s r_o) (*) c_{s,t})
         h = g_o * _bound_planar(_cmul_planar(r_out, c).mean(dim=1))
         return h.flatten(-2), c.flatten(-2)
-
-    def _use_triton(self, device: torch.device) -> bool:
-        """Whether :meth:`_cell` runs through the Triton kernels on ``device`` (see ``kernel``)."""
-        if self.kernel == "triton":
-            return True
-        if self.kernel == "plain" or device.type != "cuda":
-            return False
-        try:
-            from .triton_common import available
-        except ImportError:  # pragma: no cover - a broken Triton install
-            return False
-        return available(device) is None
 
     # ------------------------------------------------------------------ contract
     def step(self, x: Tensor, state: ALSTMState) -> tuple[Tensor, ALSTMState]:

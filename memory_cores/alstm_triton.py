@@ -60,6 +60,15 @@ if triton is not None:
         return g_re / n - dot * re, g_im / n - dot * im
 
     @triton.jit
+    def _cell_tile(K: tl.constexpr, NC: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr):
+        """Indices of one row's ``N_copies x K`` complex units in a ``[BC, BK]`` block: ``(kk [BK], ss [BC], kmask,
+        tmask, ctile)``, ``ctile`` the offsets of the real halves (copy s, unit k at ``s 2K + k``; imaginary at + K)."""
+        kk = tl.arange(0, BK)
+        ss = tl.arange(0, BC)
+        kmask = kk < K
+        return kk, ss, kmask, (ss[:, None] < NC) & kmask[None, :], ss[:, None] * (2 * K) + kk[None, :]
+
+    @triton.jit
     def _cell_fwd_row(pre_row, c_row, perm_ptr, K: tl.constexpr, NC: tl.constexpr, kk, kmask, ss, tmask, ctile):
         """The forward of one row, with what the backward needs (the permuted raw keys and their divisors)."""
         g_f = sigmoid(tl.load(pre_row + kk, mask=kmask, other=0.0))
@@ -94,11 +103,7 @@ if triton is not None:
         K: tl.constexpr, NC: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
     ):
         b = tl.program_id(0).to(tl.int64)
-        kk = tl.arange(0, BK)
-        ss = tl.arange(0, BC)
-        kmask = kk < K
-        tmask = (ss[:, None] < NC) & kmask[None, :]
-        ctile = ss[:, None] * (2 * K) + kk[None, :]  # real half of copy s; the imaginary half at + K
+        kk, ss, kmask, tmask, ctile = _cell_tile(K, NC, BK, BC)
         c_row = c_ptr + b * NC * 2 * K
         (g_f, g_i, g_o, u_xr, u_xi, u_r, u_i, u_n, perm, ri_xr, ri_xi, ri_r, ri_i, ri_n,
          ro_xr, ro_xi, ro_r, ro_i, ro_n, w_r, w_i, c_r, c_i, n_r, n_i, m_r, m_i, bm_r, bm_i, m_n) = _cell_fwd_row(
@@ -115,11 +120,7 @@ if triton is not None:
         K: tl.constexpr, NC: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
     ):
         b = tl.program_id(0).to(tl.int64)
-        kk = tl.arange(0, BK)
-        ss = tl.arange(0, BC)
-        kmask = kk < K
-        tmask = (ss[:, None] < NC) & kmask[None, :]
-        ctile = ss[:, None] * (2 * K) + kk[None, :]
+        kk, ss, kmask, tmask, ctile = _cell_tile(K, NC, BK, BC)
         pre_row = pre_ptr + b * 9 * K
         c_row = c_ptr + b * NC * 2 * K
         (g_f, g_i, g_o, u_xr, u_xi, u_r, u_i, u_n, perm, ri_xr, ri_xi, ri_r, ri_i, ri_n,

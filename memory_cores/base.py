@@ -90,6 +90,30 @@ def stack_states(states: Sequence[State]) -> State:
     return tree_map(lambda *xs: torch.stack(xs), *states)
 
 
+KERNELS = ("plain", "auto", "triton")
+"""Values of the ``kernel`` argument of the cores with a Triton fast path (``memory_cores.KERNEL_CORES``)."""
+
+
+def check_kernel(kernel: str) -> str:
+    """``kernel`` if it is one of :data:`KERNELS`, else a one-line ``ValueError``."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    return kernel
+
+
+def use_triton(kernel: str, device: torch.device, applies: bool = True) -> bool:
+    """Whether a core built with ``kernel`` runs its Triton kernels for inputs on ``device``: always with
+    ``"triton"``, never with ``"plain"``; with ``"auto"`` where the kernels ``applies`` to the core's configuration,
+    on CUDA, with Triton importable (imported only then, so plain cores never load it)."""
+    if kernel == "triton":
+        return True
+    if kernel != "auto" or not applies or device.type != "cuda":
+        return False
+    from .triton_common import available
+
+    return available(device) is None
+
+
 class Core(nn.Module):
     """Base class of every memory core.
 

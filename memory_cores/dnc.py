@@ -58,10 +58,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .addressing import EPS, allocation_weighting, content_weighting, oneplus, sharpen
-from .base import Core, LearnedInit, tree_leaves
+from .base import Core, LearnedInit, check_kernel, tree_leaves, use_triton
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-KERNELS = ("plain", "auto", "triton")
 TRITON_MAX_SLOTS = 128  # memory_cores.dnc_triton.MAX_SLOTS (not imported here: that module imports Triton)
 
 
@@ -1108,9 +1107,7 @@ class DNCCore(Core):
         self.learn_initial_state = bool(learn_initial_state)
         self.fused = bool(fused)
         self.compile_steps = bool(compile)
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        self.kernel = kernel
+        self.kernel = check_kernel(kernel)
         self._triton_applies = self.fused and not (masked_content or link_sharpness) and N <= TRITON_MAX_SLOTS
         if kernel == "triton" and (not self._triton_applies or compile):
             raise ValueError(
@@ -1209,15 +1206,7 @@ class DNCCore(Core):
 
     def _use_triton(self, device: torch.device) -> bool:
         """Whether the access step runs through the Triton kernels on ``device`` (see ``kernel``)."""
-        if self.kernel == "triton":
-            return True
-        if self.kernel == "plain" or not self._triton_applies or device.type != "cuda":
-            return False
-        try:
-            from .triton_common import available
-        except ImportError:  # pragma: no cover - a broken Triton install
-            return False
-        return available(device) is None
+        return use_triton(self.kernel, device, applies=self._triton_applies)
 
     def _access(self, interface: Tensor, access: DNCAccessState) -> DNCAccessState:
         if self._use_triton(interface.device):

@@ -43,10 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .addressing import EPS, circular_shift, content_weighting, erase_and_add, interpolate, read_memory, sharpen
-from .base import Core, LearnedInit
+from .base import Core, LearnedInit, check_kernel, use_triton
 
 CONTROLLERS = ("lstm", "feedforward")
-KERNELS = ("plain", "auto", "triton")
 
 
 class LSTMControllerState(NamedTuple):
@@ -154,8 +153,7 @@ class NTMCore(Core):
             )
         if controller not in CONTROLLERS:
             raise ValueError(f"controller must be one of {CONTROLLERS}, got {controller!r}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        check_kernel(kernel)
         if kernel == "triton" and num_write_heads != 1:  # "auto" takes the plain step instead
             raise ValueError(
                 f"kernel='triton' supports one write head, got num_write_heads={num_write_heads}; use kernel='plain'"
@@ -286,7 +284,7 @@ class NTMCore(Core):
         )
         with guard:
             params = params.to(mem_dtype)
-            if self.kernel == "triton" or (self.kernel == "auto" and self._triton_runs_on(x.device)):
+            if use_triton(self.kernel, x.device, applies=self.num_write_heads == 1):
                 return self._step_triton(h, ctrl, params, state, mem_dtype)
             if self.clip_value is not None:
                 params = params.clamp(-self.clip_value, self.clip_value)
@@ -331,16 +329,6 @@ class NTMCore(Core):
             reads=reads.to(state.reads.dtype),
         )
         return y, new_state
-
-    def _triton_runs_on(self, device: torch.device) -> bool:
-        """``kernel="auto"``: whether the Triton kernels can run here (one write head, Triton importable, CUDA)."""
-        if self.num_write_heads != 1 or device.type != "cuda":
-            return False
-        try:
-            from .triton_common import available
-        except ImportError:  # pragma: no cover - a broken Triton install
-            return False
-        return available(device) is None
 
     def _step_triton(self, h: Tensor, ctrl, params: Tensor, state: NTMState, mem_dtype: torch.dtype):
         """The memory access of :meth:`step` through :func:`memory_cores.ntm_triton.ntm_access` (same equations)."""

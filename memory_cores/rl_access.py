@@ -106,7 +106,7 @@ import torch
 from torch import Tensor, nn
 
 from .addressing import EPS, content_weighting, erase_and_add, oneplus, read_memory
-from .base import Core, LearnedInit, stack_states
+from .base import Core, LearnedInit, check_kernel, stack_states, use_triton
 
 DEFAULT_PROCESSES: tuple[str, ...] = (
     "no_op",
@@ -127,8 +127,6 @@ ACCESS_PROCESSES: tuple[str, ...] = DEFAULT_PROCESSES + (
     "read_move_left",
 )
 """Every access process this core knows (the default ones first); ``processes=`` picks a subset in any order."""
-
-KERNELS = ("plain", "auto", "triton")
 
 
 class RLAccessState(NamedTuple):
@@ -266,8 +264,6 @@ class RLAccessCore(Core):
             )
         if not 0.0 < float(usage_decay) < 1.0:
             raise ValueError(f"usage_decay must lie in (0, 1), got {usage_decay!r}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.hidden_size = hidden_size
         self.num_slots = num_slots
         self.slot_size = slot_size
@@ -275,7 +271,7 @@ class RLAccessCore(Core):
         self.choice_names = processes
         self.num_choices = len(processes)
         self.usage_decay = float(usage_decay)
-        self.kernel = kernel
+        self.kernel = check_kernel(kernel)
         self.output_size = hidden_size + slot_size
         self.pre_choice_size = hidden_size
 
@@ -424,7 +420,7 @@ class RLAccessCore(Core):
                     choice = (log_pi.detach() - torch.log(-torch.log(u))).argmax(dim=-1)
             log_prob = log_pi.gather(-1, choice.unsqueeze(-1)).squeeze(-1)  # log pi(a_t) [B]
             entropy = -(log_pi.exp() * log_pi).sum(-1)  # H(pi) [B]
-            if self.kernel == "triton" or (self.kernel == "auto" and self._triton_runs_on(x.device)):
+            if use_triton(self.kernel, x.device):
                 info = ChoiceInfo(choice=choice, log_prob=log_prob, entropy=entropy, logits=z)
                 return self._step_triton(h, c, xi, state, info, mdtype)
 
@@ -509,16 +505,6 @@ class RLAccessCore(Core):
             prev_choice=_one_hot(choice, self.num_choices, state.prev_choice.dtype),
         )
         return y, new_state
-
-    def _triton_runs_on(self, device: torch.device) -> bool:
-        """``kernel="auto"``: whether the Triton kernels can run here (Triton importable, CUDA inputs)."""
-        if device.type != "cuda":
-            return False
-        try:
-            from .triton_common import available
-        except ImportError:  # pragma: no cover - a broken Triton install
-            return False
-        return available(device) is None
 
     def _step_triton(
         self, h: Tensor, c: Tensor, xi: Tensor, state: RLAccessState, info: ChoiceInfo, mdtype: torch.dtype

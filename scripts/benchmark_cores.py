@@ -34,18 +34,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from memory_cores import CORES, KERNEL_CORES, make_core  # noqa: E402
-
-
-TRITON_CORES = KERNEL_CORES  # cores whose constructor takes kernel="triton"
-
-
-def triton_unavailable(device: torch.device) -> str | None:
-    """Why the Triton kernels cannot run on ``device`` (None if they can)."""
-    try:
-        from memory_cores.triton_common import available
-    except ImportError as e:  # pragma: no cover
-        return str(e)
-    return available(device)
+from memory_cores.triton_common import available  # noqa: E402
 
 
 def core_kwargs(name: str, args: argparse.Namespace, num_slots: int) -> dict:
@@ -222,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and forward+backward, in a row 'NAME+graph' (with --compile-step, of the compiled step); "
                         "CUDA only, skipped with a message on other devices")
     p.add_argument("--triton", action="store_true",
-                   help=f"also time the cores that have a Triton kernel ({', '.join(TRITON_CORES)}: "
+                   help=f"also time the cores that have a Triton kernel ({', '.join(KERNEL_CORES)}: "
                         "kernel='triton') in a row 'NAME+triton' (and 'NAME+triton+graph' with --graph); CUDA, or "
                         "the CPU under TRITON_INTERPRET=1 (the interpreter: correctness, not speed)")
     p.add_argument("--json", default="", help="write the results here as JSON")
@@ -286,10 +275,10 @@ def main(argv: list[str] | None = None) -> dict:
                 row(f"{name}+compiled", bench_core(core.compile_step(args.compile_step), args, device), params, r)
             if args.graph and device.type == "cuda":
                 graph_row(f"{name}+compiled+graph" if args.compile_step else f"{name}+graph", core, params, r)
-            if args.triton and name in TRITON_CORES:
+            if args.triton and name in KERNEL_CORES:
                 torch.manual_seed(0)
                 fast = make_core(name, args.input, kernel="triton", **core_kwargs(name, args, args.slots))
-                why = triton_unavailable(device)
+                why = available(device)
                 if why:
                     print(f"  {name + '+triton':<18} skipped: {why}", flush=True)
                     continue

@@ -525,12 +525,9 @@ def main(argv: list[str] | None = None) -> int:
             print("minigrid is not installed: skipping the entries that need it (pip install minigrid)")
             entries = [e for e in entries if not needs_minigrid(e)]
     if any(e.endswith("-triton") for e in entries):
-        try:
-            from memory_cores.triton_common import available
+        from memory_cores.triton_common import available
 
-            why = available(args.device)
-        except ImportError as e:  # pragma: no cover
-            why = str(e)
+        why = available(args.device)
         if why:
             print(f"skipping the *-triton entries: {why}")
             entries = [e for e in entries if not e.endswith("-triton")]

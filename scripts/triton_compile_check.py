@@ -31,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-CORES = ("ntm", "dnc", "alstm", "rl_access")
-MODULES = {"ntm": "ntm_triton", "dnc": "dnc_triton", "alstm": "alstm_triton", "rl_access": "rl_access_triton"}
+from memory_cores import KERNEL_CORES as CORES, make_core  # noqa: E402  (kernel module of core NAME: memory_cores.NAME_triton)
 DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32", torch.bool: "i1",
           torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -59,34 +58,28 @@ class Recorder:
 
 
 def build_core(name: str, args: argparse.Namespace) -> torch.nn.Module:
-    from memory_cores import CORES as ALL
+    """Core ``name`` with ``kernel="triton"`` at the sizes given (those its constructor takes, as benchmark_cores.py)."""
+    from benchmark_cores import core_kwargs
 
-    sizes = {
-        "ntm": dict(hidden_size=args.hidden, num_slots=args.slots, slot_size=args.slot_size,
-                    num_read_heads=args.read_heads),
-        "dnc": dict(hidden_size=args.hidden, num_slots=args.slots, slot_size=args.slot_size,
-                    num_read_heads=args.read_heads),
-        "alstm": dict(hidden_size=args.hidden),
-        "rl_access": dict(hidden_size=args.hidden, num_slots=args.slots, slot_size=args.slot_size),
-    }[name]
-    return ALL[name](args.input, kernel="triton", **sizes)
+    return make_core(name, args.input, kernel="triton", **core_kwargs(name, args, args.slots))
 
 
 def record(name: str, dtype: torch.dtype, args: argparse.Namespace) -> list[Launch]:
     """The kernel launches of one forward and backward step (2-step unroll) of core ``name``."""
     import importlib
 
-    from memory_cores import triton_common
+    from triton.runtime.jit import JITFunction
 
-    module = importlib.import_module(f"memory_cores.{MODULES[name]}")
+    from memory_cores import triton_common
+    from memory_cores.base import tree_leaves
+
+    module = importlib.import_module(f"memory_cores.{name}_triton")
     launches: list[Launch] = []
-    saved = {}
-    for attr in dir(module):
-        obj = getattr(module, attr)
-        if type(obj).__name__ == "JITFunction" and attr.startswith("_") and getattr(obj, "__module__", None) == module.__name__:
-            if any(k in attr for k in ("_fwd", "_bwd")) and not attr.startswith(("_address", "_cell")):
-                saved[attr] = obj
-    patches = [(module, attr, Recorder(attr, obj, launches)) for attr, obj in saved.items()]
+    # every kernel the module defines (its jit helpers too: they are never launched from Python, and nothing is
+    # compiled before the originals are back)
+    kernels = {attr: obj for attr, obj in vars(module).items()
+               if isinstance(obj, JITFunction) and obj.__module__ == module.__name__}
+    patches = [(module, attr, Recorder(attr, obj, launches)) for attr, obj in kernels.items()]
     patches += [(module, "check_inputs", lambda device, dtype: None),
                 (triton_common, "available", lambda device: None)]
     originals = [(m, a, getattr(m, a)) for m, a, _ in patches]
@@ -97,23 +90,12 @@ def record(name: str, dtype: torch.dtype, args: argparse.Namespace) -> list[Laun
         core = build_core(name, args).to(dtype)
         xs = torch.randn(2, args.batch, args.input, dtype=dtype, requires_grad=True)
         ys, final = core.unroll(xs, core.initial_state(args.batch))
-        loss = ys.sum() + sum(t.sum() for t in final if isinstance(t, torch.Tensor) and t.is_floating_point())
-        if hasattr(final, "_asdict"):
-            loss = loss + sum(t.sum() for t in _leaves(final))
+        loss = ys.sum() + sum(t.sum() for t in tree_leaves(final) if t.is_floating_point())
         loss.backward()
     finally:
         for m, a, v in originals:
             setattr(m, a, v)
     return launches
-
-
-def _leaves(tree):
-    if isinstance(tree, torch.Tensor):
-        if tree.is_floating_point():
-            yield tree
-    elif isinstance(tree, (tuple, list)):
-        for t in tree:
-            yield from _leaves(t)
 
 
 def signature(launch: Launch) -> tuple[dict, dict, dict]:
@@ -208,11 +190,7 @@ def main(argv=None) -> int:
     for name in args.cores:
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
-            try:
-                launches = record(name, dtype, args)
-            except ModuleNotFoundError as err:
-                print(f"{name:<10} {dtype_name:<8} no kernel module ({err})")
-                continue
+            launches = record(name, dtype, args)
             seen = set()
             for launch in launches:
                 sig, constexprs, options = signature(launch)

@@ -173,11 +173,4 @@ def test_triton_cell_in_a_cuda_graph_equals_eager():
     # the kernels launch inside a captured unroll (forward and backward) like any other op
     _, fast = pair(dtype=torch.float32, **CONFIGS["default"])
     xs = torch.randn(6, 32, 5, device="cuda")
-    state = fast.initial_state(32, "cuda")
-    params = list(fast.parameters())
-
-    def fwd_bwd():
-        ys, _ = fast.unroll(xs, state)
-        return torch.autograd.grad(ys.square().sum(), params)
-
-    triton_helpers.assert_graph_replay_equals_eager(fwd_bwd)
+    triton_helpers.assert_graph_replay_equals_eager(triton_helpers.unroll_fwd_bwd(fast, xs))

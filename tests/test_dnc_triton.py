@@ -180,11 +180,4 @@ def test_triton_unroll_in_a_cuda_graph_equals_eager():
     xs = torch.randn(6, 32, 5, device="cuda")
     resets = torch.zeros(6, 32, dtype=torch.bool, device="cuda")
     resets[3, ::4] = True
-    state = fast.initial_state(32, "cuda")
-    params = list(fast.parameters())
-
-    def fwd_bwd():
-        ys, _ = fast.unroll_sync_free(xs, state, resets)
-        return torch.autograd.grad(ys.square().sum(), params)
-
-    triton_helpers.assert_graph_replay_equals_eager(fwd_bwd)
+    triton_helpers.assert_graph_replay_equals_eager(triton_helpers.unroll_fwd_bwd(fast, xs, resets))

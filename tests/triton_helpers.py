@@ -40,6 +40,19 @@ def contract_test(name: str, cls: type) -> Callable:
     return test_contract_with_the_triton_kernel
 
 
+def unroll_fwd_bwd(core, xs: torch.Tensor, resets: torch.Tensor | None = None) -> Callable[[], tuple]:
+    """A closure: ``core``'s unroll with no host read (``unroll_sync_free``) over ``xs`` ``[T, B, I]`` from the
+    initial state, and the gradients of every parameter of a loss on its outputs."""
+    state = core.initial_state(xs.shape[1], xs.device)
+    params = list(core.parameters())
+
+    def fwd_bwd():
+        ys, _ = core.unroll_sync_free(xs, state, resets)
+        return torch.autograd.grad(ys.square().sum(), params)
+
+    return fwd_bwd
+
+
 def assert_graph_replay_equals_eager(fwd_bwd: Callable[[], tuple[torch.Tensor, ...]], tol: float = 1e-5) -> None:
     """``fwd_bwd()`` (an unroll and its gradients, with Triton kernels inside) captured as one CUDA graph and replayed
     gives what it gives eagerly (two warm-up calls on a side stream first, as torch.cuda.graphs asks)."""
