@@ -25,6 +25,7 @@ import copy
 
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -47,6 +48,29 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ============================================================================================================ config
+_STOP_AT = re.compile(r"^\s*([A-Za-z_]\w*)\s*(>=|<=)\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class StopTarget:
+    """A ``--stop-at`` target, ``metric op value`` (``op``: ``">="`` or ``"<="``), on a row of metrics.jsonl."""
+
+    metric: str
+    op: str
+    value: float
+
+    def reached(self, row: dict) -> bool:
+        """Whether ``row`` (one update's metrics) reaches the target; False while the metric is absent (episode
+        statistics appear once the first episodes end) or not finite."""
+        v = row.get(self.metric)
+        if v is None or not math.isfinite(v):
+            return False
+        return v >= self.value if self.op == ">=" else v <= self.value
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.value:g}"
+
+
 @dataclass
 class TrainConfig:
     """Recurrent PPO on a memory task with any memory core."""
@@ -153,6 +177,13 @@ class TrainConfig:
     --total-steps, whichever comes first) and the learning rate anneals over the elapsed fraction of the budget
     (or of the steps, if that is larger), for time-boxed comparisons: give a large --total-steps to let time
     decide. Seconds of earlier sessions of a resumed run count."""
+    stop_at: str = ""
+    """Stop early once a target is reached: 'METRIC>=VALUE' or 'METRIC<=VALUE' on a column of metrics.jsonl (the
+    rollout's success_rate or ep_rew_mean, or any training metric), held for --stop-patience updates in a row, e.g.
+    success_rate>=0.95. The run then ends with a checkpoint; the summary records the step and training second at
+    which the target was first reached in that streak (time to solve). '' (default): train to --total-steps."""
+    stop_patience: int = 1
+    """With --stop-at: how many updates in a row must reach the target before training stops."""
     learning_rate: float = 3e-4
     """Adam learning rate."""
     anneal_lr: bool = True
@@ -216,6 +247,22 @@ class TrainConfig:
     """Processes training this run together (torchrun's WORLD_SIZE); set by the runner, not an option."""
 
     # ---------------------------------------------------------------------------------------------- helpers
+    def stop_target(self) -> StopTarget | None:
+        """``--stop-at`` parsed (None when empty); a malformed one is refused in one line."""
+        if not self.stop_at:
+            return None
+        m = _STOP_AT.match(self.stop_at)
+        value = None
+        if m:
+            try:
+                value = float(m.group(3))
+            except ValueError:
+                pass
+        if value is None or not math.isfinite(value):
+            raise ValueError(f"--stop-at {self.stop_at!r} is not valid: expected METRIC>=VALUE or METRIC<=VALUE with a "
+                             f"column of metrics.jsonl and a finite number, e.g. success_rate>=0.95")
+        return StopTarget(m.group(1), m.group(2), value)
+
     def env_kwargs_dict(self) -> dict:
         return _json_obj("env_kwargs", self.env_kwargs)
 
@@ -321,6 +368,9 @@ class TrainConfig:
             self.time_budget >= 0 and math.isfinite(self.time_budget)
         ):
             raise ValueError(f"--time-budget {self.time_budget!r} is not valid: expected seconds >= 0 (0: no budget)")
+        if isinstance(self.stop_patience, bool) or not isinstance(self.stop_patience, int) or self.stop_patience < 1:
+            raise ValueError(f"--stop-patience {self.stop_patience!r} is not valid: expected an integer >= 1")
+        self.stop_target()
         self.env_kwargs_dict()
         self.core_kwargs_dict()
 

@@ -162,7 +162,9 @@ def _payload(cfg: TrainConfig, ppo: PPO, env: TorchVecEnv, train_seconds: float)
 
 def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
     """Train with PPO as configured; returns a summary (last metrics, run_dir, checkpoint, steps, updates, seconds
-    of this session, the run's training seconds and why it stopped: ``"total steps"`` or ``"time budget"``).
+    of this session, the run's training seconds and why it stopped: ``"total steps"``, ``"time budget"`` or
+    ``"target reached"``; with ``--stop-at`` also ``target``: ``stop_at``, ``patience``, ``reached`` and the ``step``
+    and training ``seconds`` at which the streak of updates that reached it began, the time to solve).
 
     ``env``: optionally a ``VectorEnv`` instance to train on instead of ``cfg.env``. Raises ``ValueError`` (and
     subclasses such as :class:`CheckpointError`) for user errors, :class:`TrainingStopped` on a non-finite loss or
@@ -246,6 +248,8 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
                     f"{init.get('observation_space')} / {init.get('action_space')})"
                 ) from None
         start_update, seconds0 = 0, 0.0
+        # --stop-at: updates in a row that reached the target, and the step and training second of the first of them
+        streak: dict[str, Any] = {"count": 0, "step": None, "seconds": None}
         if ckpt is not None:
             try:
                 policy.load_state_dict(ckpt["policy"])
@@ -254,6 +258,7 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
                     f"checkpoint {loaded_from} does not fit the policy: {str(e).splitlines()[0]}"
                 ) from None
             start_update, seconds0 = int(ckpt["update"]), float(ckpt.get("train_seconds", 0.0))
+            streak = dict(ckpt.get("stop_streak") or streak)  # --stop-at's streak goes on across a resume
             if saved_ws != ctx.world_size:
                 # the weights, Adam's moments (of rank-averaged gradients) and the running statistics are the same on
                 # every rank, so they carry over; the step count is re-expressed in updates of this world size
@@ -306,6 +311,7 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
     metrics: dict[str, Any] = {}
     last_episode: dict[str, float] = {}
     stopped = "total steps"
+    target = cfg.stop_target()
     signalled = False  # a signal on any rank (agreed after each update)
     t0, steps0 = time.perf_counter(), ppo.global_step
     resume_cmd = continue_command(run_dir, ctx.world_size)
@@ -331,6 +337,7 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
         logger.flush()  # every row up to this step is on disk before the checkpoint that a resume starts from
         payload = _payload(cfg, ppo, venv, run_seconds())
         payload["world_size"] = ctx.world_size
+        payload["stop_streak"] = dict(streak)
         if not ctx.enabled:
             try:
                 save_checkpoint(ckpt_path, payload)
@@ -372,6 +379,9 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
                     if spent:
                         stopped = "time budget"  # a resumed run whose budget was already spent
                         break
+                if target is not None and streak["count"] >= cfg.stop_patience:
+                    stopped = "target reached"  # a resumed run that had already reached it
+                    break
                 t_up = time.perf_counter()
                 rollout = ppo.collect()
                 ppo.train_seconds = run_seconds()  # what the learning rate anneals over with --time-budget
@@ -404,15 +414,26 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
                     succ=f"{last_episode['success_rate']:.3f}" if "success_rate" in last_episode else None,
                 )
                 over_budget = cfg.time_budget > 0 and metrics["time_elapsed"] >= cfg.time_budget
+                solved = False
+                if target is not None:
+                    if target.reached(metrics):
+                        if streak["count"] == 0:
+                            streak.update(step=ppo.global_step, seconds=metrics["time_elapsed"])
+                        streak["count"] += 1
+                    else:
+                        streak.update(count=0, step=None, seconds=None)
+                    solved = streak["count"] >= cfg.stop_patience
                 last = ppo.update_count == cfg.num_updates
                 signalled = signals.signum is not None  # read once: a signal arriving later stops the next update
                 if ctx.enabled:  # every rank stops at the same update
-                    over_budget, signalled = distributed.any_rank(over_budget, signalled)
+                    over_budget, signalled, solved = distributed.any_rank(over_budget, signalled, solved)
                 if over_budget and not last:
                     stopped = "time budget"
-                if ppo.update_count % cfg.checkpoint_every == 0 or last or over_budget or signalled:
+                if solved:
+                    stopped = "target reached"
+                if ppo.update_count % cfg.checkpoint_every == 0 or last or over_budget or signalled or solved:
                     save()
-                if over_budget or signalled:
+                if over_budget or signalled or solved:
                     break
     except distributed.PeerLostError as e:
         raise PeerLost(f"rank {ctx.rank}: another process of the run stopped or stopped answering at update "
@@ -425,6 +446,11 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
         run_dir=str(run_dir), checkpoint=str(ckpt_path), global_step=ppo.global_step, updates=ppo.update_count,
         seconds=time.perf_counter() - t0, train_seconds=run_seconds(), metrics=metrics, stopped=stopped,
     )
+    if target is not None:  # time to solve: where the streak that reached --stop-at began (None: not reached)
+        reached = stopped == "target reached"
+        summary["target"] = dict(stop_at=str(target), patience=cfg.stop_patience, reached=reached,
+                                 step=streak["step"] if reached else None,
+                                 seconds=streak["seconds"] if reached else None)
     if last_saved == ppo.update_count < cfg.num_updates and stopped != "time budget" and (
         signals.signum is not None or (ctx.enabled and signalled)
     ):

@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     m = summary["metrics"]
     parts = [f"{k}={m[k]:.3f}" for k in ("ep_rew_mean", "success_rate", "fps") if k in m]
     why = f" (time budget of {cfg.time_budget:g} s reached)" if summary["stopped"] == "time budget" else ""
+    t = summary.get("target")
+    if t is not None:
+        why += (f" (target {t['stop_at']} reached at step {t['step']:,}, {t['seconds']:.1f} s)" if t["reached"]
+                else f" (target {t['stop_at']} not reached)")
     print(f"done: {summary['global_step']} steps in {summary['seconds']:.0f} s{why}; {' '.join(parts)}; "
           f"checkpoint {summary['checkpoint']}")
     return 0

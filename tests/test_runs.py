@@ -232,6 +232,64 @@ def test_time_budget_stops_and_anneals_over_time(tmp_path):
     assert r2[0]["learning_rate"] < 1e-3 * (1 - 1.5 / 2.0) + 1e-9  # annealed over the whole run's seconds
 
 
+# ------------------------------------------------------------------------------------------------------------ stop at
+def test_stop_at_stops_at_the_target_with_its_step_and_seconds(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg(run, updates=10, stop_at="iterations>=3", tensorboard=False, checkpoint_every=100)
+    out = train(cfg)
+    assert out["stopped"] == "target reached" and out["updates"] == 3
+    r = rows(run)
+    assert len(r) == 3 and load_checkpoint(run)["update"] == 3  # checkpointed where it stopped
+    assert out["target"] == dict(stop_at="iterations>=3", patience=1, reached=True, step=3 * STEPS,
+                                 seconds=r[-1]["time_elapsed"])
+    # resumed: already reached, so nothing more is trained
+    again = train(replace(cfg, resume=True))
+    assert again["stopped"] == "target reached" and again["updates"] == 3 and len(rows(run)) == 3
+    assert again["target"]["step"] == 3 * STEPS
+
+
+def test_stop_patience_counts_updates_in_a_row_across_a_resume(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg(run, updates=4, stop_at="iterations >= 2", stop_patience=4, tensorboard=False, checkpoint_every=100)
+    out = train(cfg)  # updates 2, 3, 4 reach it: 3 in a row, not 4
+    assert out["stopped"] == "total steps" and out["updates"] == 4
+    assert out["target"] == dict(stop_at="iterations>=2", patience=4, reached=False, step=None, seconds=None)
+    first = rows(run)[1]
+    out2 = train(replace(cfg, total_steps=10 * STEPS, resume=True))  # the 4th in a row is update 5
+    assert out2["stopped"] == "target reached" and out2["updates"] == 5
+    assert out2["target"]["step"] == 2 * STEPS and out2["target"]["seconds"] == first["time_elapsed"]
+
+
+def test_stop_at_lower_bound_absent_metric_and_refusals(tmp_path):
+    from agents.ppo import StopTarget
+
+    t = TrainConfig(stop_at="value_loss<=0.5").stop_target()
+    assert t == StopTarget("value_loss", "<=", 0.5) and str(t) == "value_loss<=0.5"
+    assert t.reached({"value_loss": 0.5}) and not t.reached({"value_loss": 0.6})
+    assert not t.reached({}) and not t.reached({"value_loss": float("nan")})
+    assert TrainConfig().stop_target() is None
+    # a metric that never appears: the run goes to its total steps
+    out = train(tiny_cfg(tmp_path / "run", updates=2, stop_at="no_such_metric>=0", tensorboard=False))
+    assert out["stopped"] == "total steps" and out["target"]["reached"] is False
+    for bad in ("success_rate>0.9", "success_rate>=", ">=0.9", "success_rate>=high", "success_rate>=nan",
+                "success rate>=1"):
+        with pytest.raises(ValueError, match="--stop-at .* is not valid: expected METRIC>=VALUE"):
+            TrainConfig(stop_at=bad).validate()
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="--stop-patience .* is not valid"):
+            TrainConfig(stop_at="iterations>=1", stop_patience=bad).validate()
+
+
+def test_train_script_says_when_the_target_was_reached(tmp_path):
+    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, "scripts/train.py", *TINY, "--total-steps", str(10 * STEPS),
+                          "--stop-at", "iterations>=2", "--no-tensorboard", "--run-dir", str(run)],
+                         cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert f"(target iterations>=2 reached at step {2 * STEPS:,}, " in res.stdout
+    assert len(rows(run)) == 2
+
+
 # ------------------------------------------------------------------------------------------------------------ signals
 def _run_until_logged(run: Path, *extra: str, wait_for: str = "metrics.jsonl") -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
