@@ -179,11 +179,15 @@ class TrainConfig:
     decide. Seconds of earlier sessions of a resumed run count."""
     stop_at: str = ""
     """Stop early once a target is reached: 'METRIC>=VALUE' or 'METRIC<=VALUE' on a column of metrics.jsonl (the
-    rollout's success_rate or ep_rew_mean, or any training metric), held for --stop-patience updates in a row, e.g.
-    success_rate>=0.95. The run then ends with a checkpoint; the summary records the step and training second at
+    rollout's success_rate or ep_rew_mean, or any training metric), held for --stop-patience updates in a row (see
+    --stop-min-episodes), e.g. success_rate>=0.95. The run then ends with a checkpoint; the summary records the step and training second at
     which the target was first reached in that streak (time to solve). '' (default): train to --total-steps."""
     stop_patience: int = 1
     """With --stop-at: how many updates in a row must reach the target before training stops."""
+    stop_min_episodes: int = 32
+    """With --stop-at on an episode statistic (success_rate, ep_rew_mean, ep_len_mean): an update has a say only
+    if at least this many episodes ended in it, judged on those episodes alone (updates with fewer neither count
+    nor break the streak), so a few lucky early episodes cannot stop a run."""
     learning_rate: float = 3e-4
     """Adam learning rate."""
     anneal_lr: bool = True
@@ -368,8 +372,10 @@ class TrainConfig:
             self.time_budget >= 0 and math.isfinite(self.time_budget)
         ):
             raise ValueError(f"--time-budget {self.time_budget!r} is not valid: expected seconds >= 0 (0: no budget)")
-        if isinstance(self.stop_patience, bool) or not isinstance(self.stop_patience, int) or self.stop_patience < 1:
-            raise ValueError(f"--stop-patience {self.stop_patience!r} is not valid: expected an integer >= 1")
+        for name in ("stop_patience", "stop_min_episodes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {v!r} is not valid: expected an integer >= 1")
         self.stop_target()
         self.env_kwargs_dict()
         self.core_kwargs_dict()

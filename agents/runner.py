@@ -416,11 +416,19 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
                 over_budget = cfg.time_budget > 0 and metrics["time_elapsed"] >= cfg.time_budget
                 solved = False
                 if target is not None:
-                    if target.reached(metrics):
+                    # an episode statistic is judged on this update's episodes only, and only if there are enough
+                    # (metrics repeat the last episodes' means while none end); other metrics on every update
+                    if target.metric not in last_episode:
+                        verdict = target.reached(metrics)
+                    elif episodes and episodes["episodes"] >= cfg.stop_min_episodes:
+                        verdict = target.reached(episodes)
+                    else:
+                        verdict = None
+                    if verdict:
                         if streak["count"] == 0:
                             streak.update(step=ppo.global_step, seconds=metrics["time_elapsed"])
                         streak["count"] += 1
-                    else:
+                    elif verdict is not None:
                         streak.update(count=0, step=None, seconds=None)
                     solved = streak["count"] >= cfg.stop_patience
                 last = ppo.update_count == cfg.num_updates

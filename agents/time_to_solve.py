@@ -45,7 +45,8 @@ class Stage:
     Args:
         key: the run's name, shared by tasks that train the same stage (``"minigrid-S7"``).
         env: env id; ``env_kwargs`` its keywords (over the env's preset keywords, as ``train.py`` merges them).
-        stop_at: the target (``METRIC>=VALUE`` on a metrics.jsonl column), held for ``patience`` updates in a row.
+        stop_at: the target (``METRIC>=VALUE`` on a metrics.jsonl column), held for ``patience`` updates in a row,
+            each judged on the episodes that ended in it when at least ``min_episodes`` did (an episode statistic).
         steps: the stage's budget of env steps (its learning rate anneals over it).
         train: TrainConfig fields over the env's preset (and over ``--preset gpu``'s batch).
     """
@@ -57,6 +58,7 @@ class Stage:
     env_kwargs: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     patience: int = 2
+    min_episodes: int = 64
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def stage_config(stage: Stage, core: str, seed: int, preset: str, run_dir: Path,
     d.update(stage.train)
     d.update(env=stage.env, core=core, seed=seed, device=device, progress=False, tensorboard=False,
              torch_threads=torch.get_num_threads(), total_steps=stage.steps, stop_at=stage.stop_at,
-             stop_patience=stage.patience, run_dir=str(run_dir), init_from=init_from, checkpoint_every=10,
+             stop_patience=stage.patience, stop_min_episodes=stage.min_episodes, run_dir=str(run_dir), init_from=init_from, checkpoint_every=10,
              env_kwargs=json.dumps(env_kwargs_for(stage.env, dict(stage.env_kwargs))))
     return TrainConfig(**d)
 

@@ -280,6 +280,22 @@ def test_stop_at_lower_bound_absent_metric_and_refusals(tmp_path):
             TrainConfig(stop_at="iterations>=1", stop_patience=bad).validate()
 
 
+def test_stop_at_on_episodes_counts_only_updates_where_enough_episodes_ended(tmp_path):
+    # MemoryMaze's episodes end together every max_steps = 80 steps: in updates 3, 5 and 8 of 32 steps; the others end
+    # none and repeat the last means in metrics.jsonl, which must not count towards the streak (nor break it)
+    maze = dict(env="MemoryCores/MemoryMaze-v0", env_kwargs='{"maze_size": 7, "view_size": 3, "max_steps": 80}',
+                num_envs=4, tensorboard=False, checkpoint_every=100)
+    out = train(tiny_cfg(tmp_path / "a", updates=10, stop_at="ep_len_mean>=80", stop_patience=2,
+                         stop_min_episodes=4, **maze))
+    assert [r.get("episodes") for r in rows(tmp_path / "a")] == [None, None, 4.0, 4.0, 4.0]  # 4: repeats 3
+    assert out["stopped"] == "target reached" and out["updates"] == 5 and out["target"]["step"] == 3 * STEPS // 2
+    # more episodes required than end in an update: the target never counts
+    out = train(tiny_cfg(tmp_path / "b", updates=6, stop_at="ep_len_mean>=80", stop_min_episodes=5, **maze))
+    assert out["stopped"] == "total steps" and not out["target"]["reached"]
+    with pytest.raises(ValueError, match="--stop-min-episodes 0 is not valid"):
+        TrainConfig(stop_at="success_rate>=1", stop_min_episodes=0).validate()
+
+
 def test_train_script_says_when_the_target_was_reached(tmp_path):
     run = tmp_path / "run"
     res = subprocess.run([sys.executable, "scripts/train.py", *TINY, "--total-steps", str(10 * STEPS),
