@@ -48,6 +48,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ============================================================================================================ config
+EVAL_METRICS = {"success_rate": "success_rate", "ep_rew_mean": "mean_return", "ep_len_mean": "mean_length"}
+"""Episode statistics of the rollout (metrics.jsonl) and their names in an evaluation (``evaluate_policy``)."""
+
 _STOP_AT = re.compile(r"^\s*([A-Za-z_]\w*)\s*(>=|<=)\s*(\S+)\s*$")
 
 
@@ -188,6 +191,12 @@ class TrainConfig:
     """With --stop-at on an episode statistic (success_rate, ep_rew_mean, ep_len_mean): an update has a say only
     if at least this many episodes ended in it, judged on those episodes alone (updates with fewer neither count
     nor break the streak), so a few lucky early episodes cannot stop a run."""
+    stop_eval_episodes: int = 0
+    """With --stop-at on an episode statistic: once the rollouts have reached the target (--stop-patience updates),
+    confirm it on this many evaluation episodes of the policy after that update (the one the checkpoint keeps; the
+    first episode of as many fresh envs, sampled actions, seeded); if it falls short, training goes on and the streak
+    starts again. The target's step and seconds are then those of the confirming update, evaluation included.
+    0: the rollouts decide (an update can still change the policy after the rollouts that reached the target)."""
     learning_rate: float = 3e-4
     """Adam learning rate."""
     anneal_lr: bool = True
@@ -376,7 +385,13 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {v!r} is not valid: expected an integer >= 1")
-        self.stop_target()
+        target = self.stop_target()
+        if isinstance(self.stop_eval_episodes, bool) or not isinstance(self.stop_eval_episodes, int) or \
+                self.stop_eval_episodes < 0:
+            raise ValueError(f"--stop-eval-episodes {self.stop_eval_episodes!r} is not valid: expected an integer >= 0")
+        if self.stop_eval_episodes and (target is None or target.metric not in EVAL_METRICS):
+            raise ValueError(f"--stop-eval-episodes needs --stop-at on an episode statistic "
+                             f"({', '.join(EVAL_METRICS)}), not {self.stop_at!r}")
         self.env_kwargs_dict()
         self.core_kwargs_dict()
 

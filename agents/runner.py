@@ -30,7 +30,7 @@ from .checkpoint import (
 from . import distributed
 from .env_adapter import TorchVecEnv, load_env_factory
 from .evaluation import build_policy, evaluate_policy, load_policy  # noqa: F401  (re-exported: agents.runner API)
-from .ppo import PPO, NonFiniteLossError, TrainConfig, resolve_device
+from .ppo import EVAL_METRICS, PPO, NonFiniteLossError, TrainConfig, resolve_device
 from .run_logging import NullLogger, Progress, RunLogger
 from .spaces_io import space_to_dict
 
@@ -140,6 +140,22 @@ def env_source(cfg: TrainConfig, env: Any = None) -> Any:
     return load_env_factory(cfg.env_factory) if cfg.env_factory else cfg.env
 
 
+def _confirm(cfg: TrainConfig, ppo: PPO, source: Any, device: torch.device) -> dict[str, float]:
+    """--stop-eval-episodes: the current policy on ``cfg.stop_eval_episodes`` first episodes of fresh envs, sampled
+    actions from a seed of their own (the training's random streams are left as they were)."""
+    devices = [device] if device.type == "cuda" else []
+    was_training = ppo.policy.training
+    ppo.policy.eval()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed + 7919 * ppo.update_count)
+            return evaluate_policy(ppo.policy, source, cfg.stop_eval_episodes, deterministic=False,
+                                   env_kwargs=cfg.env_kwargs_dict(), seed=cfg.seed + 7919 * ppo.update_count,
+                                   device=device)
+    finally:
+        ppo.policy.train(was_training)
+
+
 def _payload(cfg: TrainConfig, ppo: PPO, env: TorchVecEnv, train_seconds: float) -> dict[str, Any]:
     """The checkpoint of the run so far (see :mod:`agents.checkpoint`); ``train_seconds``: the run's training seconds,
     earlier sessions included (what ``--time-budget`` counts)."""
@@ -164,7 +180,8 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
     """Train with PPO as configured; returns a summary (last metrics, run_dir, checkpoint, steps, updates, seconds
     of this session, the run's training seconds and why it stopped: ``"total steps"``, ``"time budget"`` or
     ``"target reached"``; with ``--stop-at`` also ``target``: ``stop_at``, ``patience``, ``reached`` and the ``step``
-    and training ``seconds`` at which the streak of updates that reached it began, the time to solve).
+    and training ``seconds`` at which the streak of updates that reached it began, the time to solve; with
+    ``--stop-eval-episodes`` those of the update whose policy the evaluation confirmed, evaluation included).
 
     ``env``: optionally a ``VectorEnv`` instance to train on instead of ``cfg.env``. Raises ``ValueError`` (and
     subclasses such as :class:`CheckpointError`) for user errors, :class:`TrainingStopped` on a non-finite loss or
@@ -184,6 +201,9 @@ def train(cfg: TrainConfig, env: Any = None) -> dict[str, Any]:
     """
     cfg.validate()
     torch.set_num_threads(cfg.torch_threads)
+    if cfg.stop_eval_episodes and env is not None and not callable(env):
+        raise ValueError("--stop-eval-episodes builds evaluation envs of its own: give an env id or a factory, not an "
+                         "env instance")
     ctx = distributed.init_from_env(cfg.dist_timeout)
     device = distributed.rank_device(cfg.device, ctx)
     if cfg.world_size != ctx.world_size:
@@ -406,16 +426,9 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
                 metrics["update_seconds"] = now - t_up
                 if not all(math.isfinite(v) for k, v in metrics.items() if k in ("loss", "value_loss")):
                     raise TrainingStopped(f"training stopped: non-finite loss at update {ppo.update_count}; {kept()}")
-                logger.log(ppo.global_step, metrics)
-                bar.update(
-                    cfg.steps_per_update,
-                    sps=f"{metrics['fps']:.0f}",
-                    ret=f"{last_episode['ep_rew_mean']:.3f}" if "ep_rew_mean" in last_episode else None,
-                    succ=f"{last_episode['success_rate']:.3f}" if "success_rate" in last_episode else None,
-                )
                 over_budget = cfg.time_budget > 0 and metrics["time_elapsed"] >= cfg.time_budget
                 solved = False
-                if target is not None:
+                if target is not None:  # --stop-at: judged before the row is logged (a confirmation adds to it)
                     # an episode statistic is judged on this update's episodes only, and only if there are enough
                     # (metrics repeat the last episodes' means while none end); other metrics on every update
                     if target.metric not in last_episode:
@@ -431,6 +444,21 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
                     elif verdict is not None:
                         streak.update(count=0, step=None, seconds=None)
                     solved = streak["count"] >= cfg.stop_patience
+                    if solved and cfg.stop_eval_episodes:
+                        ev = _confirm(cfg, ppo, env_source(cfg, env), device)
+                        metrics[f"stop_eval_{target.metric}"] = ev[EVAL_METRICS[target.metric]]
+                        solved = target.reached({target.metric: metrics[f"stop_eval_{target.metric}"]})
+                        if solved:  # the confirmed policy's update, the evaluation's seconds included
+                            streak.update(step=ppo.global_step, seconds=run_seconds())
+                        else:
+                            streak.update(count=0, step=None, seconds=None)
+                logger.log(ppo.global_step, metrics)
+                bar.update(
+                    cfg.steps_per_update,
+                    sps=f"{metrics['fps']:.0f}",
+                    ret=f"{last_episode['ep_rew_mean']:.3f}" if "ep_rew_mean" in last_episode else None,
+                    succ=f"{last_episode['success_rate']:.3f}" if "success_rate" in last_episode else None,
+                )
                 last = ppo.update_count == cfg.num_updates
                 signalled = signals.signum is not None  # read once: a signal arriving later stops the next update
                 if ctx.enabled:  # every rank stops at the same update

@@ -296,6 +296,53 @@ def test_stop_at_on_episodes_counts_only_updates_where_enough_episodes_ended(tmp
         TrainConfig(stop_at="success_rate>=1", stop_min_episodes=0).validate()
 
 
+def test_stop_eval_confirms_the_target_on_evaluation_episodes(tmp_path):
+    run = tmp_path / "run"
+    out = train(tiny_cfg(run, updates=5, stop_at="ep_len_mean<=1e6", stop_min_episodes=1, stop_eval_episodes=16,
+                         tensorboard=False))
+    r = rows(run)
+    assert out["stopped"] == "target reached" and out["updates"] == 1 and len(r) == 1
+    assert 4 <= r[0]["stop_eval_ep_len_mean"] <= 16  # T-maze L = 3: at least L + 1 steps, at most its step limit
+    assert out["target"]["step"] == STEPS and out["target"]["seconds"] >= r[0]["time_elapsed"]
+
+
+def test_stop_eval_that_falls_short_restarts_the_streak_and_leaves_training_as_it_was(tmp_path, monkeypatch):
+    import agents.runner as runner
+
+    real, calls = runner._confirm, []
+
+    def confirm(*args):  # the real evaluation runs; its verdict: short of the target the first two times
+        ev = real(*args)
+        calls.append(ev)
+        return dict(ev, mean_length=2e6 if len(calls) <= 2 else ev["mean_length"])
+
+    monkeypatch.setattr(runner, "_confirm", confirm)
+    kw = dict(tensorboard=False, checkpoint_every=100, learning_rate=1e-3)
+    out = train(tiny_cfg(tmp_path / "a", updates=6, stop_at="ep_len_mean<=1e6", stop_min_episodes=1,
+                         stop_eval_episodes=8, **kw))
+    assert len(calls) == 3 and out["updates"] == 3 and out["target"]["step"] == 3 * STEPS
+    assert [x["stop_eval_ep_len_mean"] for x in rows(tmp_path / "a")][:2] == [2e6, 2e6]
+    # the evaluations draw from random streams of their own: the same parameters as a run without --stop-at
+    train(tiny_cfg(tmp_path / "b", updates=6, stop_at="iterations>=3", **kw))  # the same annealing, 3 updates
+    pa, pb = (load_checkpoint(tmp_path / x)["policy"] for x in "ab")
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_stop_eval_refusals():
+    for kw, msg in ((dict(stop_at="iterations>=1", stop_eval_episodes=8), "needs --stop-at on an episode statistic"),
+                    (dict(stop_eval_episodes=8), "needs --stop-at on an episode statistic"),
+                    (dict(stop_at="success_rate>=1", stop_eval_episodes=-1), "--stop-eval-episodes -1 is not valid")):
+        with pytest.raises(ValueError, match=msg):
+            TrainConfig(**kw).validate()
+    from agents.env_adapter import TorchVecEnv  # noqa: F401  (registers the tasks)
+    import gymnasium as gym
+
+    venv = gym.make_vec(TMAZE, num_envs=2, vectorization_mode="sync")
+    with pytest.raises(ValueError, match="--stop-eval-episodes builds evaluation envs of its own"):
+        train(TrainConfig(env=TMAZE, stop_at="success_rate>=1", stop_eval_episodes=8), env=venv)
+    venv.close()
+
+
 def test_train_script_says_when_the_target_was_reached(tmp_path):
     run = tmp_path / "run"
     res = subprocess.run([sys.executable, "scripts/train.py", *TINY, "--total-steps", str(10 * STEPS),

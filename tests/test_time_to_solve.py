@@ -21,8 +21,10 @@ TINY = dict(num_envs=8, num_steps=32, seq_len=32, num_minibatches=1, update_epoc
 STEPS = 8 * 32
 
 
-def tiny_stage(key: str, stop_at: str, updates: int, length: int = 3, patience: int = 1) -> Stage:
-    return Stage(key, "MemoryCores/TMaze-v0", stop_at, updates * STEPS, {"length": length}, dict(TINY), patience)
+def tiny_stage(key: str, stop_at: str, updates: int, length: int = 3, patience: int = 1, eval_episodes: int = 0
+               ) -> Stage:
+    return Stage(key, "MemoryCores/TMaze-v0", stop_at, updates * STEPS, {"length": length}, dict(TINY), patience,
+                 min_episodes=1, eval_episodes=eval_episodes)
 
 
 def rows(run_dir: str) -> list[dict]:
@@ -49,6 +51,19 @@ def test_curriculum_seconds_add_up_and_a_rerun_trains_nothing(tmp_path):
     r2 = run_task(other, 1, tmp_path, preset="cpu", episodes=4, log=lambda *_: None)
     assert r2["stages"][0]["run_dir"] == a["run_dir"] and len(rows(a["run_dir"])) == 3
     assert r2["steps_to_solve"] == 3 * STEPS + STEPS
+
+
+def test_a_confirmed_stage_ends_at_its_confirming_evaluation(tmp_path):
+    task = SolveTask("conf", (tiny_stage("e1", "ep_len_mean<=1e6", 5, eval_episodes=8),
+                              tiny_stage("e2", "ep_len_mean<=1e6", 5, length=4, eval_episodes=8)))
+    r = run_task(task, 1, tmp_path, preset="cpu", episodes=4, log=lambda *_: None)
+    a, b = r["stages"]
+    assert r["solved"] and a["steps"] == STEPS and b["steps"] == STEPS  # confirmed at the first update
+    row_a, row_b = rows(a["run_dir"])[-1], rows(b["run_dir"])[-1]
+    assert 4 <= row_a["stop_eval_ep_len_mean"] and 5 <= row_b["stop_eval_ep_len_mean"]
+    assert a["train_seconds"] >= row_a["time_elapsed"]  # the evaluation's seconds count
+    assert r["seconds_to_solve"] == pytest.approx(a["train_seconds"] + b["reached_seconds"])
+    assert b["reached_seconds"] >= row_b["time_elapsed"]
 
 
 def test_unsolved_task_and_the_table(tmp_path):
