@@ -95,6 +95,7 @@ def test_every_task_has_valid_configs_in_both_presets(tmp_path):
     s7 = TASKS["minigrid-S13"].stages[0]
     assert stage_config(s7, "lstm", 1, "gpu", tmp_path, "cpu").num_envs == 256  # the stage's own envs
     assert [s.key for s in TASKS["minigrid-S17Random"].stages[:4]] == [s.key for s in TASKS["minigrid-S13"].stages]
+    assert TASKS["tmaze-L200"].stages[0] == t50  # the curriculum trains the tmaze-L50 task's stage (shared)
     with pytest.raises(ValueError, match="--preset 'tpu' is not valid"):
         stage_config(t50, "lstm", 1, "tpu", tmp_path, "cpu")
 
