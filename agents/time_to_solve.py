@@ -235,7 +235,9 @@ def report(results: list[dict[str, Any]]) -> str:
         groups.setdefault((r["task"], r["core"], r["preset"], r["device_name"]), []).append(r)
     lines = ["| task | core | preset | device | seconds to solve per seed (env steps) | median seconds | solved | "
              "final score, greedy / sampled (median) |", "|---|---|---|---|---|---:|---:|---|"]
-    for (name, core, preset, dev), rs in groups.items():
+    order = {name: i for i, name in enumerate(TASKS)}  # the tasks' order, then preset and device
+    for (name, core, preset, dev), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], len(order)),
+                                                                                 kv[0])):
         rs = sorted(rs, key=lambda r: r["seed"])
         per_seed = ", ".join(
             f"s{r['seed']}: {_fmt_s(r['seconds_to_solve'])} ({r['steps_to_solve'] / 1e6:.2f}M)" if r["solved"]
