@@ -181,22 +181,24 @@ class TrainConfig:
     (or of the steps, if that is larger), for time-boxed comparisons: give a large --total-steps to let time
     decide. Seconds of earlier sessions of a resumed run count."""
     stop_at: str = ""
-    """Stop early once a target is reached: 'METRIC>=VALUE' or 'METRIC<=VALUE' on a column of metrics.jsonl (the
-    rollout's success_rate or ep_rew_mean, or any training metric), held for --stop-patience updates in a row (see
-    --stop-min-episodes), e.g. success_rate>=0.95. The run then ends with a checkpoint; the summary records the step and training second at
-    which the target was first reached in that streak (time to solve). '' (default): train to --total-steps."""
+    """Stop early once a target is reached: 'METRIC>=VALUE' or 'METRIC<=VALUE' on a column of metrics.jsonl
+    (the rollout's success_rate or ep_rew_mean, or any training metric), held for --stop-patience updates
+    in a row (see --stop-min-episodes), e.g. success_rate>=0.95. The run then ends with a checkpoint; the
+    summary records the step and training second at which the target was first reached in that streak (time
+    to solve). '' (default): train to --total-steps."""
     stop_patience: int = 1
     """With --stop-at: how many updates in a row must reach the target before training stops."""
     stop_min_episodes: int = 32
-    """With --stop-at on an episode statistic (success_rate, ep_rew_mean, ep_len_mean): an update has a say only
-    if at least this many episodes ended in it, judged on those episodes alone (updates with fewer neither count
-    nor break the streak), so a few lucky early episodes cannot stop a run."""
+    """With --stop-at on an episode statistic (success_rate, ep_rew_mean, ep_len_mean): an update has a say
+    only if at least this many episodes ended in it, judged on those episodes alone (updates with fewer
+    neither count nor break the streak), so a few lucky early episodes cannot stop a run."""
     stop_eval_episodes: int = 0
-    """With --stop-at on an episode statistic: once the rollouts have reached the target (--stop-patience updates),
-    confirm it on this many evaluation episodes of the policy after that update (the one the checkpoint keeps; the
-    first episode of as many fresh envs, sampled actions, seeded); if it falls short, training goes on and the streak
-    starts again. The target's step and seconds are then those of the confirming update, evaluation included.
-    0: the rollouts decide (an update can still change the policy after the rollouts that reached the target)."""
+    """With --stop-at on an episode statistic: once the rollouts have reached the target (--stop-patience
+    updates), confirm it on this many evaluation episodes of the policy after that update (the one the
+    checkpoint keeps; the first episode of as many fresh envs, sampled actions, seeded); if it falls short,
+    training goes on and the streak starts again. The target's step and seconds are then those of the
+    confirming update, evaluation included. 0: the rollouts decide (an update can still change the policy
+    after the rollouts that reached the target)."""
     learning_rate: float = 3e-4
     """Adam learning rate."""
     anneal_lr: bool = True
