@@ -9,8 +9,9 @@ confirmed on evaluation episodes of the policy itself) and training options over
 task that is solved early costs no more device time. A task is **solved** when its last stage reaches its target;
 its **time to solve** is the training seconds of the earlier stages (to the end of their last update) plus those of
 the last stage up to the update whose policy the evaluation confirmed (training seconds: rollouts, updates and the
-confirming evaluations, without building the env and policy or writing checkpoints; each stage's whole wall time,
-set-up included, is stored beside it).
+confirming evaluations, without building the env and policy or writing checkpoints; each stage's wall time in
+this call, set-up included, is stored beside it: a stage resumed at its target, such as a shared one, costs only
+its loading there).
 Every finished task is then evaluated (greedy and sampled, ``episodes`` first episodes of parallel envs, seeded).
 
 ``preset="gpu"`` (default) applies :func:`agents.presets.gpu_batch` to every stage whose options do not set
