@@ -130,6 +130,22 @@ def evaluate_policy(
             venv.close()
 
 
+def evaluate_both(policy: ActorCritic, env: str | Callable[..., gym.Env], episodes: int,
+                  env_kwargs: dict | None = None, device: str | torch.device = "cpu", seed: int = 12345
+                  ) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_policy` greedy and sampled (``{"greedy": ..., "sampled": ...}``); the sampled actions come from
+    a generator seeded with ``seed`` inside a forked random state, so an evaluation repeated later gives the same
+    numbers and the caller's random streams are left as they were."""
+    device = torch.device(device)
+    out = {}
+    for mode in ("greedy", "sampled"):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            out[mode] = evaluate_policy(policy, env, episodes, deterministic=mode == "greedy",
+                                        env_kwargs=env_kwargs, device=device)
+    return out
+
+
 def _run_episodes(policy: ActorCritic, venv: TorchVecEnv, per_env: int, deterministic: bool, seed: int | None,
                   device: torch.device) -> dict[str, Any]:
     """``per_env`` episodes in each of the ``N`` envs; means over all ``N * per_env`` episodes."""

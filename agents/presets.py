@@ -57,6 +57,25 @@ def gpu_batch(defaults: dict) -> dict:
             "num_minibatches": defaults["num_minibatches"] * GPU_SCALE, "preset": "gpu"}
 
 
+def preset_config(env: str, env_kwargs: dict | None = None, train: dict | None = None, gpu: bool = False, **fields):
+    """A :class:`agents.ppo.TrainConfig` from the presets, as ``scripts/train.py`` fills its options: TrainConfig's
+    defaults, ``env``'s task preset, ``--preset gpu``'s batch when ``gpu`` (:func:`gpu_batch`), then ``train`` and
+    ``fields`` (TrainConfig fields over them), with ``env_kwargs`` merged over the preset's env keywords
+    (:func:`env_kwargs_for`)."""
+    from dataclasses import asdict
+
+    from .ppo import TrainConfig
+
+    d = asdict(TrainConfig())
+    d.update(task_defaults(env))
+    if gpu:
+        d.update(gpu_batch(d))
+    d.update(train or {})
+    d.update(fields)
+    d.update(env=env, env_kwargs=json.dumps(env_kwargs_for(env, dict(env_kwargs or {}))))
+    return TrainConfig(**d)
+
+
 def tmaze_env_kwargs(given: dict) -> dict:
     """T-maze keywords derived from the given ones: ``max_steps = max(4 (L + 1), L^2)``.
 

@@ -143,17 +143,27 @@ def env_source(cfg: TrainConfig, env: Any = None) -> Any:
 def _confirm(cfg: TrainConfig, ppo: PPO, source: Any, device: torch.device) -> dict[str, float]:
     """--stop-eval-episodes: the current policy on ``cfg.stop_eval_episodes`` first episodes of fresh envs, sampled
     actions from a seed of their own (the training's random streams are left as they were)."""
-    devices = [device] if device.type == "cuda" else []
+    seed = cfg.seed + 7919 * ppo.update_count
     was_training = ppo.policy.training
     ppo.policy.eval()
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(cfg.seed + 7919 * ppo.update_count)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
             return evaluate_policy(ppo.policy, source, cfg.stop_eval_episodes, deterministic=False,
-                                   env_kwargs=cfg.env_kwargs_dict(), seed=cfg.seed + 7919 * ppo.update_count,
-                                   device=device)
+                                   env_kwargs=cfg.env_kwargs_dict(), seed=seed, device=device)
     finally:
         ppo.policy.train(was_training)
+
+
+def _stop_verdict(target: Any, metrics: dict, episodes: dict, last_episode: dict, min_episodes: int) -> bool | None:
+    """Whether this update reaches ``--stop-at``'s target; None: no say. An episode statistic is judged on the
+    episodes that ended in this update only (``episodes``; metrics repeat the last means while none end), and only
+    when at least ``min_episodes`` did; any other metric on every update."""
+    if target.metric not in last_episode:
+        return target.reached(metrics)
+    if episodes and episodes["episodes"] >= min_episodes:
+        return target.reached(episodes)
+    return None
 
 
 def _payload(cfg: TrainConfig, ppo: PPO, env: TorchVecEnv, train_seconds: float) -> dict[str, Any]:
@@ -429,14 +439,7 @@ def _train(cfg: TrainConfig, env: Any, ctx: distributed.Dist, device: torch.devi
                 over_budget = cfg.time_budget > 0 and metrics["time_elapsed"] >= cfg.time_budget
                 solved = False
                 if target is not None:  # --stop-at: judged before the row is logged (a confirmation adds to it)
-                    # an episode statistic is judged on this update's episodes only, and only if there are enough
-                    # (metrics repeat the last episodes' means while none end); other metrics on every update
-                    if target.metric not in last_episode:
-                        verdict = target.reached(metrics)
-                    elif episodes and episodes["episodes"] >= cfg.stop_min_episodes:
-                        verdict = target.reached(episodes)
-                    else:
-                        verdict = None
+                    verdict = _stop_verdict(target, metrics, episodes, last_episode, cfg.stop_min_episodes)
                     if verdict:
                         if streak["count"] == 0:
                             streak.update(step=ppo.global_step, seconds=metrics["time_elapsed"])

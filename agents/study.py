@@ -41,10 +41,10 @@ from typing import Any
 
 import torch
 
-from .evaluation import build_policy, evaluate_policy
+from .evaluation import build_policy, evaluate_both
 from .env_adapter import TorchVecEnv
 from .ppo import PPO, TrainConfig
-from .presets import env_kwargs_for, task_defaults
+from .presets import env_kwargs_for, preset_config
 
 PROTOCOLS = ("steps", "time")
 
@@ -220,13 +220,8 @@ GRIDS: dict[str, StudySpec] = {
 def base_config(spec: StudySpec, task: Task, core: str, seed: int) -> TrainConfig:
     """The TrainConfig of one run before sizing and budget: TrainConfig's defaults, the env's preset, the task's
     overrides, the core and its memory keywords, the seed; no progress bar."""
-    d = asdict(TrainConfig())
-    d.update(task_defaults(task.env))
-    d.update(task.train)
-    d.update(env=task.env, core=core, seed=seed, progress=False, torch_threads=torch.get_num_threads(),
-             env_kwargs=json.dumps(env_kwargs_for(task.env, dict(task.env_kwargs))),
-             core_kwargs=json.dumps(spec.core_kwargs.get(core, {})))
-    return TrainConfig(**d)
+    return preset_config(task.env, task.env_kwargs, task.train, core=core, seed=seed, progress=False,
+                         torch_threads=torch.get_num_threads(), core_kwargs=json.dumps(spec.core_kwargs.get(core, {})))
 
 
 def count_params(cfg: TrainConfig, observation_space, action_space) -> int:
@@ -383,15 +378,9 @@ def run_cell(spec: StudySpec, cell: Cell, study_dir: Path) -> dict[str, Any]:
 
 
 def _evaluate_both(policy, task: Task, env_kwargs: dict) -> dict[str, dict[str, float]]:
-    """Greedy and sampled evaluation of ``policy`` on ``task``'s env with ``env_kwargs``; the sampled actions are
-    drawn from a seeded generator, so an evaluation repeated later (a variant filled in) is reproducible."""
-    out = {}
-    for mode in ("greedy", "sampled"):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(12345)
-            out[mode] = evaluate_policy(policy, task.env, task.episodes, deterministic=mode == "greedy",
-                                        env_kwargs=env_kwargs)
-    return out
+    """Greedy and sampled evaluation of ``policy`` on ``task``'s env with ``env_kwargs``, seeded (a variant filled
+    in later gives what it would have given at once)."""
+    return evaluate_both(policy, task.env, task.episodes, env_kwargs)
 
 
 def _write_result(study_dir: Path, result: dict[str, Any]) -> None:

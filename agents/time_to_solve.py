@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .ppo import TrainConfig
-from .presets import env_kwargs_for, gpu_batch, task_defaults
+from .presets import preset_config
 
 PRESETS = ("gpu", "cpu")
 
@@ -132,17 +132,12 @@ def stage_config(stage: Stage, core: str, seed: int, preset: str, run_dir: Path,
     stage sets ``num_envs``), the stage's options, its target, budget and run directory."""
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r} is not valid: expected one of {', '.join(PRESETS)}")
-    d = asdict(TrainConfig())
-    d.update(task_defaults(stage.env))
-    if preset == "gpu" and "num_envs" not in stage.train:
-        d.update(gpu_batch(d))
-    d.update(stage.train)
-    d.update(env=stage.env, core=core, seed=seed, device=device, progress=False, tensorboard=False,
-             torch_threads=torch.get_num_threads(), total_steps=stage.steps, stop_at=stage.stop_at,
-             stop_patience=stage.patience, stop_min_episodes=stage.min_episodes,
-             stop_eval_episodes=stage.eval_episodes, run_dir=str(run_dir), init_from=init_from, checkpoint_every=10,
-             env_kwargs=json.dumps(env_kwargs_for(stage.env, dict(stage.env_kwargs))))
-    return TrainConfig(**d)
+    return preset_config(
+        stage.env, stage.env_kwargs, stage.train, gpu=preset == "gpu" and "num_envs" not in stage.train, core=core,
+        seed=seed, device=device, progress=False, tensorboard=False, torch_threads=torch.get_num_threads(),
+        total_steps=stage.steps, stop_at=stage.stop_at, stop_patience=stage.patience,
+        stop_min_episodes=stage.min_episodes, stop_eval_episodes=stage.eval_episodes, run_dir=str(run_dir),
+        init_from=init_from, checkpoint_every=10)
 
 
 def result_path(out: Path, task: SolveTask, seed: int, preset: str) -> Path:
@@ -155,7 +150,7 @@ def run_task(task: SolveTask, seed: int, out: Path, *, preset: str = "gpu", devi
     write and return the result (see the module's docstring). Stage runs:
     ``out/runs/<stage key>__<core>__<preset>__s<seed>``."""
     from .checkpoint import has_checkpoint
-    from .evaluation import evaluate_policy, load_policy
+    from .evaluation import evaluate_both, load_policy
     from .runner import train
 
     stages, init_from, solved = [], "", False
@@ -182,12 +177,7 @@ def run_task(task: SolveTask, seed: int, out: Path, *, preset: str = "gpu", devi
     last = stages[-1]
     before = sum(s["train_seconds"] for s in stages[:-1])
     policy, cfg, _ = load_policy(last["run_dir"], device=device)
-    evals = {}
-    for mode in ("greedy", "sampled"):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(12345)
-            evals[mode] = evaluate_policy(policy, task.env, episodes, deterministic=mode == "greedy",
-                                          env_kwargs=cfg.env_kwargs_dict(), device=device)
+    evals = evaluate_both(policy, task.env, episodes, cfg.env_kwargs_dict(), device)
     result = dict(
         task=task.name, core=task.core, seed=seed, preset=preset, device=device, device_name=device_name(device),
         torch=torch.__version__, solved=solved,
